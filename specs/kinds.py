@@ -1,0 +1,410 @@
+"""The kinds of gu: user kinds written in YAML, system kinds written by the hub.
+
+These pydantic models are the single source of truth for shapes: YAML
+validation, API payloads, JSON Schema and the UI all come from them. Field
+names are the wire names (camelCase), so no alias can be forgotten.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Status
+
+_HASH_RE = re.compile(r"^sha3-256:[0-9a-f]{64}$")
+_NODE_RE = re.compile(r"^0x[0-9a-f]{40}$")
+
+
+def _check_hash(value: str) -> str:
+    if not _HASH_RE.match(value):
+        raise ValueError("must be 'sha3-256:' followed by 64 lower-case hex digits")
+    return value
+
+
+def _check_pubkey(value: str) -> str:
+    prefix, _, body = value.partition(":")
+    if prefix != "ed25519" or not body:
+        raise ValueError("must be 'ed25519:<base64 of the 32-byte public key>'")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after 'ed25519:' is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+    return value
+
+
+def _check_node(value: str) -> str:
+    if not _NODE_RE.match(value):
+        raise ValueError("a node id is '0x' followed by 40 lower-case hex digits")
+    return value
+
+
+ImageHash = Annotated[str, AfterValidator(_check_hash)]
+PublicKey = Annotated[str, AfterValidator(_check_pubkey)]
+NodeId = Annotated[str, AfterValidator(_check_node)]
+
+
+# --------------------------------------------------------------------- App
+
+
+class AppSpec(Model):
+    """An application identity: the Ed25519 public keys it logs in with."""
+
+    publicKeys: list[PublicKey] = Field(default_factory=list)
+    description: str = ""
+
+
+class App(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["App"] = "App"
+    metadata: ObjectMeta
+    spec: AppSpec
+    status: Status = Field(default_factory=Status)
+
+
+# ------------------------------------------------------------- ImagePolicy
+
+
+class ProviderAllow(Model):
+    """Providers an app may use: listed node ids, or providers whose labels match."""
+
+    nodes: list[NodeId] = Field(default_factory=list)
+    selector: Labels = Field(default_factory=dict)
+
+
+class ImagePolicySpec(Model):
+    """What the listed apps may run, and where. No policy means nothing is allowed."""
+
+    apps: list[Name] = Field(min_length=1)
+    allowProviders: ProviderAllow | None = None
+    allowImages: list[ImageHash] = Field(default_factory=list)
+    allowImagesSignedBy: list[PublicKey] = Field(default_factory=list)
+
+
+class ImagePolicy(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["ImagePolicy"] = "ImagePolicy"
+    metadata: ObjectMeta
+    spec: ImagePolicySpec
+    status: Status = Field(default_factory=Status)
+
+
+# ---------------------------------------------------------------- Priority
+
+
+class PrioritySpec(Model):
+    """A priority class. Higher ``value`` wins providers from lower ones."""
+
+    value: int = Field(ge=-1_000_000, le=1_000_000_000)
+    preemptionPolicy: Literal["PreemptLowerPriority", "Never"] = "PreemptLowerPriority"
+    onPreempted: Literal["Suspend", "Stop"] = "Suspend"
+    default: bool = False
+    description: str = ""
+
+
+class Priority(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["Priority"] = "Priority"
+    metadata: ObjectMeta
+    spec: PrioritySpec
+    status: Status = Field(default_factory=Status)
+
+
+# ---------------------------------------------------------- VirtualNetwork
+
+
+class Multicast(Model):
+    """The per-host QEMU multicast bus of the network (bound to 127.0.0.1)."""
+
+    group: str
+    port: int = Field(ge=1024, le=65535)
+
+    @model_validator(mode="after")
+    def _group_is_multicast(self) -> Multicast:
+        try:
+            addr = ipaddress.IPv4Address(self.group)
+        except ValueError:
+            raise ValueError(f"group {self.group!r} is not an IPv4 address") from None
+        if not addr.is_multicast:
+            raise ValueError(f"group {self.group} is not a multicast address (224.0.0.0/4)")
+        return self
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 network in CIDR form (e.g. 10.77.0.0/24): {exc}") from None
+    if net.prefixlen > 30:
+        raise ValueError("the network must have room for members: a prefix of /30 or shorter")
+    return value
+
+
+class VirtualNetworkSpec(Model):
+    """A network joining the VMs of every session that names it."""
+
+    cidr: Annotated[str, AfterValidator(_check_cidr)]
+    mtu: int = Field(default=1400, ge=576, le=9000)
+    multicast: Multicast | None = None
+
+
+class VirtualNetwork(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["VirtualNetwork"] = "VirtualNetwork"
+    metadata: ObjectMeta
+    spec: VirtualNetworkSpec
+    status: Status = Field(default_factory=Status)
+
+
+# ----------------------------------------------------------------- Session
+
+
+class ProviderSelector(Model):
+    """Filters on a provider's inventory and labels; every given field must match."""
+
+    os: str | None = None
+    minCores: int | None = Field(default=None, ge=1)
+    minMemoryMiB: int | None = Field(default=None, ge=1)
+    labels: Labels = Field(default_factory=dict)
+    idle: bool | None = None
+
+
+class Providers(Model):
+    """Where a session runs: ``count`` distinct providers, or the explicit ``nodes``."""
+
+    count: int = Field(default=1, ge=1, le=10_000)
+    selector: ProviderSelector | None = None
+    nodes: list[NodeId] | None = None
+
+    @model_validator(mode="after")
+    def _nodes_fit_count(self) -> Providers:
+        if self.nodes is not None:
+            if not self.nodes:
+                raise ValueError("nodes: give at least one node id, or leave nodes out")
+            if len(set(self.nodes)) != len(self.nodes):
+                raise ValueError("nodes: a node id is listed twice")
+        return self
+
+
+class ImageRef(Model):
+    """The image a workload runs, named by the sha3-256 of its bytes."""
+
+    hash: ImageHash
+    url: str | None = None
+
+
+class Resources(Model):
+    cpu: float = Field(default=1.0, gt=0, le=1024)
+    memoryMiB: int = Field(default=256, gt=0, le=16 * 1024 * 1024)
+
+
+class Workload(Model):
+    """What runs: the image, its command and environment, and its size."""
+
+    runtime: Literal["native", "docker", "vm"]
+    image: ImageRef
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class SessionSpec(Model):
+    app: Name
+    priority: Name | None = None
+    providers: Providers = Field(default_factory=Providers)
+    workload: Workload
+    network: Name | None = None
+    restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
+    suspend: bool = False
+
+
+SessionPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class PlacementSummary(Model):
+    name: str
+    node: str | None = None
+    state: str = "Pending"
+    exitCode: int | None = None
+    reason: str = ""
+
+
+class SessionStatus(Status):
+    phase: SessionPhase = "Pending"
+    placements: list[PlacementSummary] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class Session(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["Session"] = "Session"
+    metadata: ObjectMeta
+    spec: SessionSpec
+    status: SessionStatus = Field(default_factory=SessionStatus)
+
+
+# ---------------------------------------------------------------- Provider
+
+
+class OsInfo(Model):
+    name: str
+    version: str
+
+
+class CpuInfo(Model):
+    architecture: str
+    bit: list[int]
+    cores: int
+    threads: int
+
+
+class Inventory(Model):
+    """What a provider has, reported by its agent at every heartbeat."""
+
+    os: OsInfo
+    cpu: CpuInfo
+    memoryBytes: int
+    storageBytes: int
+    runtimes: list[str] = Field(default_factory=list)
+
+
+class Usage(Model):
+    """What a provider is using right now."""
+
+    cpuPercent: float = 0.0
+    memoryAvailableBytes: int = 0
+    storageFreeBytes: int = 0
+    workloads: int = 0
+
+
+class ProviderSpec(Model):
+    nodeId: NodeId
+    publicKey: PublicKey
+    labels: Labels = Field(default_factory=dict)
+
+
+class ProviderStatus(Status):
+    inventory: Inventory | None = None
+    usage: Usage = Field(default_factory=Usage)
+    lastHeartbeat: datetime | None = None
+    endpoints: list[str] = Field(default_factory=list)
+
+
+class Provider(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["Provider"] = "Provider"
+    metadata: ObjectMeta
+    spec: ProviderSpec
+    status: ProviderStatus = Field(default_factory=ProviderStatus)
+
+
+# --------------------------------------------------------------- Placement
+
+PlacementState = Literal[
+    "Pending", "Pulling", "Starting", "Running", "Suspended", "Succeeded", "Failed", "Stopped"
+]
+DesiredState = Literal["Running", "Suspended", "Stopped"]
+
+
+class PlacementSpec(Model):
+    session: Name
+    app: Name
+    node: NodeId | None = None
+    desiredState: DesiredState = "Running"
+    workload: Workload
+    restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
+    network: Name | None = None
+
+
+class PlacementStatus(Status):
+    state: PlacementState = "Pending"
+    exitCode: int | None = None
+    reason: str = ""
+    message: str = ""
+    address: str | None = None
+    restarts: int = 0
+    startedAt: datetime | None = None
+    finishedAt: datetime | None = None
+
+
+class Placement(Model):
+    apiVersion: Literal["gu/v1"] = API_VERSION
+    kind: Literal["Placement"] = "Placement"
+    metadata: ObjectMeta
+    spec: PlacementSpec
+    status: PlacementStatus = Field(default_factory=PlacementStatus)
+
+
+# ---------------------------------------------------------------- registry
+
+Object = App | ImagePolicy | Priority | VirtualNetwork | Session | Provider | Placement
+
+USER_KINDS: dict[str, type[Model]] = {
+    "App": App,
+    "ImagePolicy": ImagePolicy,
+    "Priority": Priority,
+    "VirtualNetwork": VirtualNetwork,
+    "Session": Session,
+}
+SYSTEM_KINDS: dict[str, type[Model]] = {"Provider": Provider, "Placement": Placement}
+KINDS: dict[str, type[Model]] = {**USER_KINDS, **SYSTEM_KINDS}
+
+_PLURALS = {k: k + "s" for k in KINDS} | {"ImagePolicy": "ImagePolicies", "Priority": "Priorities"}
+_ALIASES: dict[str, str] = {}
+for _kind, _plural in _PLURALS.items():
+    for _alias in (_kind, _plural):
+        _ALIASES[_alias.lower()] = _kind
+_ALIASES.update({"vnet": "VirtualNetwork", "vnets": "VirtualNetwork", "peers": "Provider"})
+
+
+class UnknownKindError(LookupError):
+    """A kind name that gu does not know."""
+
+
+def resolve_kind(name: str) -> str:
+    """Map a singular, plural or lower-case kind name to its canonical kind."""
+    kind = _ALIASES.get(name.lower())
+    if kind is None:
+        raise UnknownKindError(f"unknown kind {name!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return kind
+
+
+def plural(kind: str) -> str:
+    """The plural of a canonical kind name ("ImagePolicy" → "ImagePolicies")."""
+    return _PLURALS[kind]
+
+
+def parse_object(data: dict[str, Any]) -> Model:
+    """Validate one object (a dict with ``kind``) into its model."""
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UnknownKindError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return KINDS[kind].model_validate(data)
+
+
+__all__ = [
+    "KINDS",
+    "SYSTEM_KINDS",
+    "USER_KINDS",
+    "App",
+    "Condition",
+    "ImagePolicy",
+    "Placement",
+    "Priority",
+    "Provider",
+    "Session",
+    "UnknownKindError",
+    "VirtualNetwork",
+    "parse_object",
+    "plural",
+    "resolve_kind",
+]

@@ -1,0 +1,137 @@
+"""Object metadata and status shapes shared by every kind.
+
+Every gu object is ``apiVersion: gu/v1``, ``kind``, ``metadata``, ``spec`` and
+``status``. The user writes ``metadata.name``/``labels``/``annotations`` and
+``spec``; the store fills the rest of ``metadata`` and the controllers write
+``status``. Conditions follow kstatus (``Ready``, ``Reconciling``, ``Stalled``)
+so that a script can tell converged, working and stuck apart.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+API_VERSION: Final = "gu/v1"
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+_LABEL_KEY_RE = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            "must be 1-63 lower-case letters, digits, '-' or '.', starting and ending "
+            "with a letter or digit"
+        )
+    return value
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        if not _LABEL_KEY_RE.match(key):
+            raise ValueError(f"label key {key!r} is not valid (letters, digits, '-', '_', '.')")
+        if not _LABEL_VALUE_RE.match(val):
+            raise ValueError(f"label value {val!r} of {key!r} is not valid")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
+class Model(BaseModel):
+    """Base of every spec shape: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (what every timestamp in gu is)."""
+    return datetime.now(UTC)
+
+
+class ObjectMeta(Model):
+    """``metadata``: the user sets name, labels, annotations; the store the rest."""
+
+    name: Name
+    labels: Labels = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+    resourceVersion: int | None = None
+    creationTimestamp: datetime | None = None
+    deletionTimestamp: datetime | None = None
+    finalizers: list[str] = Field(default_factory=list)
+
+
+ConditionType = Literal["Ready", "Reconciling", "Stalled"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """One kstatus condition. ``lastTransitionTime`` moves only when ``status`` flips."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    lastTransitionTime: datetime | None = None
+
+
+class Status(Model):
+    """The part of ``status`` every kind has."""
+
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str = "",
+    message: str = "",
+    now: datetime | None = None,
+) -> list[Condition]:
+    """Return ``conditions`` with ``type_`` set; the transition time moves only on a flip.
+
+    Level-triggered reconcilers call this every pass; keeping the old timestamp
+    when nothing flipped is what makes a converged resync write nothing.
+    """
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.type != type_:
+            out.append(cond)
+            continue
+        found = True
+        when = cond.lastTransitionTime if cond.status == status else (now or utcnow())
+        out.append(
+            Condition(
+                type=type_, status=status, reason=reason, message=message, lastTransitionTime=when
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                lastTransitionTime=now or utcnow(),
+            )
+        )
+    return out
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    """The condition of ``type_``, or None."""
+    for cond in conditions:
+        if cond.type == type_:
+            return cond
+    return None
