@@ -25,6 +25,7 @@ models live at the edges.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import sqlite3
@@ -363,7 +364,7 @@ class Store:
 
     def list(
         self, kind: str, selector: dict[str, str | None] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Every object of ``kind`` (sorted by name) whose labels match ``selector``."""
         with self._lock:
             rows = self._db.execute(
@@ -374,7 +375,7 @@ class Store:
             objs = [o for o in objs if match_labels(o["metadata"]["labels"], selector)]
         return objs
 
-    def list_where(self, kind: str, json_path: str, value: Any) -> list[dict[str, Any]]:
+    def list_where(self, kind: str, json_path: str, value: Any) -> builtins.list[dict[str, Any]]:
         """Objects of ``kind`` whose ``spec`` has ``value`` at ``json_path`` (e.g. ``$.app``)."""
         with self._lock:
             rows = self._db.execute(
@@ -391,7 +392,7 @@ class Store:
                 self._db.execute("SELECT COUNT(*) FROM objects WHERE kind=?", (kind,)).fetchone()[0]
             )
 
-    def changes(self, since: int, limit: int = 1000) -> list[Change]:
+    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
         """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
         with self._lock:
             if since + 1 < self._oldest and since < self._rv:
@@ -466,7 +467,7 @@ class Store:
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         status: dict[str, Any] | None = None,
-        finalizers: list[str] | None = None,
+        finalizers: builtins.list[str] | None = None,
         deleted: str | None = None,
     ) -> dict[str, Any]:
         meta = cur["metadata"]
@@ -518,7 +519,12 @@ class Store:
             return self._update(cur, status=status)
 
     def set_finalizers(
-        self, kind: str, name: str, finalizers: list[str], *, expected_rv: int | None = None
+        self,
+        kind: str,
+        name: str,
+        finalizers: builtins.list[str],
+        *,
+        expected_rv: int | None = None,
     ) -> dict[str, Any]:
         """Replace the finalizers; an object being deleted goes once they are empty."""
         with self.transaction():
@@ -552,8 +558,8 @@ class Store:
         prune: bool = False,
         prune_kinds: Iterable[str] = (),
         dry_run: bool = False,
-        finalizers: Callable[[str], list[str]] | None = None,
-    ) -> list[ApplyResult]:
+        finalizers: Callable[[str], builtins.list[str]] | None = None,
+    ) -> builtins.list[ApplyResult]:
         """Create or update every object atomically: all of them or none.
 
         An object equal to what is stored (spec, labels, annotations) is
@@ -563,7 +569,7 @@ class Store:
         ``finalizers(kind)`` gives the finalizers a newly created object starts with.
         """
         objs = list(objects)
-        results: list[ApplyResult] = []
+        results: builtins.list[ApplyResult] = []
         try:
             with self.transaction():
                 seen: set[tuple[str, str]] = set()
@@ -582,7 +588,7 @@ class Store:
         self,
         obj: dict[str, Any],
         apply_set: str | None,
-        finalizers: Callable[[str], list[str]] | None,
+        finalizers: Callable[[str], builtins.list[str]] | None,
     ) -> ApplyResult:
         kind, meta = obj["kind"], obj["metadata"]
         cur = self._fetch(kind, meta["name"])
@@ -600,7 +606,10 @@ class Store:
         elif APPLY_SET_ANNOTATION in cur["metadata"]["annotations"]:
             annotations[APPLY_SET_ANNOTATION] = cur["metadata"]["annotations"][APPLY_SET_ANNOTATION]
         new = self._update(
-            cur, spec=obj.get("spec") or {}, labels=meta.get("labels") or {}, annotations=annotations
+            cur,
+            spec=obj.get("spec") or {},
+            labels=meta.get("labels") or {},
+            annotations=annotations,
         )
         action: ApplyAction = "unchanged" if new is cur else "configured"
         return ApplyResult(
@@ -613,11 +622,11 @@ class Store:
 
     def _prune(
         self, apply_set: str, kinds: set[str], keep: set[tuple[str, str]]
-    ) -> list[ApplyResult]:
+    ) -> builtins.list[ApplyResult]:
         rows = self._db.execute(
             "SELECT * FROM objects WHERE apply_set=? ORDER BY kind, name", (apply_set,)
         ).fetchall()
-        out: list[ApplyResult] = []
+        out: builtins.list[ApplyResult] = []
         for row in rows:
             obj = self._row_to_obj(row)
             key = (obj["kind"], obj["metadata"]["name"])
@@ -654,7 +663,7 @@ class Store:
                 (kind, name, kind, name),
             )
 
-    def events(self, kind: str, name: str) -> list[Event]:
+    def events(self, kind: str, name: str) -> builtins.list[Event]:
         """Events of one object, oldest first."""
         with self._lock:
             rows = self._db.execute(

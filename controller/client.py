@@ -1,0 +1,236 @@
+"""The public API client of the hub, used by the CLI, the agent and scripts.
+
+It logs in by challenge–response with an Ed25519 key: ask the hub for a
+single-use nonce, sign ``(hub id, nonce, purpose, expiry)``, trade the
+signature for a short-lived bearer token. The token is kept in memory only and
+renewed before it expires (or once after a 401, e.g. when the hub restarted).
+
+Routes (all JSON; every one but ``/healthz`` needs the token)::
+
+    POST /v1/auth/challenge            {publicKey, purpose} -> {nonce, hubId, expiresAt}
+    POST /v1/auth/token                {publicKey, nonce, purpose, expiry, signature}
+    GET  /v1/{plural}?labelSelector=   -> {items, resourceVersion}
+    GET  /v1/{plural}/{name}           -> object
+    DELETE /v1/{plural}/{name}
+    PUT  /v1/{plural}/{name}/status    {status, resourceVersion?}
+    GET  /v1/{plural}/{name}/events    -> {items}
+    POST /v1/apply                     {objects, applySet, prune, dryRun}
+    GET  /v1/watch?resourceVersion=N   -> NDJSON stream of {type, object, resourceVersion}
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.config import load_config
+from specs.identity import LOGIN_PAYLOAD_TYPE, load_private_key, login_body, public_key_str, sign
+from specs.kinds import plural, resolve_kind
+
+
+class ApiError(Exception):
+    """The hub refused a request; ``status`` is the HTTP status, ``details`` any field errors."""
+
+    def __init__(
+        self, status: int, message: str, details: builtins.list[dict[str, Any]] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+class HubUnreachable(ApiError):
+    """No answer from the hub at all."""
+
+
+def _error_from(resp: httpx.Response) -> ApiError:
+    try:
+        body = resp.json()
+        err = body.get("error") or {}
+        message = err.get("message") or body.get("detail") or resp.text
+        details = err.get("details") or []
+    except (ValueError, AttributeError):
+        message, details = resp.text or resp.reason_phrase, []
+    if not isinstance(message, str):
+        message = json.dumps(message)
+    return ApiError(resp.status_code, message, details)
+
+
+def path_for(kind: str, name: str | None = None) -> str:
+    """``/v1/sessions`` or ``/v1/sessions/NAME`` for any spelling of a kind."""
+    base = "/v1/" + plural(resolve_kind(kind)).lower()
+    return f"{base}/{name}" if name else base
+
+
+class Client:
+    """A logged-in connection to one hub (thread-safe)."""
+
+    def __init__(
+        self,
+        hub: str,
+        key: Ed25519PrivateKey,
+        *,
+        purpose: str = "api",
+        timeout: float = 30.0,
+        token_ttl: int | None = None,
+    ) -> None:
+        self.hub = hub.rstrip("/")
+        self.key = key
+        self.public_key = public_key_str(key)
+        self.purpose = purpose
+        self.token_ttl = token_ttl
+        self._token: str | None = None
+        self._token_exp = 0.0
+        self._lock = threading.Lock()
+        self.http = httpx.Client(base_url=self.hub, timeout=timeout)
+
+    @classmethod
+    def from_config(cls, config: str | Path | None = None, context: str | None = None) -> Client:
+        """A client for the current (or named) context of the client config."""
+        ctx = load_config(config).context(context)
+        return cls(ctx.hub, load_private_key(Path(ctx.key).expanduser()))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ auth
+
+    def login(self) -> str:
+        """Challenge–response log-in; returns a fresh bearer token."""
+        chal = self._raw(
+            "POST",
+            "/v1/auth/challenge",
+            json={"publicKey": self.public_key, "purpose": self.purpose},
+        )
+        expiry = int(time.time()) + 60
+        body = login_body(chal["hubId"], chal["nonce"], self.purpose, expiry)
+        req: dict[str, Any] = {
+            "publicKey": self.public_key,
+            "nonce": chal["nonce"],
+            "purpose": self.purpose,
+            "expiry": expiry,
+            "signature": sign(self.key, LOGIN_PAYLOAD_TYPE, body),
+        }
+        if self.token_ttl:
+            req["ttl"] = self.token_ttl
+        tok = self._raw("POST", "/v1/auth/token", json=req)
+        self._token = tok["token"]
+        self._token_exp = time.time() + float(tok["expiresIn"])
+        return str(tok["token"])
+
+    def token(self) -> str:
+        """A valid token, logging in again when the current one is near its end."""
+        with self._lock:
+            if self._token is None or time.time() > self._token_exp - 30:
+                return self.login()
+            return self._token
+
+    def _raw(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        return resp.json()
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """An authenticated request; logs in again once on 401. Raises ApiError on ≥ 400."""
+        for attempt in range(2):
+            headers = dict(kw.pop("headers", None) or {})
+            headers["Authorization"] = f"Bearer {self.token()}"
+            try:
+                resp = self.http.request(method, path, headers=headers, **kw)
+            except httpx.TransportError as exc:
+                raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+            if resp.status_code == 401 and attempt == 0:
+                with self._lock:
+                    self._token = None
+                continue
+            if resp.status_code >= 400:
+                raise _error_from(resp)
+            return resp
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        """``request`` and decode the JSON answer."""
+        return self.request(method, path, **kw).json()
+
+    # --------------------------------------------------------------- objects
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return dict(self.call("GET", path_for(kind, name)))
+
+    def list(self, kind: str, selector: str | None = None) -> builtins.list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else None
+        return list(self.call("GET", path_for(kind), params=params)["items"])
+
+    def apply(
+        self,
+        objects: builtins.list[dict[str, Any]],
+        *,
+        apply_set: str | None = None,
+        prune: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Atomic batch apply; ``{"results": [{kind, name, action, ...}], "resourceVersion"}``."""
+        body = {"objects": objects, "applySet": apply_set, "prune": prune, "dryRun": dry_run}
+        return dict(self.call("POST", "/v1/apply", json=body))
+
+    def delete(self, kind: str, name: str) -> dict[str, Any]:
+        return dict(self.call("DELETE", path_for(kind, name)))
+
+    def update_status(
+        self, kind: str, name: str, status: dict[str, Any], resource_version: int | None = None
+    ) -> dict[str, Any]:
+        body = {"status": status, "resourceVersion": resource_version}
+        return dict(self.call("PUT", path_for(kind, name) + "/status", json=body))
+
+    def events(self, kind: str, name: str) -> builtins.list[dict[str, Any]]:
+        return list(self.call("GET", path_for(kind, name) + "/events")["items"])
+
+    def watch(
+        self,
+        resource_version: int = 0,
+        *,
+        kinds: builtins.list[str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Stream change events after ``resource_version`` (``{type, object, resourceVersion}``).
+
+        ``timeout`` ends the stream server-side after that many seconds; BOOKMARK
+        events (``object`` None) carry the rv reached while nothing changed.
+        """
+        params: dict[str, Any] = {"resourceVersion": resource_version}
+        if kinds:
+            params["kind"] = ",".join(resolve_kind(k) for k in kinds)
+        if timeout is not None:
+            params["timeout"] = timeout
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        try:
+            with self.http.stream(
+                "GET", "/v1/watch", params=params, headers=headers, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_from(resp)
+                for line in resp.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise HubUnreachable(0, f"watch: lost the hub at {self.hub}: {exc}") from None
