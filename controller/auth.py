@@ -1,0 +1,187 @@
+"""Log-in by challenge–response, and the short-lived bearer tokens it hands out.
+
+Flow: a client asks ``challenge(publicKey, purpose)`` and gets a random,
+single-use nonce that lives ``nonce_ttl`` seconds. It signs the DSSE encoding
+of ``(hub id, nonce, purpose, expiry)`` with its Ed25519 key and sends it to
+``issue_token``. The hub checks, in this order: the nonce exists, was issued to
+that key for that purpose and is consumed now (a replay finds nothing); the
+signed expiry is in the near future; the signature verifies under the key; the
+key belongs to a principal (admin, App, or enrolled agent). Only then does it
+issue a token.
+
+Tokens are ``gu1.<payload>.<mac>``: an HMAC-SHA256, under a key derived from
+the hub's private key (HKDF), over a small JSON payload (role, name, key,
+expiry, id). Checking one costs an HMAC and a JSON parse: no store read on the
+hot path. The hub keeps no client secret at rest; a key removed from its App
+cannot log in again, and its tokens die with their short lifetime.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from specs.identity import LOGIN_PAYLOAD_TYPE, login_body, node_id, public_key_str, verify
+
+Role = Literal["admin", "app", "agent"]
+_PREFIX = "gu1"
+
+
+class AuthError(Exception):
+    """Authentication failed (HTTP 401). The message never contains the token."""
+
+    status = 401
+
+
+class Forbidden(Exception):
+    """Authenticated, but not allowed (HTTP 403); the message names the missing permission."""
+
+    status = 403
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: ``role`` and ``name`` (admin name, App name, or node id)."""
+
+    role: Role
+    name: str
+    key: str = ""
+    expires: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+@dataclass
+class _Nonce:
+    public_key: str
+    purpose: str
+    expires: float
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Authenticator:
+    """Nonces, signature checks and tokens for one hub (thread-safe)."""
+
+    def __init__(
+        self,
+        hub_key: Ed25519PrivateKey,
+        resolve: Callable[[str, str], Principal | None],
+        *,
+        token_ttl: int = 900,
+        nonce_ttl: int = 60,
+        max_pending: int = 100_000,
+    ) -> None:
+        """``resolve(public_key, purpose)`` maps a verified key to its principal, or None."""
+        self.hub_id = node_id(public_key_str(hub_key))
+        self.token_ttl = token_ttl
+        self.nonce_ttl = nonce_ttl
+        self.max_pending = max_pending
+        self._resolve = resolve
+        raw = hub_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self._mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"gu token v1"
+        ).derive(raw)
+        self._nonces: dict[str, _Nonce] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ log-in
+
+    def challenge(self, public_key: str, purpose: str) -> dict[str, object]:
+        """A fresh single-use nonce for ``public_key`` and ``purpose``."""
+        now = time.time()
+        nonce = _b64(secrets.token_bytes(24))
+        with self._lock:
+            if len(self._nonces) >= self.max_pending:
+                self._expire(now)
+                if len(self._nonces) >= self.max_pending:
+                    raise AuthError("too many log-ins in flight; try again in a minute")
+            self._nonces[nonce] = _Nonce(public_key, purpose, now + self.nonce_ttl)
+        return {"nonce": nonce, "hubId": self.hub_id, "expiresIn": self.nonce_ttl}
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, n in self._nonces.items() if n.expires < now]:
+            del self._nonces[key]
+
+    def issue_token(
+        self,
+        public_key: str,
+        nonce: str,
+        purpose: str,
+        expiry: int,
+        signature: str,
+        ttl: int | None = None,
+    ) -> tuple[str, Principal]:
+        """Check a signed challenge and return ``(token, principal)``; raises AuthError."""
+        now = time.time()
+        with self._lock:
+            pending = self._nonces.pop(nonce, None)  # consumed even if the rest fails
+        if pending is None or pending.expires < now:
+            raise AuthError("unknown, expired or already used nonce; ask for a new challenge")
+        if pending.public_key != public_key or pending.purpose != purpose:
+            raise AuthError("the nonce was issued for another key or purpose")
+        if not now - 5 <= expiry <= now + 300:
+            raise AuthError("the signed expiry must lie within the next 5 minutes")
+        body = login_body(self.hub_id, nonce, purpose, expiry)
+        if not verify(public_key, LOGIN_PAYLOAD_TYPE, body, signature):
+            raise AuthError("signature does not verify for this hub, nonce and key")
+        principal = self._resolve(public_key, purpose)
+        if principal is None:
+            raise AuthError("this key belongs to no admin, App or enrolled agent of this hub")
+        life = min(ttl or self.token_ttl, self.token_ttl)
+        return self.make_token(principal, life), principal
+
+    # ------------------------------------------------------------ tokens
+
+    def make_token(self, principal: Principal, ttl: float) -> str:
+        """A token for ``principal`` valid for ``ttl`` seconds."""
+        payload = {
+            "r": principal.role,
+            "n": principal.name,
+            "k": principal.key,
+            "exp": round(time.time() + ttl, 3),
+            "id": _b64(secrets.token_bytes(9)),
+        }
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        mac = hmac.new(self._mac_key, f"{_PREFIX}.{body}".encode(), hashlib.sha256).digest()
+        return f"{_PREFIX}.{body}.{_b64(mac)}"
+
+    def verify_token(self, token: str) -> Principal:
+        """The principal of a valid token; raises AuthError for a bad or expired one."""
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != _PREFIX:
+            raise AuthError("malformed bearer token; get one with `gu auth token`")
+        want = hmac.new(self._mac_key, f"{_PREFIX}.{parts[1]}".encode(), hashlib.sha256).digest()
+        try:
+            got = _unb64(parts[2])
+            payload = json.loads(_unb64(parts[1])) if hmac.compare_digest(want, got) else None
+        except (ValueError, json.JSONDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            raise AuthError("invalid bearer token (not issued by this hub)")
+        if float(payload["exp"]) < time.time():
+            raise AuthError("bearer token expired; log in again")
+        return Principal(payload["r"], payload["n"], payload.get("k", ""), float(payload["exp"]))

@@ -1,0 +1,230 @@
+"""The hub process: state dir, keys, store, reconcile loop and HTTP API in one.
+
+``gu hub`` first start creates the state dir (0700) with the hub's own Ed25519
+key, an admin key (0600), ``admins.pub`` (public keys only) and a client config
+``admin-config.yaml`` naming the hub URL and the admin key path; it also writes
+``~/.config/gu/config.yaml`` (or ``$GU_CONFIG``) when that does not exist yet.
+Later starts reuse them. Then one asyncio loop serves the API (uvicorn) and
+runs the reconcile controller; the SQLite store is shared by both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.auth import Authenticator, Principal
+from controller.config import Context, config_path, load_config
+from controller.store import Store
+from specs.identity import generate_key, load_private_key, public_key_str, save_private_key
+
+log = logging.getLogger("gu.hub")
+
+DEFAULT_STATE_DIR = Path("~/.local/share/gu/hub")
+DEFAULT_LISTEN = "127.0.0.1:61622"
+
+
+@dataclass
+class HubSettings:
+    state_dir: Path
+    listen: str = DEFAULT_LISTEN
+    node_grace: float = 30.0
+    token_ttl: int = 900
+    resync_period: float = 30.0
+    heartbeat: float = 5.0
+
+    @property
+    def url(self) -> str:
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port), with a clear error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:61622")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class ChangeNotifier:
+    """Wakes asyncio waiters (watch streams) when the store commits.
+
+    The store calls back on the writer's thread; we hop onto the loop and swap
+    in a fresh Event, so every waiter wakes once per commit batch.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rv = 0
+
+    def attach(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.rv = store.resource_version
+        store.subscribe(self._from_thread)
+
+    def _from_thread(self, rv: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fire, rv)
+
+    def _fire(self, rv: int) -> None:
+        self.rv = max(self.rv, rv)
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, after: int, timeout: float) -> int:
+        """Wait until the store's rv passes ``after`` or ``timeout``; returns the rv seen."""
+        if self.rv > after:
+            return self.rv
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        return self.rv
+
+
+def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    if path.exists():
+        return load_private_key(path)
+    key = generate_key()
+    save_private_key(key, path)
+    return key
+
+
+class Hub:
+    """Everything one hub holds, wired together (the API reads it from ``app.state``)."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        state = settings.state_dir
+        first_start = not (state / "hub.key").exists()
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        self.key = _load_or_create_key(state / "hub.key")
+        admin_key = _load_or_create_key(state / "admin.key")
+        admins = state / "admins.pub"
+        if not admins.exists():
+            admins.write_text(public_key_str(admin_key) + "\n")
+        self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
+        self.store = Store(state / "hub.db")
+        self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
+        self.notifier = ChangeNotifier()
+        self.first_start = first_start
+        self.admin_config = self._write_client_configs(state / "admin.key")
+        from controller.reconcile.engine import Controller
+        from controller.reconcilers import register_all
+
+        self.controller = Controller(self.store, resync_period=settings.resync_period)
+        register_all(self.controller)
+
+    @property
+    def hub_id(self) -> str:
+        return self.auth.hub_id
+
+    def resolve_principal(self, public_key: str, purpose: str) -> Principal | None:
+        """Map a verified public key to admin, App or enrolled agent."""
+        if public_key in self.admin_keys:
+            return Principal("admin", "admin", public_key)
+        for app in self.store.list("App"):
+            if public_key in (app["spec"].get("publicKeys") or []):
+                return Principal("app", app["metadata"]["name"], public_key)
+        return None
+
+    def _write_client_configs(self, admin_key: Path) -> Path:
+        """admin-config.yaml in the state dir, and the user's config if it has none."""
+        ctx = Context(
+            name=f"admin@{self.settings.listen}",
+            hub=self.settings.url,
+            key=str(admin_key.resolve()),
+            principal="admin",
+        )
+        path = self.settings.state_dir / "admin-config.yaml"
+        cfg = load_config(path, missing_ok=True)
+        cfg.upsert(ctx)
+        cfg.save()
+        user_cfg = config_path()
+        if not user_cfg.exists():
+            ucfg = load_config(user_cfg, missing_ok=True)
+            ucfg.upsert(ctx)
+            ucfg.save()
+        return path
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Serve the API and run the reconcile loop until SIGINT/SIGTERM."""
+        import uvicorn
+
+        from controller.api.app import create_app
+
+        host, port = parse_listen(self.settings.listen)
+        loop = asyncio.get_running_loop()
+        self.notifier.attach(self.store, loop)
+        stop = asyncio.Event()
+        app = create_app(self)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        server = _quiet_server_class()(config)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reconcile = asyncio.create_task(self.controller.run(stop), name="reconcile")
+        serving = asyncio.create_task(server.serve(), name="api")
+        log.info(
+            "event=hub_started hub_id=%s url=%s state_dir=%s",
+            self.hub_id,
+            self.settings.url,
+            self.settings.state_dir,
+        )
+        if ready is not None:
+            ready.set()
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopper, reconcile}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        server.should_exit = True
+        await asyncio.wait({serving, reconcile}, timeout=10)
+        self.store.close()
+        log.info("event=hub_stopped")
+
+
+def _quiet_server_class() -> type:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its own signal capture: the hub's loop handles SIGINT/SIGTERM
+        and shuts the reconcile loop and the store down in order."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Structured, one line per event, to stderr."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def run_hub(state_dir: Path, listen: str = DEFAULT_LISTEN, node_grace: float = 30.0) -> None:
+    """Start a hub and block until it is stopped (the ``gu hub`` command)."""
+    setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
+    settings = HubSettings(state_dir=state_dir.expanduser(), listen=listen, node_grace=node_grace)
+    parse_listen(listen)
+    hub = Hub(settings)
+    print(f"gu hub {hub.hub_id} listening on {settings.url}", flush=True)
+    print(f"admin client config: {hub.admin_config}", flush=True)
+    asyncio.run(hub.serve())
