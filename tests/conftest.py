@@ -1,0 +1,106 @@
+"""Fixtures: a real hub process on a free loopback port, with its own state dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.client import Client
+from tests.helpers import GU, ROOT, free_port, wait_for
+
+
+@dataclass
+class HubProcess:
+    """A running ``gu hub`` subprocess."""
+
+    state_dir: Path
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.state_dir / "admin-config.yaml"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                *GU,
+                "hub",
+                "--state-dir",
+                str(self.state_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *self.extra_args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        wait_for(self._healthy, timeout=20, what=f"hub on {self.url} (log {self.log_path})")
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"hub exited: {self.log_path.read_text()[-2000:]}")
+        return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """``kill -9``: no chance to clean up."""
+        self.stop(signal.SIGKILL)
+
+    def client(self) -> Client:
+        return Client.from_config(self.config)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def make_hub(tmp_path: Path, *extra_args: str) -> HubProcess:
+    """A hub (not started) whose state, config and logs live under ``tmp_path``."""
+    state = tmp_path / "hub"
+    env = dict(os.environ)
+    env["GU_CONFIG"] = str(state / "admin-config.yaml")
+    env.setdefault("GU_LOG_LEVEL", "INFO")
+    return HubProcess(
+        state_dir=state,
+        port=free_port(),
+        log_path=tmp_path / "hub.log",
+        env=env,
+        extra_args=list(extra_args),
+    )
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubProcess]:
+    """A started hub; stopped (SIGTERM, then SIGKILL) after the test."""
+    h = make_hub(tmp_path)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
