@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the Debian packages gu's real-part tests and demo need, only when missing.
+# Idempotent and quiet; safe to run on every `make test` / `make demo`.
+set -euo pipefail
+need=()
+command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "gu: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2
+    exit 0
+  fi
+  echo "gu: installing ${need[*]} (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,43 @@
+# gu — two commands: `make demo` and `make test` (both set everything up first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PACKAGES := specs controller agent runtimes
+
+.PHONY: setup system demo test lint format pytest bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the real-part tests use (idempotent; skipped when present).
+system:
+	bash .ci/system.sh
+
+demo: setup system
+	bash examples/demo.sh
+
+lint: setup
+	$(BIN)/ruff check $(PACKAGES) tests
+	$(BIN)/ruff format --check $(PACKAGES) tests
+	$(BIN)/mypy $(PACKAGES)
+
+pytest: setup system
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint pytest
+
+format: setup
+	$(BIN)/ruff check --fix $(PACKAGES) tests
+	$(BIN)/ruff format $(PACKAGES) tests
+
+bench: setup
+	bash tests/bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
