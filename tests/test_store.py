@@ -1,0 +1,125 @@
+"""The store: generations, no-op writes, optimistic concurrency, atomic apply, the change feed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.store import Conflict, Gone, NotFound, Store, parse_selector
+
+
+def prio(name: str, value: int = 1, **labels: str) -> dict:
+    return {"kind": "Priority", "metadata": {"name": name, "labels": labels}, "spec": {"value": value}}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "hub.db")
+
+
+def test_reapplying_unchanged_objects_writes_nothing(store: Store) -> None:
+    store.apply([prio("a"), prio("b")], apply_set="s")
+    rv = store.resource_version
+    results = store.apply([prio("a"), prio("b")], apply_set="s")
+    assert [r.action for r in results] == ["unchanged", "unchanged"]
+    assert store.resource_version == rv
+    assert len(store.changes(0)) == 2
+
+
+def test_generation_moves_only_when_spec_changes(store: Store) -> None:
+    store.apply([prio("a", 1)])
+    store.apply([prio("a", 1, team="x")])  # labels only
+    assert store.get("Priority", "a")["metadata"]["generation"] == 1
+    store.apply([prio("a", 2, team="x")])
+    assert store.get("Priority", "a")["metadata"]["generation"] == 2
+    store.update_status("Priority", "a", {"observedGeneration": 2})
+    assert store.get("Priority", "a")["metadata"]["generation"] == 2
+
+
+def test_equal_status_write_is_a_no_op(store: Store) -> None:
+    store.apply([prio("a")])
+    store.update_status("Priority", "a", {"observedGeneration": 1})
+    rv = store.resource_version
+    store.update_status("Priority", "a", {"observedGeneration": 1})
+    assert store.resource_version == rv
+
+
+def test_stale_resource_version_is_a_conflict(store: Store) -> None:
+    store.apply([prio("a")])
+    old = store.get("Priority", "a")["metadata"]["resourceVersion"]
+    store.apply([prio("a", 5)])
+    with pytest.raises(Conflict, match="read it again"):
+        store.update_status("Priority", "a", {"x": 1}, expected_rv=old)
+
+
+def test_apply_is_all_or_nothing(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    def finalizers(kind: str) -> list[str]:
+        if kind == "Session":
+            raise Boom
+        return []
+
+    bad = {"kind": "Session", "metadata": {"name": "s"}, "spec": {}}
+    with pytest.raises(Boom):
+        store.apply([prio("a"), bad], finalizers=finalizers)
+    assert store.count() == 0
+    assert store.resource_version == 0
+
+
+def test_dry_run_reports_and_writes_nothing(store: Store) -> None:
+    results = store.apply([prio("a")], dry_run=True)
+    assert results[0].action == "created"
+    assert store.count() == 0 and store.resource_version == 0
+
+
+def test_prune_deletes_only_objects_of_the_same_apply_set(store: Store) -> None:
+    store.apply([prio("a"), prio("b")], apply_set="one")
+    store.apply([prio("c")], apply_set="two")
+    results = store.apply([prio("a")], apply_set="one", prune=True)
+    assert [(r.name, r.action) for r in results] == [("a", "unchanged"), ("b", "pruned")]
+    assert {o["metadata"]["name"] for o in store.list("Priority")} == {"a", "c"}
+
+
+def test_finalizers_hold_deletion_until_removed(store: Store) -> None:
+    store.apply([prio("a")], finalizers=lambda kind: ["gu/test"])
+    marked = store.delete("Priority", "a")
+    assert marked["metadata"]["deletionTimestamp"]
+    assert store.get("Priority", "a")
+    store.set_finalizers("Priority", "a", [])
+    with pytest.raises(NotFound):
+        store.get("Priority", "a")
+    assert store.changes(0)[-1].type == "DELETED"
+
+
+def test_change_feed_replays_in_order_and_reports_compaction(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db", changelog_limit=10)
+    for i in range(30):
+        store.apply([prio(f"p{i}")])
+    recent = store.changes(store.resource_version - 3)
+    assert [c.rv for c in recent] == [28, 29, 30]
+    with pytest.raises(Gone):
+        store.changes(1)
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.apply([prio("a", 7)])
+    store.close()
+    again = Store(tmp_path / "db")
+    assert again.get("Priority", "a")["spec"] == {"value": 7}
+    assert again.resource_version == 1
+    assert again.integrity_check() == "ok"
+
+
+def test_label_selector() -> None:
+    assert parse_selector("a=b, c") == {"a": "b", "c": None}
+    assert parse_selector(None) == {}
+
+
+def test_list_filters_by_labels(store: Store) -> None:
+    store.apply([prio("a", team="x"), prio("b", team="y"), prio("c")])
+    assert [o["metadata"]["name"] for o in store.list("Priority", {"team": "x"})] == ["a"]
+    assert [o["metadata"]["name"] for o in store.list("Priority", {"team": None})] == ["a", "b"]
