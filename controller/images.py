@@ -1,0 +1,367 @@
+"""The hub's image store: content-addressed files named by the sha3-256 of their bytes.
+
+Layout under ``root``::
+
+    sha3-256/<hex>              the image, exactly the bytes that hash to <hex>
+    sig/<hex>/<sha3 of sig>.sig signatures of that image, stored as given
+    tmp/                        uploads in flight
+
+An upload (``put_stream`` / ``put_async``) is written to ``tmp/`` while it is
+hashed, fsynced, and only then linked under its hash: a reader never sees a
+half-written or unverified image under a final name, and a crash leaves at most
+a temp file (removed at the next start once stale). When the caller names the
+hash it expects (``PUT /v1/images/{hash}``), a mismatch raises
+``ImageHashMismatch`` and nothing is kept. Two uploads of the same bytes race
+harmlessly: the first link wins and the second one's temp file is dropped.
+
+Every hash string is checked by ``specs.images.parse_hash`` before it becomes a
+path, so an API caller cannot name ``sha3-256:../../etc``.
+
+The store is synchronous file I/O and thread-safe (it keeps no state but the
+directory); ``put_async`` moves the blocking parts (hash+write, fsync) off the
+event loop in 1 MiB batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Final, TypeVar
+
+from specs.images import (
+    CHUNK_SIZE,
+    HASH_PREFIX,
+    BytesLike,
+    Hasher,
+    ImageHashMismatch,
+    hash_bytes,
+    parse_hash,
+)
+
+log = logging.getLogger("gu.hub.images")
+
+# Signatures are small (an Ed25519 signature and a short payload); anything
+# bigger is a mistake or abuse, not a signature.
+MAX_SIGNATURE_BYTES: Final = 64 * 1024
+# Temp files older than this at start-up belong to an upload that died with its process.
+_STALE_TMP_SECONDS: Final = 3600.0
+
+T = TypeVar("T")
+
+
+class ImageNotFound(LookupError):
+    """No image with that hash is in the store."""
+
+    def __init__(self, hash: str) -> None:
+        self.hash = hash
+        super().__init__(f"image {hash} is not in the hub's image store; upload it first")
+
+
+class ImageTooLarge(Exception):
+    """An upload went past the store's size limit; nothing was kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"image is larger than the hub's limit of {limit} bytes; nothing was kept "
+            "(raise the hub's image size limit if the image is meant to be this big)"
+        )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One stored image: its hash, its size in bytes and when it was stored (UTC)."""
+
+    hash: str
+    size: int
+    created: datetime
+
+
+class _Upload:
+    """One upload in flight: a temp file being written and hashed."""
+
+    def __init__(self, tmp_dir: Path, max_bytes: int | None) -> None:
+        self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
+        self.max_bytes = max_bytes
+        self.hasher = Hasher()
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def write(self, chunk: BytesLike) -> None:
+        view = memoryview(chunk)
+        if self.max_bytes is not None and self.hasher.size + view.nbytes > self.max_bytes:
+            raise ImageTooLarge(self.max_bytes)
+        self.hasher.update(view)
+        assert self._fd is not None
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def finish(self) -> None:
+        """fsync and close: after this the bytes are on disk, not just in the page cache."""
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            # Read-only: a stored image is never written again, by us or by mistake.
+            os.fchmod(fd, 0o444)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        self.path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or link in ``path`` durable (best effort where directories can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ImageStore:
+    """The hub's content-addressed image store under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path, *, max_image_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.max_image_bytes = max_image_bytes
+        self._images = self.root / "sha3-256"
+        self._sigs = self.root / "sig"
+        self._tmp = self.root / "tmp"
+        for d in (self._images, self._sigs, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
+
+    # ----------------------------------------------------------- uploads
+
+    def put_stream(self, chunks: Iterable[BytesLike], expected: str | None = None) -> ImageInfo:
+        """Store an image from an iterable of byte chunks; return what was stored.
+
+        The bytes are hashed while written to a temp file, fsynced, then linked
+        under their hash. If ``expected`` is given and differs from the hash of
+        the bytes, ImageHashMismatch is raised and nothing is kept. Storing an
+        image that is already present keeps the existing file.
+        """
+        if expected is not None:
+            parse_hash(expected)
+        upload = self._begin()
+        try:
+            for chunk in chunks:
+                upload.write(chunk)
+            upload.finish()
+            return self._commit(upload, expected)
+        finally:
+            upload.discard()
+
+    async def put_async(
+        self, chunks: AsyncIterable[BytesLike], expected: str | None = None
+    ) -> ImageInfo:
+        """``put_stream`` for an async source (an ASGI request body); disk work runs in threads.
+
+        Small network chunks are gathered into ~1 MiB batches so that a thread
+        hop costs little next to the hashing and writing it saves the loop from.
+        """
+        if expected is not None:
+            parse_hash(expected)
+        upload = await _in_thread(self._begin)
+        try:
+            batch = bytearray()
+            async for chunk in chunks:
+                batch += chunk
+                if len(batch) >= CHUNK_SIZE:
+                    await _in_thread(upload.write, batch)
+                    batch = bytearray()
+            if batch:
+                await _in_thread(upload.write, batch)
+            await _in_thread(upload.finish)
+            return await _in_thread(self._commit, upload, expected)
+        finally:
+            await _in_thread(upload.discard)
+
+    def _begin(self) -> _Upload:
+        return _Upload(self._tmp, self.max_image_bytes)
+
+    def _commit(self, upload: _Upload, expected: str | None) -> ImageInfo:
+        actual = upload.hasher.hash
+        if expected is not None and actual != expected:
+            log.warning(
+                "event=image_rejected reason=hash_mismatch expected=%s actual=%s size=%d",
+                expected,
+                actual,
+                upload.hasher.size,
+            )
+            raise ImageHashMismatch(expected, actual, "upload to the hub")
+        final = self._images / parse_hash(actual)
+        try:
+            # link, not rename: it never replaces, so an image already stored
+            # (maybe being streamed to an agent right now) stays untouched.
+            os.link(upload.path, final)
+            stored = True
+        except FileExistsError:
+            stored = False
+        except OSError:
+            # A filesystem without hard links: rename is still atomic, and
+            # replacing identical bytes is harmless.
+            os.replace(upload.path, final)
+            stored = True
+        if stored:
+            _fsync_dir(self._images)
+        log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
+        return self._info(actual, final)
+
+    # ------------------------------------------------------------- reads
+
+    def path(self, hash: str) -> Path:
+        """The file of image ``hash``; raise ImageNotFound when it is not stored."""
+        p = self._images / parse_hash(hash)
+        if not p.is_file():
+            raise ImageNotFound(hash)
+        return p
+
+    def exists(self, hash: str) -> bool:
+        """True when image ``hash`` is stored (InvalidImageHash on a malformed hash)."""
+        return (self._images / parse_hash(hash)).is_file()
+
+    def info(self, hash: str) -> ImageInfo:
+        """Hash, size and creation time of a stored image; ImageNotFound otherwise."""
+        return self._info(hash, self.path(hash))
+
+    def list(self) -> builtins.list[ImageInfo]:
+        """Every stored image, oldest first."""
+        out: builtins.list[ImageInfo] = []
+        with os.scandir(self._images) as it:
+            for entry in it:
+                hash = HASH_PREFIX + entry.name
+                try:
+                    parse_hash(hash)
+                    out.append(self._info(hash, Path(entry.path)))
+                except (ValueError, FileNotFoundError):
+                    continue  # a stray file, or deleted while we listed
+        out.sort(key=lambda i: (i.created, i.hash))
+        return out
+
+    def open_range(self, hash: str, start: int = 0) -> BinaryIO:
+        """Open image ``hash`` for reading from byte ``start`` (for streaming and resumed pulls).
+
+        The caller closes the file. An image deleted while open stays readable
+        through this handle (POSIX unlink semantics).
+        """
+        if start < 0:
+            raise ValueError(f"start must be ≥ 0, not {start}")
+        f = open(self.path(hash), "rb")  # noqa: SIM115 — returned to the caller, who closes it
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if start > size:
+                raise ValueError(f"start {start} is past the end of image {hash} ({size} bytes)")
+            f.seek(start)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def delete(self, hash: str) -> None:
+        """Remove image ``hash`` and its signatures; ImageNotFound when it is not stored."""
+        hex_part = parse_hash(hash)
+        try:
+            (self._images / hex_part).unlink()
+        except FileNotFoundError:
+            raise ImageNotFound(hash) from None
+        sig_dir = self._sigs / hex_part
+        if sig_dir.is_dir():
+            for sig in sig_dir.iterdir():
+                sig.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                sig_dir.rmdir()
+        log.info("event=image_deleted hash=%s", hash)
+
+    # -------------------------------------------------------- signatures
+
+    def put_signature(self, hash: str, sig_bytes: bytes) -> None:
+        """Store a signature of image ``hash`` (idempotent); the image must be stored.
+
+        The bytes are kept as given: checking them against a key is the policy's
+        job. The file is named by the sha3-256 of the signature, so the same
+        signature uploaded twice is stored once.
+        """
+        hex_part = parse_hash(hash)
+        if not (self._images / hex_part).is_file():
+            raise ImageNotFound(hash)
+        if not sig_bytes:
+            raise ValueError("a signature cannot be empty")
+        if len(sig_bytes) > MAX_SIGNATURE_BYTES:
+            raise ValueError(
+                f"a signature of {len(sig_bytes)} bytes is too big "
+                f"(limit {MAX_SIGNATURE_BYTES}); is this really a signature?"
+            )
+        sig_dir = self._sigs / hex_part
+        sig_dir.mkdir(exist_ok=True)
+        final = sig_dir / (parse_hash(hash_bytes(sig_bytes)) + ".sig")
+        if final.exists():
+            return
+        tmp = self._tmp / f"{uuid.uuid4().hex}.sig.part"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(sig_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(sig_dir)
+        log.info("event=signature_stored hash=%s size=%d", hash, len(sig_bytes))
+
+    def signatures(self, hash: str) -> builtins.list[bytes]:
+        """Every signature stored for image ``hash``, in a stable order (may be empty)."""
+        sig_dir = self._sigs / parse_hash(hash)
+        if not sig_dir.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(sig_dir.glob("*.sig"))]
+
+    # ----------------------------------------------------------- helpers
+
+    def _info(self, hash: str, path: Path) -> ImageInfo:
+        st = path.stat()
+        # mtime, not ctime: the file is never written after it is stored, and
+        # ctime on Linux is inode-change time, not creation.
+        return ImageInfo(
+            hash=hash, size=st.st_size, created=datetime.fromtimestamp(st.st_mtime, UTC)
+        )
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        with os.scandir(self._tmp) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        log.info("event=stale_temp_removed path=%s", entry.path)
+
+
+async def _in_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run blocking ``fn`` in a thread; if cancelled, let it finish before re-raising.
+
+    A thread cannot be interrupted, and the cleanup that follows a cancellation
+    (closing and unlinking the temp file) must not race a write still running.
+    """
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await fut
+        raise
