@@ -136,6 +136,17 @@ class Authenticator:
         ttl: int | None = None,
     ) -> tuple[str, Principal]:
         """Check a signed challenge and return ``(token, principal)``; raises AuthError."""
+        self.verify_challenge(public_key, nonce, purpose, expiry, signature)
+        principal = self._resolve(public_key, purpose)
+        if principal is None:
+            raise AuthError("this key belongs to no admin, App or enrolled agent of this hub")
+        life = min(ttl or self.token_ttl, self.token_ttl)
+        return self.make_token(principal, life), principal
+
+    def verify_challenge(
+        self, public_key: str, nonce: str, purpose: str, expiry: int, signature: str
+    ) -> None:
+        """Consume the nonce and check the signed challenge; raises AuthError."""
         now = time.time()
         with self._lock:
             pending = self._nonces.pop(nonce, None)  # consumed even if the rest fails
@@ -148,11 +159,6 @@ class Authenticator:
         body = login_body(self.hub_id, nonce, purpose, expiry)
         if not verify(public_key, LOGIN_PAYLOAD_TYPE, body, signature):
             raise AuthError("signature does not verify for this hub, nonce and key")
-        principal = self._resolve(public_key, purpose)
-        if principal is None:
-            raise AuthError("this key belongs to no admin, App or enrolled agent of this hub")
-        life = min(ttl or self.token_ttl, self.token_ttl)
-        return self.make_token(principal, life), principal
 
     # ------------------------------------------------------------ tokens
 

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.auth import Authenticator, Principal
 from controller.config import Context, config_path, load_config
+from controller.images import ImageStore
 from controller.store import Store
-from specs.identity import generate_key, load_private_key, public_key_str, save_private_key
+from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 
 log = logging.getLogger("gu.hub")
 
@@ -118,6 +119,7 @@ class Hub:
             admins.write_text(public_key_str(admin_key) + "\n")
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
         self.store = Store(state / "hub.db")
+        self.images = ImageStore(state / "images")
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.notifier = ChangeNotifier()
         self.first_start = first_start
@@ -136,6 +138,10 @@ class Hub:
         """Map a verified public key to admin, App or enrolled agent."""
         if public_key in self.admin_keys:
             return Principal("admin", "admin", public_key)
+        if purpose == "api":
+            prov = self.store.try_get("Provider", node_id(public_key))
+            if prov is not None and prov["spec"].get("publicKey") == public_key:
+                return Principal("agent", prov["metadata"]["name"], public_key)
         for app in self.store.list("App"):
             if public_key in (app["spec"].get("publicKeys") or []):
                 return Principal("app", app["metadata"]["name"], public_key)
@@ -227,4 +233,10 @@ def run_hub(state_dir: Path, listen: str = DEFAULT_LISTEN, node_grace: float = 3
     hub = Hub(settings)
     print(f"gu hub {hub.hub_id} listening on {settings.url}", flush=True)
     print(f"admin client config: {hub.admin_config}", flush=True)
+    if hub.first_start:
+        from controller.enrollment import create_join_token
+
+        token, _ = create_join_token(hub.store)
+        print(f"join token for agents (valid 24h): {token}", flush=True)
+        print(f"  start an agent: gu agent --hub {settings.url} --join-token {token}", flush=True)
     asyncio.run(hub.serve())

@@ -646,6 +646,34 @@ class Store:
             )
         return out
 
+    # ---------------------------------------------------------------- meta
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Set a small hub-internal value (e.g. a hashed join token), durably."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def meta_items(self, prefix: str) -> builtins.list[tuple[str, str]]:
+        """Every (key, value) whose key starts with ``prefix``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return [(str(k), str(v)) for k, v in rows]
+
+    def delete_meta(self, key: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM meta WHERE key=?", (key,))
+
     # -------------------------------------------------------------- events
 
     def record_event(

@@ -288,6 +288,7 @@ class Usage(Model):
 
 class ProviderSpec(Model):
     nodeId: NodeId
+    displayName: str = ""
     publicKey: PublicKey
     labels: Labels = Field(default_factory=dict)
 

@@ -13,30 +13,21 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from controller import authz
+from controller.api.common import ApiProblem, Caller
 from controller.auth import AuthError, Forbidden, Principal
 from controller.store import StoreError, parse_selector
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS, UnknownKindError, plural, resolve_kind
 
 if TYPE_CHECKING:
     from controller.hub import Hub
-
-
-class ApiProblem(Exception):
-    """An error answer with a status, a message and optional field details."""
-
-    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details or []
 
 
 # ------------------------------------------------------------------ payloads
@@ -104,25 +95,6 @@ class EventList(BaseModel):
 
 
 # ---------------------------------------------------------------- app
-
-
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-def principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 otherwise."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError(
-            "missing bearer token; log in (`gu auth token`) and send Authorization: Bearer <token>"
-        )
-    return _hub(request).auth.verify_token(token.strip())
-
-
-Caller = Annotated[Principal, Depends(principal)]
 
 
 def _kind(name: str) -> str:
@@ -197,6 +169,13 @@ def create_app(hub: Hub) -> FastAPI:
             "role": who.role,
             "name": who.name,
         }
+
+    # routes with fixed first segments go before the generic /v1/{kind} ones
+    from controller.api import agents, images, peers
+
+    agents.register(app, hub)
+    peers.register(app, hub)
+    images.register(app, hub)
 
     # ------------------------------------------------------------ objects
 

@@ -1,0 +1,173 @@
+"""Agent-facing routes: join tokens, enrolment, heartbeats, and workload logs.
+
+Agents start every connection themselves (they may sit behind NAT): they
+enrol once with a join token, then log in with their key, heartbeat their
+inventory and usage, watch their Placements and upload log tails. The hub
+stamps ``lastHeartbeat`` with its own clock, so agents' clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from controller import authz
+from controller.api.common import ApiProblem, Caller
+from controller.auth import AuthError, Principal
+from controller.enrollment import check_join_token, create_join_token
+from controller.hub import Hub
+from controller.store import NotFound
+from specs.identity import node_id
+from specs.kinds import Inventory, Usage
+from specs.meta import utcnow
+
+MAX_LOG_BYTES = 1 << 20
+
+
+class JoinTokenRequest(BaseModel):
+    ttl: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+
+
+class JoinTokenResponse(BaseModel):
+    token: str
+    expiresIn: int
+
+
+class EnrollRequest(BaseModel):
+    publicKey: str = Field(max_length=200)
+    nonce: str = Field(max_length=200)
+    expiry: int
+    signature: str = Field(max_length=400)
+    joinToken: str = Field(max_length=200)
+    name: str = Field(default="", max_length=120)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class EnrollResponse(BaseModel):
+    nodeId: str
+    token: str
+    expiresIn: int
+
+
+class Heartbeat(BaseModel):
+    inventory: Inventory
+    usage: Usage
+    endpoints: list[str] = Field(default_factory=list, max_length=16)
+
+
+def log_path(hub: Hub, placement: str) -> Path:
+    return hub.settings.state_dir / "logs" / f"{placement}.log"
+
+
+def register(app: FastAPI, hub: Hub) -> None:
+    """Add the agent routes to ``app``."""
+
+    @app.post("/v1/jointokens", response_model=JoinTokenResponse, tags=["agents"])
+    def new_join_token(req: JoinTokenRequest, who: Caller) -> dict[str, Any]:
+        """A join token for new agents (admin only); shown once, stored hashed."""
+        authz.check(who, "admin", "JoinToken")
+        token, _ = create_join_token(hub.store, req.ttl)
+        return {"token": token, "expiresIn": req.ttl}
+
+    @app.post("/v1/agents/enroll", response_model=EnrollResponse, tags=["agents"])
+    def enroll(req: EnrollRequest) -> dict[str, Any]:
+        """Enrol an agent: a signed challenge (purpose ``enroll``) plus a join token."""
+        hub.auth.verify_challenge(req.publicKey, req.nonce, "enroll", req.expiry, req.signature)
+        if not check_join_token(hub.store, req.joinToken):
+            raise AuthError("join token unknown or expired; get one with `gu hub token create`")
+        nid = node_id(req.publicKey)
+        spec = {
+            "nodeId": nid,
+            "displayName": req.name or nid[:10],
+            "publicKey": req.publicKey,
+            "labels": req.labels,
+        }
+        obj = {"kind": "Provider", "metadata": {"name": nid, "labels": req.labels}, "spec": spec}
+        try:
+            from specs.kinds import Provider
+
+            Provider.model_validate(obj)
+        except ValueError as exc:
+            raise ApiProblem(422, f"enrolment rejected: {exc}") from None
+        with hub.store.transaction():
+            if hub.store.try_get("Provider", nid) is None:
+                hub.store.create(obj)
+            else:
+                hub.store.replace(obj)
+        hub.store.record_event("Provider", nid, "Enrolled", f"agent {spec['displayName']} enrolled")
+        who = Principal("agent", nid, req.publicKey)
+        return {
+            "nodeId": nid,
+            "token": hub.auth.make_token(who, hub.auth.token_ttl),
+            "expiresIn": hub.auth.token_ttl,
+        }
+
+    @app.post("/v1/agents/heartbeat", tags=["agents"])
+    def heartbeat(req: Heartbeat, who: Caller) -> dict[str, Any]:
+        """An agent's inventory and usage; the hub stamps the time."""
+        if who.role != "agent":
+            raise ApiProblem(403, f"{who} is not an agent; only agents send heartbeats")
+        with hub.store.transaction():
+            cur = hub.store.get("Provider", who.name)
+            status = dict(cur["status"])
+            status["inventory"] = req.inventory.model_dump(mode="json")
+            status["usage"] = req.usage.model_dump(mode="json")
+            status["endpoints"] = req.endpoints
+            status["lastHeartbeat"] = utcnow().isoformat().replace("+00:00", "Z")
+            hub.store.update_status("Provider", who.name, status)
+        return {"ok": True, "heartbeat": hub.settings.heartbeat, "time": time.time()}
+
+    @app.put("/v1/placements/{name}/logs", tags=["agents"])
+    async def put_logs(name: str, request: Request, who: Caller) -> dict[str, Any]:
+        """The agent uploads the tail of a workload's output (at most 1 MiB)."""
+        placement = hub.store.get("Placement", name)
+        authz.check(who, "status", "Placement", placement)
+        body = await request.body()
+        if len(body) > MAX_LOG_BYTES:
+            body = body[-MAX_LOG_BYTES:]
+        path = log_path(hub, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        tmp.replace(path)
+        return {"bytes": len(body)}
+
+    @app.get("/v1/sessions/{name}/logs", response_class=PlainTextResponse, tags=["objects"])
+    def session_logs(
+        name: str,
+        who: Caller,
+        node: str | None = Query(default=None, max_length=64),
+    ) -> str:
+        """Output of a session's workloads, one section per placement."""
+        session = hub.store.get("Session", name)
+        authz.check(who, "get", "Session", session)
+        placements = hub.store.list_where("Placement", "$.session", name)
+        if node:
+            placements = [
+                p
+                for p in placements
+                if p["spec"].get("node") == node or _display(hub, p["spec"].get("node")) == node
+            ]
+        if not placements:
+            raise NotFound(f"Session/{name} has no placements" + (f" on {node}" if node else ""))
+        parts = []
+        for p in placements:
+            pname = p["metadata"]["name"]
+            path = log_path(hub, pname)
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if len(placements) > 1:
+                parts.append(f"==> {pname} on {p['spec'].get('node')} <==\n")
+            parts.append(text if text.endswith("\n") or not text else text + "\n")
+        return "".join(parts)
+
+
+def _display(hub: Hub, nid: str | None) -> str | None:
+    if not nid:
+        return None
+    prov = hub.store.try_get("Provider", nid)
+    return prov["spec"].get("displayName") if prov else None

@@ -1,0 +1,80 @@
+"""Image routes: push (streamed, hashed while received), list, pull.
+
+An image is named by the sha3-256 of its bytes, so a push needs no name and a
+pull needs no trust in the hub: the agent verifies the bytes itself. Agents
+may pull only images that one of their Placements runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse
+
+from controller import authz
+from controller.api.common import ApiProblem, Caller
+from controller.hub import Hub
+from controller.images import ImageNotFound, ImageTooLarge
+from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
+
+
+def _info(info: Any) -> dict[str, Any]:
+    return {
+        "hash": info.hash,
+        "size": info.size,
+        "created": info.created.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def register(app: FastAPI, hub: Hub) -> None:
+    """Add the image routes to ``app``."""
+
+    def valid(hash: str) -> str:
+        try:
+            return parse_hash(hash)
+        except InvalidImageHash as exc:
+            raise ApiProblem(422, str(exc)) from None
+
+    @app.post("/v1/images", tags=["images"])
+    async def push_image(
+        request: Request,
+        who: Caller,
+        expected: str | None = Query(default=None, max_length=80),
+    ) -> dict[str, Any]:
+        """Upload an image as the raw request body; answers its ``sha3-256:`` hash."""
+        authz.check(who, "push", "Image")
+        if expected is not None:
+            valid(expected)
+        try:
+            info = await hub.images.put_async(request.stream(), expected)
+        except ImageHashMismatch as exc:
+            raise ApiProblem(422, str(exc)) from None
+        except ImageTooLarge as exc:
+            raise ApiProblem(413, str(exc)) from None
+        return _info(info)
+
+    @app.get("/v1/images", tags=["images"])
+    def list_images(who: Caller) -> dict[str, Any]:
+        """Every stored image (hash, size, time)."""
+        authz.check(who, "push", "Image")
+        return {"items": [_info(i) for i in hub.images.list()]}
+
+    @app.get("/v1/images/{hash}", tags=["images"])
+    def pull_image(hash: str, who: Caller) -> FileResponse:
+        """The image's bytes (the puller verifies them against the hash)."""
+        authz.check(who, "pull", "Image")
+        h = valid(hash)
+        if who.role == "agent":
+            mine = [
+                p
+                for p in hub.store.list_where("Placement", "$.workload.image.hash", h)
+                if p["spec"].get("node") == who.name
+            ]
+            if not mine:
+                raise ApiProblem(403, f"{who} runs no placement with image {h}")
+        try:
+            path = hub.images.path(h)
+        except ImageNotFound as exc:
+            raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
+        return FileResponse(path, media_type="application/octet-stream")

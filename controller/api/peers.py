@@ -1,0 +1,112 @@
+"""The Provider Information API, at the roadmap's paths.
+
+``GET /peers`` lists providers; ``/peers/{nodeId}`` is one with its inventory
+and usage; ``/peers/{nodeId}/inf/{storage,cpu,mem,os}`` are the small views a
+requestor uses to pick machines. All read the Provider objects that agents'
+heartbeats keep fresh; ``ready`` is the Provider's ``Ready`` condition.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI
+
+from controller import authz
+from controller.api.common import ApiProblem, Caller
+from controller.hub import Hub
+from specs import peerinfo
+from specs.kinds import Provider
+from specs.meta import get_condition
+
+ACTIVE = ("Pending", "Pulling", "Starting", "Running", "Suspended")
+
+
+def _summary(prov: Provider, sessions: int) -> dict[str, Any]:
+    ready = get_condition(prov.status.conditions, "Ready")
+    last = prov.status.lastHeartbeat
+    return {
+        "nodeId": prov.spec.nodeId,
+        "name": prov.spec.displayName,
+        "labels": prov.metadata.labels,
+        "ready": bool(ready and ready.status == "True"),
+        "lastSeen": last.isoformat().replace("+00:00", "Z") if last else None,
+        "sessions": sessions,
+    }
+
+
+def register(app: FastAPI, hub: Hub) -> None:
+    """Add the /peers routes to ``app``."""
+
+    def sessions_per_node() -> Counter[str]:
+        pairs = {
+            (p["spec"].get("node"), p["spec"]["session"])
+            for p in hub.store.list("Placement")
+            if p.get("status", {}).get("state", "Pending") in ACTIVE and p["spec"].get("node")
+        }
+        return Counter(node for node, _ in pairs)
+
+    def provider(node_id: str, who: Any) -> Provider:
+        authz.check(who, "get", "Provider")
+        obj = hub.store.try_get("Provider", node_id)
+        if obj is None or not authz.visible(who, "Provider", obj):
+            raise ApiProblem(404, f"no provider with node id {node_id!r}; see GET /peers")
+        return Provider.model_validate(obj)
+
+    def with_inventory(node_id: str, who: Any) -> Provider:
+        prov = provider(node_id, who)
+        if prov.status.inventory is None:
+            raise ApiProblem(
+                404, f"provider {node_id} has not reported its inventory yet; try again shortly"
+            )
+        return prov
+
+    @app.get("/peers", tags=["peers"])
+    def peers(who: Caller) -> list[dict[str, Any]]:
+        """Every provider: node id, name, labels, readiness, last heartbeat, sessions."""
+        authz.check(who, "list", "Provider")
+        counts = sessions_per_node()
+        return [
+            _summary(Provider.model_validate(o), counts[o["metadata"]["name"]])
+            for o in hub.store.list("Provider")
+            if authz.visible(who, "Provider", o)
+        ]
+
+    @app.get("/peers/{nodeId}", tags=["peers"])
+    def peer(nodeId: str, who: Caller) -> dict[str, Any]:
+        """One provider with its inventory and usage."""
+        prov = provider(nodeId, who)
+        out = _summary(prov, sessions_per_node()[nodeId])
+        inv = prov.status.inventory
+        out["inventory"] = inv.model_dump(mode="json") if inv else None
+        out["usage"] = prov.status.usage.model_dump(mode="json")
+        return out
+
+    @app.get("/peers/{nodeId}/inf/storage", tags=["peers"])
+    def inf_storage(nodeId: str, who: Caller) -> dict[str, Any]:
+        """``{"gib": free GiB, "totalGib": total GiB}``."""
+        prov = with_inventory(nodeId, who)
+        assert prov.status.inventory is not None
+        return dict(peerinfo.inf_storage(prov.status.inventory, prov.status.usage))
+
+    @app.get("/peers/{nodeId}/inf/cpu", tags=["peers"])
+    def inf_cpu(nodeId: str, who: Caller) -> dict[str, Any]:
+        """``{"architecture", "bit", "cores", "threads", "usage"}``."""
+        prov = with_inventory(nodeId, who)
+        assert prov.status.inventory is not None
+        return dict(peerinfo.inf_cpu(prov.status.inventory, prov.status.usage))
+
+    @app.get("/peers/{nodeId}/inf/mem", tags=["peers"])
+    def inf_mem(nodeId: str, who: Caller) -> dict[str, Any]:
+        """``{"gib": available GiB, "total": total GiB}``."""
+        prov = with_inventory(nodeId, who)
+        assert prov.status.inventory is not None
+        return dict(peerinfo.inf_mem(prov.status.inventory, prov.status.usage))
+
+    @app.get("/peers/{nodeId}/inf/os", tags=["peers"])
+    def inf_os(nodeId: str, who: Caller) -> dict[str, Any]:
+        """``{"name", "version"}``."""
+        prov = with_inventory(nodeId, who)
+        assert prov.status.inventory is not None
+        return dict(peerinfo.inf_os(prov.status.inventory, prov.status.usage))
