@@ -1,0 +1,502 @@
+"""The reconcile engine: change feed → work queue → level-triggered handlers.
+
+Flow:
+
+1. ``Controller.run`` subscribes to the store. The store calls back on the
+   writer's thread after each commit; the callback only pokes the loop
+   (``call_soon_threadsafe``), coalesced so a burst of commits is one wake-up.
+2. The feed task reads ``store.changes(since)`` in batches and turns each change
+   into keys: ``Kind/name`` of the changed object if its kind has a reconciler,
+   plus whatever the *mappers* of reconcilers watching that kind return (a
+   Priority changed → the Sessions naming it). If the change log was compacted
+   past ``since`` (``Gone``) it relists every object of every registered kind.
+   A poll every ``poll_interval`` is the safety net for a missed wake-up.
+3. The ``WorkQueue`` dedupes keys and never hands one key to two workers.
+4. ``workers`` tasks take keys and run the handler in a thread (the store is
+   synchronous and thread-safe). The handler gets the object *as it is in the
+   store now*, never the event that woke it: handlers are level-triggered and
+   idempotent, so collapsing ten wake-ups into one loses nothing.
+5. A handler returns ``Result(requeue_after=…)`` or None; an exception means
+   "retry with backoff" (per-key exponential plus a global rate limit), a
+   success resets the backoff. Nobody sleeps inside a handler.
+6. Every ``resync_period`` (± ``jitter``, so many hubs or kinds do not line up)
+   every object of every registered kind is queued again to correct drift. A
+   resync of converged objects writes nothing: handlers compute the same status
+   and the store skips equal writes, so cost follows changes, not objects.
+
+Stopping: set the ``stop`` event; the queue shuts down, workers finish the key
+they hold, and ``run`` waits at most ``stop_timeout`` for them (a handler
+stuck in a thread cannot be killed; it is abandoned and logged).
+
+kopf (``kopf/_core/reactor/queueing.py``) and controller-runtime are the models;
+this is deliberately smaller: one handler per kind, string keys, one store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.reconcile.queue import QueueShutDown, WorkQueue
+from controller.store import Change, Conflict, Gone, Store
+
+log = logging.getLogger("gu.reconcile")
+
+Obj = dict[str, Any]
+
+_ERROR_MAX_CHARS = 300
+
+
+def logfmt(**fields: object) -> str:
+    """Render ``fields`` as one ``key=value`` line, quoting values with spaces or quotes."""
+    parts: list[str] = []
+    for key, value in fields.items():
+        text = " ".join(str(value).split()) if value is not None else ""
+        if text == "" or any(c in text for c in ' ="'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+class KeyValueLogAdapter(logging.LoggerAdapter[logging.Logger]):
+    """A logger adapter that appends its fields (e.g. kind, name) as ``key=value``."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        """Append the adapter's fields to the message."""
+        return f"{msg} {logfmt(**dict(self.extra or {}))}", kwargs
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a handler asks for besides its writes: ``requeue_after`` seconds, or nothing."""
+
+    requeue_after: float | None = None
+
+
+@dataclass
+class Context:
+    """What a handler gets next to the object: the store, its controller and helpers."""
+
+    store: Store
+    controller: Controller
+    log: logging.LoggerAdapter[logging.Logger]
+    kind: str
+    name: str
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC (use one ``now()`` per pass)."""
+        return datetime.now(UTC)
+
+    def event(self, obj: Obj, reason: str, message: str, type_: str = "Normal") -> bool:
+        """Record an event on ``obj`` unless its newest event has the same reason and message.
+
+        Returns whether an event was written. The check is what keeps a resync
+        from repeating the same event every period.
+        """
+        return self.controller.record_event(obj, reason, message, type_)
+
+    def update_status(self, obj: Obj, status: Obj) -> Obj:
+        """Write ``status`` of ``obj`` if it differs from what ``obj`` has.
+
+        Guarded by the resourceVersion the handler read: if the object changed
+        since, ``Conflict`` is raised and the key is retried with a fresh read.
+        """
+        if status == obj.get("status"):
+            return obj
+        meta = obj["metadata"]
+        return self.store.update_status(
+            obj["kind"], meta["name"], status, expected_rv=meta["resourceVersion"]
+        )
+
+    def ensure_finalizer(self, obj: Obj, finalizer: str) -> Obj:
+        """Add ``finalizer`` to ``obj`` if missing (not on an object already being deleted)."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer in finalizers or meta.get("deletionTimestamp"):
+            return obj
+        return self.store.set_finalizers(
+            obj["kind"],
+            meta["name"],
+            [*finalizers, finalizer],
+            expected_rv=meta["resourceVersion"],
+        )
+
+    def remove_finalizer(self, obj: Obj, finalizer: str) -> Obj:
+        """Remove ``finalizer`` from ``obj``; the store deletes it once none are left."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer not in finalizers:
+            return obj
+        return self.store.set_finalizers(
+            obj["kind"],
+            meta["name"],
+            [f for f in finalizers if f != finalizer],
+            expected_rv=meta["resourceVersion"],
+        )
+
+
+Handler = Callable[[Obj, Context], Result | None]
+"""``handler(obj, ctx)``: converge ``obj`` (the current stored object); raise to retry."""
+
+Mapper = Callable[[Obj, Store], Iterable[str]]
+"""``mapper(changed_obj, store)``: names of objects of the reconciled kind to queue."""
+
+
+class Controller:
+    """Runs the registered reconcilers against a store (see module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        workers: int = 4,
+        resync_period: float = 30.0,
+        jitter: float = 0.2,
+        poll_interval: float = 5.0,
+        stop_timeout: float = 5.0,
+        batch_size: int = 500,
+        queue: WorkQueue | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        if resync_period <= 0 or not 0 <= jitter < 1:
+            raise ValueError("resync_period must be > 0 and jitter in [0, 1)")
+        self.store = store
+        self.workers = workers
+        self.resync_period = resync_period
+        self.jitter = jitter
+        self.poll_interval = poll_interval
+        self.stop_timeout = stop_timeout
+        self.batch_size = batch_size
+        self._queue = queue if queue is not None else WorkQueue()
+        self._handlers: dict[str, Handler] = {}
+        self._watches: dict[str, list[tuple[str, Mapper]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._pending: set[str] = set()  # enqueued before run(): added when it starts
+        self._pending_lock = threading.Lock()
+        self._event_lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._wake_scheduled = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._since = 0
+        self._reconciles = 0
+        self._errors = 0
+        self._conflicts = 0
+        self._in_flight = 0
+        self._relists = 0
+        self._last_resync: datetime | None = None
+
+    # ---------------------------------------------------------- registration
+
+    def reconciler(
+        self, kind: str, *, watches: Mapping[str, Mapper] | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: register ``handler(obj, ctx)`` for ``kind``.
+
+        ``watches`` maps another kind to a mapper: when an object of that kind
+        changes, the names the mapper returns (objects of ``kind``) are queued.
+        """
+
+        def register(handler: Handler) -> Handler:
+            if self._started:
+                raise RuntimeError("register reconcilers before Controller.run starts")
+            if kind in self._handlers:
+                raise ValueError(f"a reconciler for {kind} is already registered")
+            self._handlers[kind] = handler
+            for watched, mapper in (watches or {}).items():
+                self._watches.setdefault(watched, []).append((kind, mapper))
+            return handler
+
+        return register
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds that have a reconciler."""
+        return list(self._handlers)
+
+    # -------------------------------------------------------------- queueing
+
+    def enqueue(self, kind: str, name: str) -> None:
+        """Queue ``kind/name`` for a reconcile; safe from any thread, before or during ``run``."""
+        key = f"{kind}/{name}"
+        loop = self._loop
+        if loop is None:
+            with self._pending_lock:
+                self._pending.add(key)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._queue.add(key)
+        else:
+            # RuntimeError: the loop closed under us, the controller stopped
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._queue.add, key)
+
+    async def resync(self) -> None:
+        """Queue every object of every registered kind now (the periodic resync does this)."""
+        keys = await self._in_thread(self._all_keys)
+        for key in keys:
+            self._queue.add(key)
+        self._last_resync = datetime.now(UTC)
+        log.debug(logfmt(event="resync", keys=len(keys)))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics: reconciles, errors, queue length, last resync, …"""
+        return {
+            "reconciles": self._reconciles,
+            "errors": self._errors,
+            "conflicts": self._conflicts,
+            "in_flight": self._in_flight,
+            "queue_length": len(self._queue),
+            "queue_waiting": self._queue.waiting(),
+            "relists": self._relists,
+            "feed_resource_version": self._since,
+            "last_resync": self._last_resync.isoformat() if self._last_resync else None,
+        }
+
+    # ------------------------------------------------------------- reconcile
+
+    def reconcile(self, kind: str, name: str) -> Result | None:
+        """Run the handler of ``kind`` once on the current ``kind/name`` (synchronous).
+
+        Does nothing if the object does not exist. Workers call this in a
+        thread; tests and tools may call it directly. Exceptions propagate.
+        """
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise ValueError(f"no reconciler registered for {kind}")
+        obj = self.store.try_get(kind, name)
+        if obj is None:
+            return None
+        ctx = Context(
+            store=self.store,
+            controller=self,
+            log=KeyValueLogAdapter(log, {"kind": kind, "name": name}),
+            kind=kind,
+            name=name,
+        )
+        return handler(obj, ctx)
+
+    def record_event(self, obj: Obj, reason: str, message: str, type_: str = "Normal") -> bool:
+        """``Context.event``: record unless the newest event of ``obj`` says the same."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        with self._event_lock:
+            events = self.store.events(kind, name)
+            if events and events[-1].reason == reason and events[-1].message == message:
+                return False
+            self.store.record_event(kind, name, reason, message, type_)
+            return True
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile until ``stop`` is set; then stop within about ``stop_timeout``.
+
+        A controller runs once: build a new one to run again.
+        """
+        if self._started:
+            raise RuntimeError("a Controller runs once; create a new one to run again")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers + 2, thread_name_prefix="gu-reconcile"
+        )
+        tasks: list[asyncio.Task[None]] = []
+        # subscribe before reading the rv: a commit in between wakes the feed, none is missed
+        self.store.subscribe(self._on_commit)
+        log.info(
+            logfmt(event="controller_start", kinds=",".join(self._handlers), workers=self.workers)
+        )
+        try:
+            self._since = self.store.resource_version
+            await self.resync()  # the initial list
+            with self._pending_lock:
+                pending, self._pending = self._pending, set()
+            for key in sorted(pending):
+                self._queue.add(key)
+            tasks = [
+                asyncio.create_task(self._work(), name=f"gu-reconcile-worker-{i}")
+                for i in range(self.workers)
+            ]
+            tasks.append(asyncio.create_task(self._follow(stop), name="gu-reconcile-feed"))
+            await self._resync_until(stop)
+        finally:
+            await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.store.unsubscribe(self._on_commit)
+        self._queue.shutdown()
+        for task in tasks:
+            if task.get_name() == "gu-reconcile-feed":
+                task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=self.stop_timeout)
+            for task in stuck:
+                log.warning(logfmt(event="controller_stop_abandoned", task=task.get_name()))
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1.0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loop = None
+        log.info(logfmt(event="controller_stop", reconciles=self._reconciles, errors=self._errors))
+
+    async def _resync_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            period = self.resync_period * random.uniform(1 - self.jitter, 1 + self.jitter)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            except TimeoutError:
+                await self.resync()
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # ------------------------------------------------------------------ feed
+
+    def _on_commit(self, rv: int) -> None:
+        """Store listener (writer's thread): wake the feed, once per burst of commits."""
+        loop = self._loop
+        if loop is None or self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        with contextlib.suppress(RuntimeError):  # loop closed: the controller is stopping
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):  # the poll: a safety net for lost wake-ups
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            # clear before reading: a commit from now on schedules a new wake-up
+            self._wake.clear()
+            self._wake_scheduled = False
+            try:
+                since, keys, more = await self._in_thread(self._collect, self._since)
+            except Exception as exc:
+                log.error(logfmt(event="feed_failed", since=self._since, error=_describe(exc)))
+                continue  # the next wake-up or poll retries; no tight loop
+            self._since = since
+            for key in keys:
+                self._queue.add(key)
+            if more:
+                self._wake.set()
+
+    def _collect(self, since: int) -> tuple[int, list[str], bool]:
+        """Read up to a few batches of changes after ``since`` (in a thread): the keys they touch."""
+        keys: dict[str, None] = {}  # ordered set
+        for _ in range(8):
+            try:
+                batch = self.store.changes(since, limit=self.batch_size)
+            except Gone:
+                fresh = self.store.resource_version
+                log.warning(logfmt(event="feed_gone", since=since, relist_at=fresh))
+                self._relists += 1
+                keys.update(dict.fromkeys(self._all_keys()))
+                return fresh, list(keys), False
+            for change in batch:
+                keys.update(dict.fromkeys(self._keys_for(change)))
+                since = change.rv
+            if len(batch) < self.batch_size:
+                return since, list(keys), False
+        return since, list(keys), True
+
+    def _keys_for(self, change: Change) -> list[str]:
+        keys: list[str] = []
+        if change.kind in self._handlers:
+            keys.append(f"{change.kind}/{change.name}")
+        for target, mapper in self._watches.get(change.kind, ()):
+            try:
+                keys.extend(f"{target}/{name}" for name in mapper(change.object, self.store))
+            except Exception as exc:  # the resync will catch what this misses
+                log.error(
+                    logfmt(
+                        event="mapper_failed",
+                        watched=f"{change.kind}/{change.name}",
+                        target=target,
+                        error=_describe(exc),
+                    )
+                )
+        return keys
+
+    def _all_keys(self) -> list[str]:
+        return [
+            f"{kind}/{obj['metadata']['name']}"
+            for kind in self._handlers
+            for obj in self.store.list(kind)
+        ]
+
+    # --------------------------------------------------------------- workers
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                key = await self._queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self._process(key)
+            except Exception as exc:  # an engine bug must not kill the worker
+                log.error(logfmt(event="worker_failed", key=key, error=_describe(exc)))
+                self._queue.add_rate_limited(key)
+            finally:
+                self._queue.done(key)
+
+    async def _process(self, key: str) -> None:
+        kind, _, name = key.partition("/")
+        self._in_flight += 1
+        try:
+            result = await self._in_thread(self.reconcile, kind, name)
+        except Conflict as exc:
+            # normal under concurrency: somebody wrote first; read again soon
+            self._conflicts += 1
+            delay = self._queue.add_rate_limited(key)
+            log.info(
+                logfmt(
+                    event="reconcile_conflict",
+                    kind=kind,
+                    name=name,
+                    retry_in=f"{delay:.3f}",
+                    error=_describe(exc),
+                )
+            )
+        except Exception as exc:
+            self._errors += 1
+            delay = self._queue.add_rate_limited(key)
+            log.error(
+                logfmt(
+                    event="reconcile_failed",
+                    kind=kind,
+                    name=name,
+                    attempt=self._queue.num_requeues(key),
+                    retry_in=f"{delay:.3f}",
+                    error=_describe(exc),
+                )
+            )
+        else:
+            self._queue.forget(key)
+            if isinstance(result, Result) and result.requeue_after is not None:
+                self._queue.add_after(key, result.requeue_after)
+        finally:
+            self._reconciles += 1
+            self._in_flight -= 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the exception, bounded in length (messages are not ours to trust)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_MAX_CHARS else text[: _ERROR_MAX_CHARS - 1] + "…"

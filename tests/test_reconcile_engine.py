@@ -1,0 +1,320 @@
+"""The reconcile engine: handlers run on create and change, retry with backoff, follow
+watches, resync without writing, and stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.reconcile import Context, Controller, Result
+from controller.store import Gone, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "hub.db")
+    yield s
+    s.close()
+
+
+def widget(name: str, **spec: Any) -> dict[str, Any]:
+    return {"kind": "Widget", "metadata": {"name": name}, "spec": spec}
+
+
+def run(body: Callable[[], Awaitable[None]], timeout: float = 8) -> None:
+    asyncio.run(asyncio.wait_for(body(), timeout=timeout))
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str = "it") -> Any:
+    """Poll ``check`` on the loop until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@asynccontextmanager
+async def running(controller: Controller) -> AsyncIterator[asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
+def test_a_handler_runs_on_create_and_on_change_with_the_current_object(store: Store) -> None:
+    controller = Controller(store, workers=2)
+    seen: list[tuple[str, int]] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        seen.append((obj["metadata"]["name"], obj["spec"]["size"]))
+
+    store.create(widget("before", size=1))  # exists before the controller starts
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: ("before", 1) in seen, what="initial list")
+            store.create(widget("w", size=1))
+            await eventually(lambda: ("w", 1) in seen, what="create")
+            store.replace(widget("w", size=2))
+            await eventually(lambda: ("w", 2) in seen, what="change")
+
+    run(body)
+    assert controller.stats()["errors"] == 0
+
+
+def test_a_handler_is_not_called_for_an_object_that_is_gone(store: Store) -> None:
+    controller = Controller(store)
+    calls: list[str] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        calls.append(obj["metadata"]["name"])
+
+    store.create(widget("w"))
+    store.delete("Widget", "w")
+    assert controller.reconcile("Widget", "w") is None
+    assert calls == []
+
+
+def test_a_failing_handler_is_retried_with_backoff_until_it_succeeds(store: Store) -> None:
+    controller = Controller(store, workers=2)
+    attempts: list[float] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 4:
+            raise RuntimeError("provider not reachable yet")
+
+    store.create(widget("w"))
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: len(attempts) >= 5, what="success after retries")
+            await asyncio.sleep(0.1)  # and no further retries after the success
+
+    run(body)
+    assert len(attempts) == 5
+    assert controller.stats()["errors"] == 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[3] >= 0.035  # the 4th retry waited 5 ms * 2**3
+    assert gaps[3] > gaps[0]
+
+
+def test_requeue_after_runs_the_handler_again_without_a_change(store: Store) -> None:
+    controller = Controller(store)
+    calls: list[float] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> Result:
+        calls.append(time.monotonic())
+        return Result(requeue_after=0.05)
+
+    store.create(widget("w"))
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: len(calls) >= 3, what="requeued runs")
+
+    run(body)
+    assert calls[2] - calls[1] >= 0.04
+
+
+def test_a_watched_kind_enqueues_the_objects_its_mapper_names(store: Store) -> None:
+    controller = Controller(store)
+    seen: list[tuple[str, bool]] = []
+
+    def widgets_using(gear: dict[str, Any], s: Store) -> list[str]:
+        return [
+            w["metadata"]["name"]
+            for w in s.list_where("Widget", "$.gear", gear["metadata"]["name"])
+        ]
+
+    @controller.reconciler("Widget", watches={"Gear": widgets_using})
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        found = ctx.store.try_get("Gear", obj["spec"]["gear"]) is not None
+        seen.append((obj["metadata"]["name"], found))
+
+    store.create(widget("uses-g", gear="g"))
+    store.create(widget("other", gear="h"))
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: ("uses-g", False) in seen, what="initial pass")
+            store.create({"kind": "Gear", "metadata": {"name": "g"}, "spec": {}})
+            await eventually(lambda: ("uses-g", True) in seen, what="mapped wake-up")
+            await asyncio.sleep(0.05)
+
+    run(body)
+    assert seen.count(("other", False)) == 1  # not woken by an unrelated Gear
+
+
+def test_resync_reruns_handlers_and_a_converged_resync_writes_nothing(store: Store) -> None:
+    controller = Controller(store, resync_period=0.05, jitter=0.2)
+    calls: list[str] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        calls.append(obj["metadata"]["name"])
+        ctx.update_status(obj, {"observedGeneration": obj["metadata"]["generation"], "ok": True})
+
+    store.create(widget("a"))
+    store.create(widget("b"))
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(
+                lambda: all(store.get("Widget", n)["status"].get("ok") for n in "ab"),
+                what="converged",
+            )
+            await asyncio.sleep(0.05)  # let the wake-ups of our own status writes settle
+            rv, before = store.resource_version, len(calls)
+            await eventually(lambda: len(calls) >= before + 6, what="three resyncs")
+            assert store.resource_version == rv
+
+    run(body)
+    assert controller.stats()["last_resync"] is not None
+
+
+def test_when_the_change_log_is_gone_everything_is_relisted(store: Store) -> None:
+    controller = Controller(store)
+    seen: list[str] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        seen.append(obj["metadata"]["name"])
+
+    store.create(widget("old"))
+    real_changes = store.changes
+    failed = threading.Event()
+
+    def changes_gone_once(since: int, limit: int = 1000) -> list[Any]:
+        if not failed.is_set():
+            failed.set()
+            raise Gone("compacted")
+        return real_changes(since, limit)
+
+    store.changes = changes_gone_once  # type: ignore[method-assign]
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: "old" in seen, what="initial list")
+            seen.clear()
+            store.create(widget("new"))
+            await eventually(lambda: {"old", "new"} <= set(seen), what="relist")
+
+    run(body)
+    assert controller.stats()["relists"] == 1
+
+
+def test_events_are_not_repeated_when_nothing_new_happened(store: Store) -> None:
+    controller = Controller(store)
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        ctx.event(obj, "Waiting", f"for {obj['spec']['on']}", "Warning")
+
+    store.create(widget("w", on="gear"))
+    for _ in range(3):
+        controller.reconcile("Widget", "w")
+    store.replace(widget("w", on="belt"))
+    controller.reconcile("Widget", "w")
+    assert [e.message for e in store.events("Widget", "w")] == ["for gear", "for belt"]
+
+
+def test_stop_waits_for_a_running_handler_then_returns(store: Store) -> None:
+    controller = Controller(store, workers=1)
+    finished = threading.Event()
+    started = threading.Event()
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        started.set()
+        time.sleep(0.2)
+        finished.set()
+
+    store.create(widget("w"))
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        await eventually(started.is_set, what="handler started")
+        stop.set()
+        await asyncio.wait_for(task, timeout=3)
+        assert finished.is_set()
+
+    run(body)
+
+
+def test_stop_gives_up_on_a_stuck_handler_after_the_timeout(store: Store) -> None:
+    controller = Controller(store, workers=1, stop_timeout=0.2)
+    release = threading.Event()
+    started = threading.Event()
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        started.set()
+        release.wait(timeout=5)
+
+    store.create(widget("w"))
+
+    async def body() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        await eventually(started.is_set, what="handler started")
+        begin = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, timeout=3)
+        assert time.monotonic() - begin < 2
+
+    try:
+        run(body)
+    finally:
+        release.set()
+
+
+def test_enqueue_from_another_thread_reaches_the_handler(store: Store) -> None:
+    controller = Controller(store, resync_period=60)
+    calls: list[str] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        calls.append(obj["metadata"]["name"])
+
+    store.create(widget("w"))
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: calls == ["w"], what="initial pass")
+            thread = threading.Thread(target=controller.enqueue, args=("Widget", "w"))
+            thread.start()
+            thread.join(timeout=1)
+            await eventually(lambda: len(calls) == 2, what="enqueued pass")
+
+    run(body)
+    stats = controller.stats()
+    assert stats["reconciles"] == 2
+    assert {"errors", "queue_length", "last_resync"} <= set(stats)
+
+
+def test_a_controller_refuses_a_second_reconciler_for_one_kind(store: Store) -> None:
+    controller = Controller(store)
+    controller.reconciler("Widget")(lambda obj, ctx: None)
+    with pytest.raises(ValueError, match="already registered"):
+        controller.reconciler("Widget")(lambda obj, ctx: None)
