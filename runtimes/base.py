@@ -1,0 +1,215 @@
+"""The runtime driver interface: what every way of running a workload answers.
+
+Modelled on Nomad's task-driver plugins. The agent's local reconcile loop only
+ever talks to a :class:`Runtime`; everything specific to processes, containers
+or VMs stays behind it. The short list of verbs:
+
+- ``available()`` — fingerprint: can this driver run anything on this machine?
+- ``prepare(image)`` — check (and, where useful, pre-load) an image before any
+  workload needs it, so a bad image fails early with a clear reason.
+- ``start(name, workload, image)`` — run one placement's workload.
+- ``inspect(name)`` — the observed state, read from the world every time.
+- ``suspend`` / ``resume`` — freeze and thaw without losing state.
+- ``stop(name, grace)`` — polite signal, then force after ``grace`` seconds.
+- ``logs(name)`` — what the workload printed.
+- ``remove(name)`` — stop if needed and delete every trace of it.
+- ``adopt()`` — Nomad's ``RecoverTask``: after an agent restart, find the
+  workloads a previous agent process started and manage them again, without
+  starting anything twice.
+
+Why the driver, not the agent, owns the workload's records: the agent can be
+``kill -9``'d at any moment. A driver keeps what it needs to find and judge its
+workloads on disk, in its own ``state_dir``, so a fresh process answers
+``inspect`` exactly like the old one would have. ``inspect`` is level-triggered
+like the rest of gu: it never trusts a remembered state when the world can be
+read.
+
+``name`` is always the placement name: lower-case letters, digits, ``-`` and
+``.``, starting and ending with a letter or digit (:func:`check_name`), so a
+driver may use it as a file, cgroup or container name without escaping.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    # Only for annotations: the shim of the native runtime imports this module
+    # and must start fast, without pydantic.
+    from specs.kinds import Workload
+
+#: Observed states a runtime reports; a subset of ``specs.kinds.PlacementState``
+#: ("Pending" and "Pulling" belong to the agent, before a runtime is involved).
+WORKLOAD_STATES: Final = frozenset(
+    {"Starting", "Running", "Suspended", "Succeeded", "Failed", "Stopped"}
+)
+#: States after which nothing runs any more.
+FINISHED_STATES: Final = frozenset({"Succeeded", "Failed", "Stopped"})
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+@dataclass
+class WorkloadStatus:
+    """What a runtime observed about one workload, in placement-status terms.
+
+    ``state`` is one of :data:`WORKLOAD_STATES`. ``reason`` is a CamelCase
+    machine word a script can switch on ("Started", "Completed", "Error",
+    "Killed", "OOMKilled", "Stopped", "Suspended"); ``message`` is the
+    sentence for a human. ``pid`` is the workload's main process where the
+    runtime has one (for the native runtime, its shim, the process-group
+    leader).
+    """
+
+    state: str
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    pid: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing of the workload runs any more."""
+        return self.state in FINISHED_STATES
+
+
+class RuntimeFailure(Exception):
+    """A runtime could not do what was asked; the message says what and what to do."""
+
+
+class WorkloadNotFound(RuntimeFailure):
+    """The runtime has no workload of that name (never started, or removed)."""
+
+    def __init__(self, runtime: str, name: str) -> None:
+        super().__init__(
+            f"{runtime} runtime: no workload named {name!r} (never started here, "
+            "or already removed); start it first, or call adopt() after an agent restart"
+        )
+        self.runtime = runtime
+        self.name = name
+
+
+class WorkloadExists(RuntimeFailure):
+    """``start`` was called for a name that already has a workload."""
+
+    def __init__(self, runtime: str, name: str) -> None:
+        super().__init__(
+            f"{runtime} runtime: a workload named {name!r} already exists; "
+            "inspect it, or remove() it before starting it again"
+        )
+        self.runtime = runtime
+        self.name = name
+
+
+class ImageRejected(RuntimeFailure):
+    """The image is unreadable or unsafe (e.g. a tarball member escaping its folder)."""
+
+
+class StartFailed(RuntimeFailure):
+    """The workload could not be started (empty command, program not found, ...)."""
+
+
+class InvalidName(RuntimeFailure):
+    """A workload name that is not a safe placement name."""
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe placement name, else raise :class:`InvalidName`."""
+    if not _NAME_RE.match(name):
+        raise InvalidName(
+            f"workload name {name!r} is not valid: use 1-253 lower-case letters, digits, "
+            "'-' or '.', starting and ending with a letter or digit"
+        )
+    return name
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """One way of running workloads. Every driver is built as ``Driver(state_dir)``.
+
+    ``state_dir`` is the driver's own folder under the agent's state dir; the
+    driver keeps there everything it needs to find its workloads again after
+    the agent restarts.
+    """
+
+    name: str
+
+    def available(self) -> bool:
+        """Fingerprint: True when this driver can run workloads on this machine."""
+        ...
+
+    def prepare(self, image_path: Path, image_hash: str) -> None:
+        """Check an image (already verified against ``image_hash`` by the image cache).
+
+        Raises :class:`ImageRejected` when it cannot be run by this driver.
+        """
+        ...
+
+    def start(self, name: str, workload: Workload, image_path: Path) -> WorkloadStatus:
+        """Start ``workload`` from ``image_path`` as ``name``; return its first status.
+
+        Raises :class:`WorkloadExists`, :class:`ImageRejected` or
+        :class:`StartFailed`; nothing of the workload is left behind then.
+        """
+        ...
+
+    def inspect(self, name: str) -> WorkloadStatus:
+        """The workload's state as observed now. Raises :class:`WorkloadNotFound`."""
+        ...
+
+    def suspend(self, name: str) -> WorkloadStatus:
+        """Freeze the workload (state "Suspended"). A finished workload is left as is."""
+        ...
+
+    def resume(self, name: str) -> WorkloadStatus:
+        """Thaw a suspended workload (state "Running" again)."""
+        ...
+
+    def stop(self, name: str, grace: float = 10.0) -> WorkloadStatus:
+        """Ask the workload to end, force it after ``grace`` seconds; return the final status.
+
+        A running (or suspended) workload ends as "Stopped"; one that had
+        already finished keeps its "Succeeded"/"Failed" status.
+        """
+        ...
+
+    def logs(self, name: str, tail_bytes: int | None = None) -> bytes:
+        """What the workload printed: stdout followed by stderr (not interleaved).
+
+        With ``tail_bytes``, at most that many bytes: the end of each stream,
+        the budget shared between them.
+        """
+        ...
+
+    def remove(self, name: str) -> None:
+        """Kill the workload if it still runs and delete all its files. Idempotent."""
+        ...
+
+    def adopt(self) -> list[str]:
+        """Names of workloads left by a previous agent process (running or finished).
+
+        They are never started again: from now on this instance answers
+        ``inspect``/``stop``/``logs``/``remove`` for them.
+        """
+        ...
+
+
+__all__ = [
+    "FINISHED_STATES",
+    "WORKLOAD_STATES",
+    "ImageRejected",
+    "InvalidName",
+    "Runtime",
+    "RuntimeFailure",
+    "StartFailed",
+    "WorkloadExists",
+    "WorkloadNotFound",
+    "WorkloadStatus",
+    "check_name",
+]
