@@ -265,7 +265,9 @@ class Controller:
             "queue_waiting": self._queue.waiting(),
             "relists": self._relists,
             "feed_resource_version": self._since,
-            "last_resync": self._last_resync.isoformat() if self._last_resync else None,
+            "last_resync": (
+                self._last_resync.isoformat().replace("+00:00", "Z") if self._last_resync else None
+            ),
         }
 
     # ------------------------------------------------------------- reconcile
@@ -315,7 +317,8 @@ class Controller:
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers + 2, thread_name_prefix="gu-reconcile"
         )
-        tasks: list[asyncio.Task[None]] = []
+        workers: list[asyncio.Task[None]] = []
+        feed: asyncio.Task[None] | None = None
         # subscribe before reading the rv: a commit in between wakes the feed, none is missed
         self.store.subscribe(self._on_commit)
         log.info(
@@ -328,21 +331,25 @@ class Controller:
                 pending, self._pending = self._pending, set()
             for key in sorted(pending):
                 self._queue.add(key)
-            tasks = [
+            workers = [
                 asyncio.create_task(self._work(), name=f"gu-reconcile-worker-{i}")
                 for i in range(self.workers)
             ]
-            tasks.append(asyncio.create_task(self._follow(stop), name="gu-reconcile-feed"))
+            feed = asyncio.create_task(self._follow(stop), name="gu-reconcile-feed")
             await self._resync_until(stop)
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown(workers, feed)
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(
+        self, workers: list[asyncio.Task[None]], feed: asyncio.Task[None] | None
+    ) -> None:
+        """Stop taking keys, let workers finish the key they hold (bounded), release threads."""
         self.store.unsubscribe(self._on_commit)
         self._queue.shutdown()
-        for task in tasks:
-            if task.get_name() == "gu-reconcile-feed":
-                task.cancel()
+        tasks = list(workers)
+        if feed is not None:
+            feed.cancel()
+            tasks.append(feed)
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=self.stop_timeout)
             for task in stuck:
@@ -351,6 +358,7 @@ class Controller:
             if stuck:
                 await asyncio.wait(stuck, timeout=1.0)
         if self._executor is not None:
+            # a handler thread that is still running cannot be killed; it is left to finish
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._loop = None
         log.info(logfmt(event="controller_stop", reconciles=self._reconciles, errors=self._errors))

@@ -91,7 +91,7 @@ def converge_conditions(
         old = [Condition.model_validate(c) for c in status.get("conditions") or []]
         was_stalled = get_condition(old, STALLED)
         if was_stalled is not None and was_stalled.status == "True":
-            ctx.event(obj, ready_reason, "no longer stalled: " + was_stalled.message)
+            ctx.event(obj, ready_reason, f"{READY} again (was {STALLED}: {was_stalled.message})")
     return written
 
 
