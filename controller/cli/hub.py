@@ -1,0 +1,67 @@
+"""``gu hub``: run the hub in the foreground.
+
+``gu hub`` is a group that runs the hub when called without a subcommand, so
+hub administration commands can join it later without changing how the hub
+is started — ``gu hub token create`` (a join token for enrolling an agent) is
+the first planned one.
+
+``controller.hub`` (FastAPI, uvicorn, the reconcilers) is imported only when
+the hub really starts, so every other command starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from controller.cli.errors import BadInputError
+
+DEFAULT_STATE_DIR = "~/.local/share/gu/hub"
+DEFAULT_LISTEN = "127.0.0.1:61622"
+DEFAULT_NODE_GRACE = 30.0
+
+
+@click.group("hub", invoke_without_command=True)
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    metavar="DIR",
+    help="Where the hub keeps its keys and database.",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address of the HTTP API.",
+)
+@click.option(
+    "--node-grace",
+    default=DEFAULT_NODE_GRACE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long a provider may miss heartbeats before it counts as gone.",
+)
+@click.pass_context
+def hub_group(ctx: click.Context, state_dir: str, listen: str, node_grace: float) -> None:
+    """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
+
+    The first start creates the state dir with the hub's key and an admin key,
+    and writes a client config (also ~/.config/gu/config.yaml if you have none).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from controller.hub import run_hub
+
+    try:
+        run_hub(Path(state_dir).expanduser(), listen, node_grace)
+    except ValueError as exc:  # a bad --listen
+        raise BadInputError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+# Later: @hub_group.command("token") group with `create` (agent join tokens).

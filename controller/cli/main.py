@@ -1,0 +1,102 @@
+"""The ``gu`` command: one click group, one module per concern.
+
+Layout (a command lives with its concern, the group only wires them)::
+
+    gu hub                      controller/cli/hub.py      run the hub
+    gu apply | diff             controller/cli/apply.py    manifests → hub
+    gu watch                    controller/cli/gitops.py   GitOps mode
+    gu get | describe | delete  controller/cli/objects.py  objects on the hub
+    gu auth | config | schema   controller/cli/admin.py    credentials, contexts, schemas
+
+Planned commands and where they go (not implemented yet):
+
+    gu agent                    the provider agent (agent/, wired here as a command)
+    gu peers, gu peer NODE      providers and their details (a peers module)
+    gu image push|ls|…          the hub's image store (an images module)
+    gu logs SESSION             workload output (objects.py or a logs module)
+    gu keys generate|show       Ed25519 keys (admin.py)
+    gu login                    an app logs in with its key, writes a context (admin.py)
+    gu hub token create         agent join tokens (a subcommand of the hub group)
+
+``GuGroup.invoke`` is the one place where errors of the layers below (client,
+config, loader) become short stderr messages and the exit codes documented in
+the help, via ``controller.cli.errors.translate``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from controller.cli.admin import auth_group, config_group, schema_command
+from controller.cli.apply import apply_command, diff_command
+from controller.cli.errors import translate
+from controller.cli.gitops import watch_command
+from controller.cli.hub import hub_group
+from controller.cli.objects import delete_command, describe_command, get_command
+from controller.cli.state import CliState
+
+
+class GuGroup(click.Group):
+    """The root group: maps known failures to stderr messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            raise error from None
+
+
+@click.group(cls=GuGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    envvar="GU_CONFIG",
+    metavar="FILE",
+    help="Client config (default: $GU_CONFIG, else ~/.config/gu/config.yaml).",
+)
+@click.option("--context", metavar="NAME", help="Context of the client config to use.")
+@click.version_option(package_name="gu", prog_name="gu")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, context: str | None) -> None:
+    """gu: declarative distributed compute for the machines of your network.
+
+    Write manifests (App, ImagePolicy, Priority, VirtualNetwork, Session) in a
+    Git repo, `gu apply` or `gu watch` them, and the hub makes it so.
+
+    \b
+    Exit codes:
+      0  ok
+      1  not found (get, describe, delete); `gu diff` found differences
+      2  bad input: invalid manifests (file:line:col), usage errors,
+         an unknown kind, a missing or broken client config
+      3  the hub refused the request (its message is shown) or is unreachable
+    """
+    state = ctx.ensure_object(CliState)
+    state.config = config
+    state.context = context
+    ctx.call_on_close(state.close)
+
+
+cli.add_command(hub_group)
+cli.add_command(apply_command)
+cli.add_command(diff_command)
+cli.add_command(watch_command)
+cli.add_command(get_command)
+cli.add_command(describe_command)
+cli.add_command(delete_command)
+cli.add_command(auth_group)
+cli.add_command(config_group)
+cli.add_command(schema_command)
+
+
+def main() -> None:
+    """Entry point of the ``gu`` console script."""
+    cli(prog_name="gu")
+
+
+if __name__ == "__main__":
+    main()
