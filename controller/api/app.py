@@ -110,6 +110,10 @@ def create_app(hub: Hub) -> FastAPI:
         title="gu hub",
         version="1",
         description="Desired state, providers and images of a gu compute pool.",
+        # default deny: the API description is served below behind a token too
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.hub = hub
 
@@ -151,6 +155,11 @@ def create_app(hub: Hub) -> FastAPI:
     def healthz() -> dict[str, Any]:
         """Liveness: no token needed, says nothing secret."""
         return {"ok": True, "hubId": hub.hub_id}
+
+    @app.get("/openapi.json", tags=["meta"], include_in_schema=False)
+    def openapi(who: Caller) -> dict[str, Any]:
+        """The OpenAPI document of this API (token required, like everything else)."""
+        return app.openapi()
 
     @app.post("/v1/auth/challenge", response_model=ChallengeResponse, tags=["auth"])
     def challenge(req: ChallengeRequest) -> dict[str, Any]:

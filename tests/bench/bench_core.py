@@ -1,0 +1,255 @@
+"""Benchmarks of the declarative core: apply throughput, no-op re-apply, resync, watch latency.
+
+Run: ``python tests/bench/bench_core.py [--objects 10000] [--batch 500]``. Prints one JSON
+line per figure. Each figure is paired with a baseline measured in the same run:
+
+- apply through the real hub API (HTTP, validation, auth) vs ``Store.apply`` in-process
+  (what the database alone costs);
+- a no-op re-apply and a full resync of converged objects: time, and rows written
+  (``resourceVersion`` delta, which must be 0);
+- watch latency, write → event seen by an HTTP watcher, vs the same write's own
+  round trip (what the watcher adds on top of the apply itself).
+
+Traffic goes only to a hub this script starts on 127.0.0.1 and stops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from controller.client import Client  # noqa: E402
+from controller.reconcile.engine import Controller  # noqa: E402
+from controller.reconcilers import register_all  # noqa: E402
+from controller.store import Store  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    print(
+        json.dumps(
+            {"bench": "core", "figure": figure, "value": round(value, 3), "unit": unit, **extra}
+        ),
+        flush=True,
+    )
+
+
+def objects(n: int, salt: str = "") -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        if i % 2:
+            out.append(
+                {
+                    "apiVersion": "gu/v1",
+                    "kind": "Priority",
+                    "metadata": {"name": f"p{i}", "labels": {"bench": "core"}},
+                    "spec": {"value": i, "description": salt},
+                }
+            )
+        else:
+            out.append(
+                {
+                    "apiVersion": "gu/v1",
+                    "kind": "App",
+                    "metadata": {"name": f"a{i}", "labels": {"bench": "core"}},
+                    "spec": {"description": f"app {i}{salt}"},
+                }
+            )
+    return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def bench_store_baseline(n: int, batch: int, tmp: Path) -> None:
+    store = Store(tmp / "baseline.db")
+    objs = objects(n)
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        store.apply(objs[i : i + batch], apply_set="bench")
+    dt = time.perf_counter() - t
+    emit("store_apply_baseline", n / dt, "objects/s", seconds=round(dt, 3), objects=n)
+    store.close()
+
+
+def bench_resync(n: int, tmp: Path) -> None:
+    """Converge n objects with the real reconcilers, then time a full resync and count writes."""
+    store = Store(tmp / "resync.db")
+    objs = objects(n)
+    for i in range(0, n, 500):
+        store.apply(objs[i : i + 500], apply_set="bench")
+
+    async def run() -> tuple[float, int, float]:
+        controller = Controller(store, resync_period=3600)
+        register_all(controller)
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+
+        async def drained(at_least: int, limit: float) -> float:
+            """Wait until ``at_least`` reconciles ran and the queue stayed idle a moment."""
+            start = time.perf_counter()
+            quiet = 0
+            while time.perf_counter() - start < limit:
+                st = controller.stats()
+                idle = st["queue_length"] == 0 and st["in_flight"] == 0
+                quiet = quiet + 1 if idle and st["reconciles"] >= at_least else 0
+                if quiet >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            return time.perf_counter() - start
+
+        converge = await drained(n, 300)
+        rv = store.resource_version
+        before = controller.stats()["reconciles"]
+        t = time.perf_counter()
+        await controller.resync()
+        await drained(before + n, 300)
+        dt = time.perf_counter() - t
+        written = store.resource_version - rv
+        stop.set()
+        await task
+        return dt, written, converge
+
+    dt, written, converge = asyncio.run(run())
+    emit("initial_convergence", converge, "s", objects=n)
+    emit("full_resync", dt, "s", objects=n, rows_written=written)
+    emit("full_resync_rows_written", written, "rows", objects=n)
+    store.close()
+
+
+def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = free_port()
+    state = tmp / "hub"
+    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"), GU_LOG_LEVEL="WARNING")
+    code = "import sys; from pathlib import Path; from controller.hub import run_hub; run_hub(Path(sys.argv[1]), sys.argv[2])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return proc, url, state / "admin-config.yaml"
+
+
+def bench_api(n: int, batch: int, tmp: Path) -> None:
+    proc, _url, cfg = start_hub(tmp)
+    try:
+        client = Client.from_config(cfg)
+        client.http.timeout = httpx.Timeout(120)
+        objs = objects(n)
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            client.apply(objs[i : i + batch], apply_set="bench")
+        dt = time.perf_counter() - t
+        emit("api_apply", n / dt, "objects/s", seconds=round(dt, 3), objects=n, batch=batch)
+
+        time.sleep(1.0)  # let the reconcilers write their first status
+        rv = client.list("Priority")[0]["metadata"]["resourceVersion"] if n > 1 else 0
+        rv_before = client.call("GET", "/v1/priorities")["resourceVersion"]
+        t = time.perf_counter()
+        actions: dict[str, int] = {}
+        for i in range(0, n, batch):
+            for r in client.apply(objs[i : i + batch], apply_set="bench")["results"]:
+                actions[r["action"]] = actions.get(r["action"], 0) + 1
+        dt = time.perf_counter() - t
+        rv_after = client.call("GET", "/v1/priorities")["resourceVersion"]
+        del rv
+        emit(
+            "api_noop_reapply",
+            dt,
+            "s",
+            objects=n,
+            actions=actions,
+            rows_written=rv_after - rv_before,
+        )
+
+        bench_watch(client)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def bench_watch(client: Client, writes: int = 200) -> None:
+    start_rv = client.call("GET", "/v1/priorities")["resourceVersion"]
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    ready = threading.Event()
+
+    def watcher() -> None:
+        for ev in client.watch(start_rv, kinds=["Session"], timeout=60):
+            ready.set()
+            obj = ev.get("object")
+            if obj and ev["type"] == "ADDED":
+                seen[obj["metadata"]["name"]] = time.perf_counter()
+                if len(seen) >= writes:
+                    return
+
+    th = threading.Thread(target=watcher, daemon=True)
+    th.start()
+    time.sleep(0.3)
+    roundtrips: list[float] = []
+    for i in range(writes):
+        name = f"w{i}"
+        obj = {
+            "apiVersion": "gu/v1",
+            "kind": "Session",
+            "metadata": {"name": name},
+            "spec": {
+                "app": "nobody",
+                "workload": {
+                    "runtime": "native",
+                    "image": {"hash": "sha3-256:" + "0" * 64},
+                    "command": ["true"],
+                },
+            },
+        }
+        t = time.perf_counter()
+        sent[name] = t
+        client.apply([obj])
+        roundtrips.append(time.perf_counter() - t)
+    th.join(30)
+    lat = [seen[k] - sent[k] for k in sent if k in seen]
+    emit("watch_latency_p50", percentile(lat, 50) * 1000, "ms", events=len(lat))
+    emit("watch_latency_p99", percentile(lat, 99) * 1000, "ms", events=len(lat))
+    emit("apply_roundtrip_p50_baseline", percentile(roundtrips, 50) * 1000, "ms")
+    emit("apply_roundtrip_p99_baseline", percentile(roundtrips, 99) * 1000, "ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objects", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
+        tmp = Path(d)
+        bench_store_baseline(args.objects, args.batch, tmp)
+        bench_resync(args.objects, tmp)
+        bench_api(args.objects, args.batch, tmp)
+
+
+if __name__ == "__main__":
+    main()
