@@ -74,7 +74,7 @@ def objects(n: int, salt: str = "") -> list[dict[str, Any]]:
 
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def bench_store_baseline(n: int, batch: int, tmp: Path) -> None:
