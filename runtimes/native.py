@@ -11,7 +11,8 @@ Flow of one workload named ``N`` (everything lives in ``state_dir/N/``):
    ties it to the agent: a ``kill -9`` of the agent leaves it running. The
    agent records the shim's pid, pgid and start time in ``proc.json``
    (tmp + fsync + rename).
-3. The shim joins the cgroups, spawns the program (stdout/stderr straight into
+3. The shim waits until ``proc.json`` names it (a program nobody recorded
+   could never be found again), joins the cgroups, spawns the program (stdout/stderr straight into
    ``stdout.log``/``stderr.log``, no pipe through the agent), writes
    ``child.json``, deletes ``launch.json`` (it holds the env, maybe secrets)
    and leaves the cgroups again. Leaving matters: the shim's own memory is not
@@ -34,9 +35,9 @@ cgroup outside that group. After ``grace`` seconds everything but the shim gets
 SIGKILL, the shim records 137 and exits (or is killed too if it does not).
 
 Limits: cgroup v1 (one hierarchy per controller, as on this machine) or a pure
-v2 hierarchy. Workload cgroups are ``gu/<name>`` under the agent's own cgroup
-(v1) or under the v2 root (v2 forbids processes next to child cgroups with
-controllers). Where no cgroup is writable the workload runs without limits
+v2 hierarchy. Workload cgroups are ``gu/<name>-<hash of state_dir>`` under
+the agent's own cgroup (v1) or under the v2 root (v2 forbids processes next to
+child cgroups with controllers); the path is kept in ``proc.json``. Where no cgroup is writable the workload runs without limits
 and a log line says so; it never fails for that. Suspend uses the freezer
 (v1 ``freezer.state``, v2 ``cgroup.freeze``) and falls back to SIGSTOP of the
 process group.
@@ -47,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -67,6 +69,7 @@ import psutil
 
 from runtimes.base import (
     ImageRejected,
+    InvalidName,
     StartFailed,
     WorkloadExists,
     WorkloadNotFound,
@@ -98,6 +101,8 @@ _POLL = 0.05
 _START_TIMEOUT = 10.0
 # After SIGKILL: how long to wait for processes to vanish and the shim to record.
 _KILL_TIMEOUT = 3.0
+# How long a new shim waits for the agent to write its proc.json.
+_SHIM_RECORD_WAIT = 30.0
 _FREEZE_TIMEOUT = 5.0
 _CFS_PERIOD_US = 100_000
 _V1_CONTROLLERS = ("memory", "cpu", "freezer")
@@ -472,7 +477,7 @@ class _CgroupLayout:
             _kv(
                 "cgroups.found",
                 version=layout.version,
-                controllers=",".join(sorted(layout.parents)),
+                controllers=",".join(layout.controllers()) or "none",
                 parent=next(iter(layout.parents.values())),
             )
         )
@@ -521,11 +526,22 @@ class _CgroupLayout:
                 log.info(_kv("cgroups.v2_controllers", path=d, error=exc))
         return cls("v2", {"unified": parent}, {"unified": point / rel.lstrip("/")})
 
-    def create(self, name: str, cpu: float, memory_mib: int) -> _Cgroups | None:
-        """Create ``gu/<name>`` with the limits; drop (and log) what cannot be set."""
+    def controllers(self) -> list[str]:
+        """The controllers workload cgroups get (v2: those handed down to ``gu/``)."""
+        if self.version == "v1":
+            return sorted(self.parents)
+        try:
+            return sorted(
+                self.parents["unified"].joinpath("cgroup.subtree_control").read_text().split()
+            )
+        except OSError:
+            return []
+
+    def create(self, leaf: str, cpu: float, memory_mib: int) -> _Cgroups | None:
+        """Create ``gu/<leaf>`` with the limits; drop (and log) what cannot be set."""
         dirs: dict[str, Path] = {}
         for controller, parent in self.parents.items():
-            d = parent / name
+            d = parent / leaf
             try:
                 d.mkdir(exist_ok=True)
                 if self.version == "v1":
@@ -533,25 +549,33 @@ class _CgroupLayout:
                 else:
                     _apply_v2_limits(d, cpu, memory_mib)
             except OSError as exc:
-                log.warning(_kv("cgroup.limit_failed", name=name, controller=controller, error=exc))
+                log.warning(
+                    _kv("cgroup.limit_failed", cgroup=leaf, controller=controller, error=exc)
+                )
                 with contextlib.suppress(OSError):
                     d.rmdir()
                 continue
             dirs[controller] = d
         if not dirs:
-            log.warning(_kv("cgroup.none", name=name, limits="none"))
+            log.warning(_kv("cgroup.none", cgroup=leaf, limits="none"))
             return None
         return _Cgroups(self.version, dirs, dict(self.own))
 
 
 def _apply_v1_limit(controller: str, d: Path, cpu: float, memory_mib: int) -> None:
     if controller == "memory":
-        limit = memory_mib * 1024 * 1024
-        _cg_write(d / "memory.limit_in_bytes", str(limit))
-        # No swap beyond the limit (memsw counts memory + swap); absent without swap accounting.
+        limit = str(memory_mib * 1024 * 1024)
+        # No swap beyond the limit (memsw counts memory + swap; absent without
+        # swap accounting). The kernel wants memsw >= limit at every step, so
+        # the order depends on whether a reused cgroup's limit goes up or down.
         memsw = d / "memory.memsw.limit_in_bytes"
-        if memsw.exists():
-            _cg_write(memsw, str(limit))
+        try:
+            _cg_write(d / "memory.limit_in_bytes", limit)
+            if memsw.exists():
+                _cg_write(memsw, limit)
+        except OSError:
+            _cg_write(memsw, limit)
+            _cg_write(d / "memory.limit_in_bytes", limit)
     elif controller == "cpu":
         period = int((d / "cpu.cfs_period_us").read_text())
         _cg_write(d / "cpu.cfs_quota_us", str(max(1000, int(cpu * period))))
@@ -562,8 +586,12 @@ def _apply_v2_limits(d: Path, cpu: float, memory_mib: int) -> None:
         _cg_write(d / "memory.max", str(memory_mib * 1024 * 1024))
         if (d / "memory.swap.max").exists():
             _cg_write(d / "memory.swap.max", "0")
+    else:
+        log.warning(_kv("cgroup.no_controller", path=d, controller="memory", limits="none"))
     if (d / "cpu.max").exists():
         _cg_write(d / "cpu.max", f"{max(1000, int(cpu * _CFS_PERIOD_US))} {_CFS_PERIOD_US}")
+    else:
+        log.warning(_kv("cgroup.no_controller", path=d, controller="cpu", limits="none"))
 
 
 def _make_writable_dir(path: Path) -> bool:
@@ -620,11 +648,21 @@ def shim_main(workdir: str) -> int:
     def say(event: str, **fields: object) -> None:
         print(f"{_now().isoformat()} {_kv(event, **fields)}", file=sys.stderr, flush=True)
 
+    me = os.getpid()
+    # Run nothing until the agent has recorded us: a program whose shim has no
+    # proc.json could never be found, stopped or adopted. An agent that died
+    # in between leaves only this shim, which gives up; a proc.json naming
+    # another pid belongs to a newer start of the same name.
+    deadline = time.monotonic() + _SHIM_RECORD_WAIT
+    while (record := _read_json(wd / PROC_FILE)) is None or record.get("pid") != me:
+        if record is not None or time.monotonic() > deadline:
+            say("shim.not_recorded", path=wd / PROC_FILE, action="exit without running")
+            return 2
+        time.sleep(0.01)
     spec = _read_json(wd / LAUNCH_FILE)
     if spec is None:
         say("shim.no_launch_file", path=wd / LAUNCH_FILE)
         return 2
-    me = os.getpid()
     running: dict[str, subprocess.Popen[bytes]] = {}
     pending: list[int] = []
 
@@ -676,6 +714,11 @@ def shim_main(workdir: str) -> int:
         finally:
             join("leave_procs")
     child = running.get("child")
+    if child is not None and pending:
+        # A signal that came before the program existed must still reach it
+        # (a second copy, in the instant around fork, is the lesser evil).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, pending[0])
     if child is not None:
         _write_json(
             wd / CHILD_FILE, {"pid": child.pid, "start_ticks": _start_ticks(child.pid) or 0}
@@ -784,7 +827,8 @@ class NativeRuntime:
         if (wd / PROC_FILE).exists():
             raise WorkloadExists(self.name, name)
         if wd.exists():
-            # A start that died before proc.json: debris, nothing runs from it.
+            # A start that died before proc.json: its shim runs nothing (it
+            # waits for that record), so the folder is debris.
             shutil.rmtree(wd)
         argv = [*workload.command, *workload.args]
         if not workload.command:
@@ -799,21 +843,19 @@ class NativeRuntime:
             executable = _resolve_command(workload.command, root, env)
             if self._layout is not None:
                 res = workload.resources
-                cgroups = self._layout.create(name, res.cpu, res.memoryMiB)
+                cgroups = self._layout.create(self._cgroup_leaf(name), res.cpu, res.memoryMiB)
             else:
                 log.info(_kv("workload.no_limits", name=name, reason="no writable cgroup"))
+            dirs = list(cgroups.dirs.values()) if cgroups else []
+            leave = list(cgroups.leave.values()) if cgroups else []
             launch = {
                 "argv": argv,
                 "executable": executable,
                 "env": env,
                 "cwd": str(root),
-                "cgroup_procs": [str(d / "cgroup.procs") for d in cgroups.dirs.values()]
-                if cgroups
-                else [],
-                "leave_procs": [str(d / "cgroup.procs") for d in cgroups.leave.values()]
-                if cgroups
-                else [],
-                "cgroup_dirs": [str(d) for d in cgroups.dirs.values()] if cgroups else [],
+                "cgroup_dirs": [str(d) for d in dirs],
+                "cgroup_procs": [str(d / "cgroup.procs") for d in dirs],
+                "leave_procs": [str(d / "cgroup.procs") for d in leave],
             }
             _write_json(wd / LAUNCH_FILE, launch)
             record = self._spawn_shim(name, wd, argv, workload.image.hash, cgroups)
@@ -972,6 +1014,10 @@ class NativeRuntime:
         """
         names = []
         for wd in sorted(p for p in self.state_dir.iterdir() if p.is_dir()):
+            try:
+                check_name(wd.name)
+            except InvalidName:
+                continue
             rec = _Record.load(wd / PROC_FILE)
             if rec is None or rec.name != wd.name:
                 log.warning(_kv("workload.adopt_skipped", dir=wd, reason="no valid proc.json"))
@@ -982,6 +1028,13 @@ class NativeRuntime:
         return names
 
     # -------------------------------------------------------------- internals
+
+    def _cgroup_leaf(self, name: str) -> str:
+        # Two agents (or test runs) on one machine may use the same placement
+        # name: the state dir makes the cgroup theirs alone. Kept under
+        # NAME_MAX (255) for any valid name.
+        digest = hashlib.sha256(f"{self.state_dir.resolve()}\0{name}".encode()).hexdigest()
+        return f"{name[:200]}-{digest[:12]}"
 
     def _workdir(self, name: str) -> Path:
         return self.state_dir / check_name(name)
@@ -1031,7 +1084,12 @@ class NativeRuntime:
             "started_at": spawned_at.isoformat(),
             "cgroup": cgroups.to_json() if cgroups else None,
         }
-        _write_json(wd / PROC_FILE, data)
+        try:
+            _write_json(wd / PROC_FILE, data)
+        except OSError as exc:
+            proc.kill()
+            proc.wait()
+            raise StartFailed(f"cannot record the workload in {wd / PROC_FILE}: {exc}") from exc
         rec = _Record.load(wd / PROC_FILE)
         assert rec is not None
         return rec
@@ -1185,6 +1243,11 @@ class NativeRuntime:
         wd = self._workdir(rec.name)
         started_at = rec.started_at
         stop = _read_json(wd / STOP_FILE)
+        # Liveness before the exit file: the shim writes the file before it
+        # exits, so "dead, and no file after that" really means no exit code.
+        shim_alive = self._shim_alive(rec)
+        child = self._child(rec)
+        child_alive = child is not None and self._alive(*child)
         exit_code, exited_at = _read_exit(wd / EXIT_FILE)
         base = WorkloadStatus(state="Running", pid=rec.pid, started_at=started_at)
         if exit_code is not None:
@@ -1202,9 +1265,6 @@ class NativeRuntime:
                 base.state, base.reason = "Failed", "Error"
                 base.message = _exit_message(exit_code)
             return base
-        shim_alive = self._shim_alive(rec)
-        child = self._child(rec)
-        child_alive = child is not None and self._alive(*child)
         if shim_alive or child_alive:
             if child is None:
                 base.state, base.reason, base.message = "Starting", "Starting", "shim starting"

@@ -29,6 +29,7 @@ from runtimes import (
     WorkloadExists,
     WorkloadNotFound,
     WorkloadStatus,
+    native,
 )
 from specs.kinds import Workload
 
@@ -314,9 +315,12 @@ def test_stop_of_a_finished_workload_keeps_its_result(runtime, image) -> None:
 # ----------------------------------------------------------------- suspend
 
 
-@pytest.mark.parametrize("cgroups", ["auto", "none"])
+@pytest.mark.parametrize("cgroups", ["auto", "v2", "none"])
 def test_suspend_freezes_and_resume_continues(state_dir, image, cgroups) -> None:
+    """auto: the v1 freezer here; v2: ``cgroup.freeze``; none: SIGSTOP of the group."""
     runtime = NativeRuntime(state_dir, cgroups=cgroups)
+    if cgroups == "v2" and runtime.cgroup_version != "v2":
+        pytest.skip("no writable cgroup v2 hierarchy on this machine")
     runtime.start("count", workload(["./run.sh"]), image({"run.sh": COUNTER}))
     wait_for(lambda: len(runtime.logs("count")) > 10, what="the counter to count")
 
@@ -471,3 +475,31 @@ def test_a_workload_over_its_memory_limit_is_oom_killed(runtime, image) -> None:
     memory_cgroup(runtime, "hog")
     status = wait_state(runtime, "hog", {"Succeeded", "Failed"}, timeout=10)
     assert (status.state, status.exit_code, status.reason) == ("Failed", 137, "OOMKilled")
+
+
+def test_a_shim_without_its_record_runs_nothing(tmp_path) -> None:
+    """An agent that dies between spawning the shim and recording it leaves no program."""
+    wd = tmp_path / "orphan"
+    wd.mkdir()
+    marker = tmp_path / "ran"
+    (wd / "launch.json").write_text(
+        json.dumps(
+            {
+                "argv": ["sh", "-c", f"touch {marker}"],
+                "executable": "/bin/sh",
+                "env": {"PATH": "/usr/bin:/bin"},
+                "cwd": str(wd),
+            }
+        )
+    )
+    (wd / "proc.json").write_text(json.dumps({"pid": 1}))  # somebody else's record
+    boot = native._SHIM_BOOT
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", boot, str(REPO / "runtimes"), str(wd)],
+        capture_output=True,
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert b"shim.not_recorded" in done.stderr
+    assert not marker.exists()
+    assert not (wd / "exit_code").exists()
