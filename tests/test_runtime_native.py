@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -45,15 +45,22 @@ while true; do i=$((i+1)); echo "$i"; sleep 0.02; done
 # ----------------------------------------------------------------- helpers
 
 
-def make_image(path: Path, files: dict[str, str], extra: list[tarfile.TarInfo] = ()) -> Path:
-    """A .tar.gz of executable files (name → content), plus raw members to test refusals."""
+def make_image(
+    path: Path,
+    files: dict[str, str],
+    extra: Iterable[tarfile.TarInfo] = (),
+    plain: dict[str, str] | None = None,
+) -> Path:
+    """A .tar.gz of executable ``files`` and non-executable ``plain`` files (name → content),
+    plus raw ``extra`` members to test refusals."""
     with tarfile.open(path, "w:gz") as tar:
-        for name, content in files.items():
-            data = content.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755
-            tar.addfile(info, io.BytesIO(data))
+        for mode, group in ((0o755, files), (0o644, plain or {})):
+            for name, content in group.items():
+                data = content.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = mode
+                tar.addfile(info, io.BytesIO(data))
         for info in extra:
             tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
     return path
@@ -117,8 +124,12 @@ def proc_record(rt: NativeRuntime, name: str) -> dict:
 def image(tmp_path: Path) -> Callable[..., Path]:
     counter = iter(range(1000))
 
-    def build(files: dict[str, str], extra: list[tarfile.TarInfo] = ()) -> Path:
-        return make_image(tmp_path / f"image{next(counter)}.tar.gz", files, extra)
+    def build(
+        files: dict[str, str],
+        extra: Iterable[tarfile.TarInfo] = (),
+        plain: dict[str, str] | None = None,
+    ) -> Path:
+        return make_image(tmp_path / f"image{next(counter)}.tar.gz", files, extra, plain)
 
     return build
 
@@ -244,15 +255,8 @@ def test_device_files_and_escaping_links_are_refused(runtime, image) -> None:
         (["../../escape.sh"], "outside the image"),
     ],
 )
-def test_bad_command_fails_to_start_with_a_clear_message(
-    runtime, image, tmp_path, command, message
-):
-    img = make_image(tmp_path / "i.tar.gz", {"run.sh": "#!/bin/sh\n"})
-    with tarfile.open(tmp_path / "j.tar.gz", "w:gz") as tar:
-        info = tarfile.TarInfo("data.txt")
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(b""))
-    img = tmp_path / "j.tar.gz" if command == ["./data.txt"] else img
+def test_bad_command_fails_to_start_with_a_clear_message(runtime, image, command, message):
+    img = image({"run.sh": "#!/bin/sh\n"}, plain={"data.txt": "just data\n"})
     with pytest.raises(StartFailed, match=message):
         runtime.start("bad", workload(command), img)
     assert not (runtime.state_dir / "bad").exists()
