@@ -1,0 +1,119 @@
+"""``gu image``: build, hash, push and list images (one file each, named by its sha3-256).
+
+``build`` packs a folder reproducibly (sorted entries, fixed times and owners),
+so the same folder always gives the same hash and a manifest can name it.
+``push`` streams the file to the hub with a progress bar on stderr, hashing it
+on the way, and fails if the hub's hash of what it received differs from ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from controller.cli.errors import BadInputError, HubError
+from controller.cli.output import age, dump_json, format_table, human_bytes
+from controller.cli.state import CliState, pass_state
+from specs.images import Hasher, PackError, hash_file, pack_native
+
+CHUNK = 1 << 20
+
+
+@click.group("image")
+def image_group() -> None:
+    """Images: build, hash, push, list."""
+
+
+@image_group.command("build")
+@click.option(
+    "--runtime",
+    type=click.Choice(["native"]),
+    default="native",
+    show_default=True,
+    help="What the image is for (docker and vm images come from their own tools).",
+)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FILE.tar.gz",
+)
+def build_command(runtime: str, folder: Path, out: Path) -> None:
+    """Pack FOLDER reproducibly into OUT and print its hash."""
+    try:
+        digest = pack_native(folder, out)
+    except PackError as exc:
+        raise BadInputError(f"{folder}: {exc}") from None
+    click.echo(digest)
+
+
+@image_group.command("hash")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def hash_command(file: Path) -> None:
+    """Print FILE's image hash (sha3-256:<hex>), as the hub and agents compute it."""
+    click.echo(hash_file(file))
+
+
+def _chunks(path: Path, hasher: Hasher, progress: Progress, task: object) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            hasher.update(chunk)
+            progress.update(task, advance=len(chunk))  # type: ignore[arg-type]
+            yield chunk
+
+
+@image_group.command("push")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_state
+def push_command(state: CliState, file: Path) -> None:
+    """Upload FILE to the hub's image store; print its hash."""
+    client = state.client()
+    hasher = Hasher()
+    size = file.stat().st_size
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        console=None,
+        redirect_stdout=False,
+    ) as progress:
+        task = progress.add_task(f"push {file.name}", total=size)
+        answer = client.call(
+            "POST",
+            "/v1/images",
+            content=_chunks(file, hasher, progress, task),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=None,
+        )
+    if answer["hash"] != hasher.hash:
+        raise HubError(f"the hub stored {answer['hash']} but we sent {hasher.hash}; push again")
+    sig = file.with_name(file.name + ".sig")
+    if sig.exists():
+        client.call(
+            "PUT",
+            f"/v1/images/{answer['hash']}/signatures",
+            content=sig.read_bytes(),
+            headers={"Content-Type": "application/json"},
+        )
+        click.echo(f"signature {sig.name} pushed", err=True)
+    click.echo(answer["hash"])
+
+
+@image_group.command("ls")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@pass_state
+def ls_command(state: CliState, output: str) -> None:
+    """List the images on the hub."""
+    items = state.client().call("GET", "/v1/images")["items"]
+    if output == "json":
+        click.echo(dump_json({"items": items}))
+        return
+    rows = [[i["hash"], human_bytes(i["size"]), age(i["created"])] for i in items]
+    click.echo(format_table(["HASH", "SIZE", "AGE"], rows))

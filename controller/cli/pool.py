@@ -1,0 +1,137 @@
+"""The pool: providers (``gu peers``, ``gu peer``), workload output (``gu logs``),
+and agent join tokens (``gu hub token create``).
+
+``gu peers``/``gu peer`` print what the Provider Information API serves
+(``/peers`` and ``/peers/{nodeId}/inf/*``); ``-o json`` prints it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from controller.cli.output import age, dump_json, format_table
+from controller.cli.state import CliState, pass_state
+
+
+def _find_peer(peers: list[dict[str, Any]], node: str) -> str:
+    """Accept a full node id, a unique prefix of it, or a provider name."""
+    exact = [p["nodeId"] for p in peers if node in (p["nodeId"], p["name"])]
+    if exact:
+        return str(exact[0])
+    prefixed = [p["nodeId"] for p in peers if p["nodeId"].startswith(node)]
+    if len(prefixed) == 1:
+        return str(prefixed[0])
+    return node  # let the hub answer 404 with its message
+
+
+@click.command("peers")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@pass_state
+def peers_command(state: CliState, output: str) -> None:
+    """List providers: node id, name, readiness, last heartbeat, sessions."""
+    peers = state.client().call("GET", "/peers")
+    if output == "json":
+        click.echo(dump_json(peers))
+        return
+    rows = [
+        [
+            p["nodeId"],
+            p["name"],
+            "True" if p["ready"] else "False",
+            age(p["lastSeen"]) if p["lastSeen"] else "never",
+            str(p["sessions"]),
+            ",".join(f"{k}={v}" for k, v in sorted(p["labels"].items())) or "<none>",
+        ]
+        for p in peers
+    ]
+    click.echo(format_table(["NODE", "NAME", "READY", "LAST-SEEN", "SESSIONS", "LABELS"], rows))
+
+
+@click.command("peer")
+@click.argument("node")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@pass_state
+def peer_command(state: CliState, node: str, output: str) -> None:
+    """Show one provider: inventory, usage and the /inf views (NODE: id, prefix or name)."""
+    client = state.client()
+    node_id = _find_peer(client.call("GET", "/peers"), node)
+    peer = client.call("GET", f"/peers/{node_id}")
+    inf = {}
+    if peer.get("inventory"):
+        for view in ("storage", "cpu", "mem", "os"):
+            inf[view] = client.call("GET", f"/peers/{node_id}/inf/{view}")
+    if output == "json":
+        click.echo(dump_json({**peer, "inf": inf}))
+        return
+    usage = peer.get("usage") or {}
+    lines = [
+        ["Node", peer["nodeId"]],
+        ["Name", peer["name"]],
+        ["Ready", str(peer["ready"])],
+        ["Last seen", age(peer["lastSeen"]) + " ago" if peer["lastSeen"] else "never"],
+        ["Sessions", str(peer["sessions"])],
+        ["Labels", ", ".join(f"{k}={v}" for k, v in sorted(peer["labels"].items())) or "<none>"],
+    ]
+    if inf:
+        cpu, mem, disk, os_ = inf["cpu"], inf["mem"], inf["storage"], inf["os"]
+        lines += [
+            ["OS", f"{os_['name']} {os_['version']}"],
+            [
+                "CPU",
+                f"{cpu['architecture']} {'/'.join(map(str, cpu['bit']))}-bit, "
+                f"{cpu['cores']} cores, {cpu['threads']} threads, {cpu['usage']}% used",
+            ],
+            ["Memory", f"{mem['gib']} GiB available of {mem['total']} GiB"],
+            ["Storage", f"{disk['gib']} GiB free of {disk['totalGib']} GiB"],
+            ["Workloads", str(usage.get("workloads", 0))],
+            ["Runtimes", ", ".join(peer["inventory"].get("runtimes", [])) or "<none>"],
+        ]
+    else:
+        lines.append(["Inventory", "not reported yet"])
+    click.echo(format_table(["FIELD", "VALUE"], lines))
+
+
+@click.command("logs")
+@click.argument("session")
+@click.option("--node", metavar="NODE", help="Only the placement on this node (id or name).")
+@pass_state
+def logs_command(state: CliState, session: str, node: str | None) -> None:
+    """Print the output of a session's workloads (the latest tail the agents uploaded)."""
+    params = {"node": node} if node else None
+    resp = state.client().request("GET", f"/v1/sessions/{session}/logs", params=params)
+    click.echo(resp.text, nl=False)
+
+
+@click.group("token")
+def token_group() -> None:
+    """Join tokens that let new agents enrol."""
+
+
+@token_group.command("create")
+@click.option(
+    "--ttl",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the token stays valid (e.g. 30m, 24h, 7d).",
+)
+@pass_state
+def token_create_command(state: CliState, ttl: str) -> None:
+    """Print a new join token: `gu agent --hub URL --join-token TOKEN` uses it."""
+    seconds = parse_duration(ttl)
+    answer = state.client().call("POST", "/v1/jointokens", json={"ttl": seconds})
+    click.echo(answer["token"])
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``30s``, ``15m``, ``24h``, ``7d`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 24h or 7d") from None
