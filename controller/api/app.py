@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from controller import authz
+from controller.admission import admit
 from controller.api.common import ApiProblem, Caller
 from controller.auth import AuthError, Forbidden, Principal
 from controller.store import StoreError, parse_selector
@@ -179,6 +180,11 @@ def create_app(hub: Hub) -> FastAPI:
             "name": who.name,
         }
 
+    @app.get("/v1/whoami", tags=["auth"])
+    def whoami(who: Caller) -> dict[str, Any]:
+        """The caller's role and name, and when its token expires."""
+        return {"role": who.role, "name": who.name, "expires": who.expires}
+
     # routes with fixed first segments go before the generic /v1/{kind} ones
     from controller.api import agents, images, peers
 
@@ -268,6 +274,13 @@ def create_app(hub: Hub) -> FastAPI:
             raise ApiProblem(422, f"{len(errors)} invalid object(s); nothing was applied", errors)
         for obj in objects:
             authz.check(who, "apply", obj["kind"], obj)
+        refused = admit(hub, objects)
+        if refused:
+            raise ApiProblem(
+                403,
+                f"{len(refused)} object(s) refused by image policy; nothing was applied",
+                refused,
+            )
         results = hub.store.apply(
             objects,
             apply_set=req.applySet,

@@ -7,6 +7,7 @@ may pull only images that one of their Placements runs.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -16,7 +17,9 @@ from controller import authz
 from controller.api.common import ApiProblem, Caller
 from controller.hub import Hub
 from controller.images import ImageNotFound, ImageTooLarge
+from specs.identity import canonical_json
 from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
+from specs.signing import SignatureFormatError, parse_signature
 
 
 def _info(info: Any) -> dict[str, Any]:
@@ -32,9 +35,10 @@ def register(app: FastAPI, hub: Hub) -> None:
 
     def valid(hash: str) -> str:
         try:
-            return parse_hash(hash)
+            parse_hash(hash)
         except InvalidImageHash as exc:
             raise ApiProblem(422, str(exc)) from None
+        return hash
 
     @app.post("/v1/images", tags=["images"])
     async def push_image(
@@ -53,6 +57,31 @@ def register(app: FastAPI, hub: Hub) -> None:
         except ImageTooLarge as exc:
             raise ApiProblem(413, str(exc)) from None
         return _info(info)
+
+    @app.put("/v1/images/{hash}/signatures", tags=["images"])
+    async def put_signature(hash: str, request: Request, who: Caller) -> dict[str, Any]:
+        """Store a signature (``FILE.sig`` JSON) beside a stored image."""
+        authz.check(who, "push", "Image")
+        h = valid(hash)
+        body = await request.body()
+        try:
+            doc = parse_signature(body)
+        except SignatureFormatError as exc:
+            raise ApiProblem(422, f"not a gu image signature: {exc}") from None
+        if doc["hash"] != h:
+            raise ApiProblem(422, f"the signature is for {doc['hash']}, not {h}")
+        try:
+            hub.images.put_signature(h, canonical_json(doc))
+        except ImageNotFound:
+            raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
+        return {"hash": h, "signer": doc["publicKey"]}
+
+    @app.get("/v1/images/{hash}/signatures", tags=["images"])
+    def get_signatures(hash: str, who: Caller) -> dict[str, Any]:
+        """The signatures stored for an image."""
+        authz.check(who, "pull", "Image")
+        h = valid(hash)
+        return {"items": [json.loads(s) for s in hub.images.signatures(h)]}
 
     @app.get("/v1/images", tags=["images"])
     def list_images(who: Caller) -> dict[str, Any]:

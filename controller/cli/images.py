@@ -8,6 +8,7 @@ on the way, and fails if the hub's hash of what it received differs from ours.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +18,16 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from controller.cli.errors import BadInputError, HubError
 from controller.cli.output import age, dump_json, format_table, human_bytes
 from controller.cli.state import CliState, pass_state
+from specs.identity import KeyFileError, load_private_key
 from specs.images import Hasher, PackError, hash_file, pack_native
+from specs.signing import SignatureFormatError, parse_signature, sign_image, verify_image
 
 CHUNK = 1 << 20
 
 
 @click.group("image")
 def image_group() -> None:
-    """Images: build, hash, push, list."""
+    """Images: build, hash, push, list, sign, verify."""
 
 
 @image_group.command("build")
@@ -117,3 +120,64 @@ def ls_command(state: CliState, output: str) -> None:
         return
     rows = [[i["hash"], human_bytes(i["size"]), age(i["created"])] for i in items]
     click.echo(format_table(["HASH", "SIZE", "AGE"], rows))
+
+
+@image_group.command("sign")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The signer's private key file.",
+)
+@click.option("--push", is_flag=True, help="Also upload the signature to the hub.")
+@pass_state
+def sign_command(state: CliState, file: Path, key_file: Path, push: bool) -> None:
+    """Sign FILE's hash and size; write FILE.sig (and upload it with --push)."""
+    try:
+        key = load_private_key(key_file)
+    except KeyFileError as exc:
+        raise BadInputError(str(exc)) from None
+    digest, size = hash_file(file), file.stat().st_size
+    doc = sign_image(key, digest, size)
+    sig = file.with_name(file.name + ".sig")
+    sig.write_text(json.dumps(doc, indent=2) + "\n")
+    click.echo(f"{sig}: signed {digest} by {doc['publicKey']}", err=True)
+    if push:
+        state.client().call(
+            "PUT",
+            f"/v1/images/{digest}/signatures",
+            content=sig.read_bytes(),
+            headers={"Content-Type": "application/json"},
+        )
+        click.echo("signature pushed to the hub", err=True)
+    click.echo(str(sig))
+
+
+@image_group.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--pubkey", required=True, multiple=True, help="A trusted ed25519:<base64> key.")
+@click.option(
+    "--sig",
+    "sig_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Signature file (default FILE.sig).",
+)
+def verify_command(file: Path, pubkey: tuple[str, ...], sig_file: Path | None) -> None:
+    """Check FILE.sig against FILE's bytes and the trusted key(s); exit 1 if it fails."""
+    sig = sig_file or file.with_name(file.name + ".sig")
+    if not sig.exists():
+        raise BadInputError(f"no signature file {sig}; make one with `gu image sign {file}`")
+    try:
+        doc = parse_signature(sig.read_bytes())
+    except SignatureFormatError as exc:
+        raise BadInputError(f"{sig}: {exc}") from None
+    digest, size = hash_file(file), file.stat().st_size
+    signer = verify_image(doc, digest, size, list(pubkey))
+    if signer is None:
+        click.echo(
+            f"INVALID: {sig} is not a valid signature of {digest} by a trusted key", err=True
+        )
+        raise SystemExit(1)
+    click.echo(f"OK: {digest} signed by {signer}")

@@ -1,0 +1,96 @@
+"""Admission: the first of the three ImagePolicy checks, at ``gu apply`` time.
+
+A Session is admitted only if some ImagePolicy naming its app allows its image
+(by hash, or by a signature stored on the hub under a listed key) and, when it
+names explicit ``providers.nodes``, allows each of those providers too. The
+policies considered are the ones the hub will have once the apply is done: the
+stored ones, overlaid with the ImagePolicies in the same batch, so a folder
+holding both the policy and the session applies in one go.
+
+A refusal writes nothing and names the policy rule that failed. The same
+evaluation runs again at every reconcile (a policy may tighten later) and, in
+the form of a hub-signed admission, on the agent right before start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.images import ImageNotFound
+from controller.policy import check, check_image
+from specs.kinds import ImagePolicy, Session
+from specs.signing import SignatureFormatError, parse_signature
+
+if TYPE_CHECKING:
+    from controller.hub import Hub
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the hub knows of an image: its size (if stored) and its signatures."""
+
+    size: int | None
+    signatures: list[dict[str, Any]]
+
+
+def image_facts(hub: Hub, image_hash: str) -> ImageFacts:
+    """Size and parsed signatures of an image in the hub's store (unknown → None, [])."""
+    try:
+        size: int | None = hub.images.info(image_hash).size
+    except ImageNotFound:
+        size = None
+    sigs = []
+    for raw in hub.images.signatures(image_hash) if size is not None else []:
+        try:
+            sigs.append(parse_signature(json.loads(raw)))
+        except (SignatureFormatError, ValueError):
+            continue
+    return ImageFacts(size, sigs)
+
+
+def effective_policies(hub: Hub, batch: list[dict[str, Any]]) -> list[ImagePolicy]:
+    """Stored ImagePolicies overlaid with the ones in this apply batch."""
+    by_name = {o["metadata"]["name"]: o for o in hub.store.list("ImagePolicy")}
+    for obj in batch:
+        if obj["kind"] == "ImagePolicy":
+            by_name[obj["metadata"]["name"]] = obj
+    return [ImagePolicy.model_validate(o) for o in by_name.values()]
+
+
+def admit(hub: Hub, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Policy errors for the Sessions of ``batch`` (``[{index, path, message}]``; empty = ok)."""
+    sessions = [(i, o) for i, o in enumerate(batch) if o["kind"] == "Session"]
+    if not sessions:
+        return []
+    policies = effective_policies(hub, batch)
+    errors: list[dict[str, Any]] = []
+    for index, obj in sessions:
+        session = Session.model_validate(obj)
+        app = session.spec.app
+        image = session.spec.workload.image.hash
+        facts = image_facts(hub, image)
+        verdict = check_image(app, image, facts.size, facts.signatures, policies)
+        if not verdict.allowed:
+            errors.append(
+                {
+                    "index": index,
+                    "path": "spec.workload.image.hash",
+                    "message": f"refused by image policy: {verdict.reason}",
+                }
+            )
+            continue
+        for j, node in enumerate(session.spec.providers.nodes or []):
+            prov = hub.store.try_get("Provider", node)
+            labels = prov["metadata"]["labels"] if prov else {}
+            node_verdict = check(app, image, facts.size, facts.signatures, policies, node, labels)
+            if not node_verdict.allowed:
+                errors.append(
+                    {
+                        "index": index,
+                        "path": f"spec.providers.nodes[{j}]",
+                        "message": f"refused by image policy: {node_verdict.reason}",
+                    }
+                )
+    return errors
