@@ -200,10 +200,10 @@ def bench_watch(client: Client, writes: int = 200) -> None:
     ready = threading.Event()
 
     def watcher() -> None:
-        for ev in client.watch(start_rv, kinds=["Session"], timeout=60):
+        for ev in client.watch(start_rv, kinds=["Priority"], timeout=60):
             ready.set()
             obj = ev.get("object")
-            if obj and ev["type"] == "ADDED":
+            if obj and ev["type"] == "ADDED" and obj["metadata"]["name"].startswith("w"):
                 seen[obj["metadata"]["name"]] = time.perf_counter()
                 if len(seen) >= writes:
                     return
@@ -216,16 +216,9 @@ def bench_watch(client: Client, writes: int = 200) -> None:
         name = f"w{i}"
         obj = {
             "apiVersion": "gu/v1",
-            "kind": "Session",
+            "kind": "Priority",
             "metadata": {"name": name},
-            "spec": {
-                "app": "nobody",
-                "workload": {
-                    "runtime": "native",
-                    "image": {"hash": "sha3-256:" + "0" * 64},
-                    "command": ["true"],
-                },
-            },
+            "spec": {"value": i},
         }
         t = time.perf_counter()
         sent[name] = t
