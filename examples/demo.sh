@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make demo`: a hub with its embedded SQLite store, one local agent, the quickstart
+# manifests, and the session converging to Succeeded. Everything lives under .demo/
+# and everything started here is stopped on exit (also on Ctrl-C or an error).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GU=.venv/bin/gu
+PY=.venv/bin/python
+DEMO=.demo
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+export GU_CONFIG="$DEMO/hub/admin-config.yaml"
+PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HUB="http://127.0.0.1:$PORT"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  for _ in $(seq 1 $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "demo: timed out after ${limit}s waiting for $what" >&2
+  echo "--- hub log"; tail -n 20 "$DEMO/hub.log" >&2 || true
+  echo "--- agent log"; tail -n 20 "$DEMO/agent.log" >&2 || true
+  return 1
+}
+
+step "start the hub on $HUB (state in $DEMO/hub)"
+$GU hub --state-dir "$DEMO/hub" --listen "127.0.0.1:$PORT" >"$DEMO/hub.log" 2>&1 &
+pids+=($!)
+wait_until 20 "the hub" $PY -c "import httpx,sys; sys.exit(httpx.get('$HUB/healthz').status_code != 200)"
+head -n 2 "$DEMO/hub.log"
+
+step "enrol a local agent with a join token"
+TOKEN=$($GU hub token create --ttl 1h)
+$GU agent --hub "$HUB" --join-token "$TOKEN" --state-dir "$DEMO/agent" --name demo-agent \
+  --label pool=demo --heartbeat 2 >"$DEMO/agent.log" 2>&1 &
+pids+=($!)
+wait_until 30 "the agent to be Ready" bash -c "$GU peers -o json | $PY -c 'import json,sys; sys.exit(not any(p[\"ready\"] for p in json.load(sys.stdin)))'"
+$GU peers
+
+step "build the quickstart program reproducibly and push it"
+$GU image build --runtime native examples/quickstart/hello -o "$DEMO/hello.tar.gz"
+$GU image push "$DEMO/hello.tar.gz"
+
+step "apply the quickstart manifests (App, ImagePolicy, Priority, VirtualNetwork, Session)"
+$GU apply -f examples/quickstart
+$GU diff -f examples/quickstart && echo "gu diff: the hub matches the files"
+
+step "watch the session converge"
+last=""
+for _ in $(seq 1 300); do
+  phase=$($GU get session hello -o json | $PY -c 'import json,sys; print(json.load(sys.stdin)["status"].get("phase","Pending"))')
+  if [ "$phase" != "$last" ]; then
+    $GU get sessions
+    last=$phase
+  fi
+  case "$phase" in Succeeded|Failed) break ;; esac
+  sleep 0.2
+done
+[ "$phase" = Succeeded ] || { echo "demo: the session ended $phase" >&2; exit 1; }
+
+step "what happened"
+$GU get all 2>/dev/null || for k in apps imagepolicies priorities virtualnetworks sessions placements providers; do $GU get "$k"; echo; done
+$GU describe session hello
+step "the workload's output (gu logs hello)"
+$GU logs hello
+step "the provider (gu peer)"
+$GU peer demo-agent
+step "done: everything is stopped; the state stays in $DEMO/ to look at"
