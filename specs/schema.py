@@ -40,6 +40,7 @@ from specs.kinds import (
     _check_node,
     resolve_kind,
 )
+from specs.loader import HUB_OWNED_METADATA
 from specs.meta import _NAME_RE, API_VERSION, _check_name
 
 __all__ = [
@@ -57,13 +58,6 @@ DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_PREFIX: Final = "urn:gu:schema:v1:"
 ALL_FILE: Final = "all.json"
 
-_HUB_OWNED_METADATA: Final = (
-    "uid",
-    "generation",
-    "resourceVersion",
-    "creationTimestamp",
-    "deletionTimestamp",
-)
 _HUB_OWNED_NOTE: Final = "Written by the hub; leave it out of manifests."
 
 # The validators whose whole check is one regular expression.
@@ -165,11 +159,11 @@ def _adjust_kind(schema: dict[str, Any], defs: dict[str, Any], kind: str) -> Non
     meta = defs.get("ObjectMeta")
     if meta is not None:
         meta_props = meta["properties"]
-        for name in _HUB_OWNED_METADATA:
+        for name in HUB_OWNED_METADATA:
             if name in meta_props:
                 meta_props[name] = {
                     **meta_props[name],
                     "readOnly": True,
                     "description": _HUB_OWNED_NOTE,
                 }
-        meta["required"] = [r for r in meta.get("required", []) if r not in _HUB_OWNED_METADATA]
+        meta["required"] = [r for r in meta.get("required", []) if r not in HUB_OWNED_METADATA]

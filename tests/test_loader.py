@@ -388,3 +388,31 @@ def test_errors_after_a_bad_document_in_the_same_file_are_still_found() -> None:
     with pytest.raises(ManifestErrors) as info:
         load_text(text, "p.yaml")
     assert [(e.line, e.field) for e in info.value.errors] == [(6, "spec.value"), (13, "spec.value")]
+
+
+def test_a_yaml_version_directive_is_accepted() -> None:
+    docs = load_text("%YAML 1.2\n---\n" + PRIORITY.format(name="p"), "p.yaml")
+    assert [(d.name, d.line) for d in docs] == [("p", 3)]
+
+
+def test_a_mapping_key_that_is_not_a_string_is_reported_at_the_key() -> None:
+    text = textwrap.dedent(
+        """\
+        apiVersion: gu/v1
+        kind: Session
+        metadata: {name: s}
+        spec:
+          app: a
+          workload:
+            runtime: native
+            image: {hash: "sha3-256:%s"}
+            env:
+              8080: http
+        """
+        % ("0" * 64)
+    )
+    with pytest.raises(ManifestErrors) as info:
+        load_text(text, "s.yaml")
+    assert str(info.value) == (
+        "s.yaml:10:7: spec.workload.env[8080]: keys must be strings (got 8080); put it in quotes"
+    )
