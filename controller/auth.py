@@ -92,7 +92,8 @@ class Authenticator:
         max_pending: int = 100_000,
     ) -> None:
         """``resolve(public_key, purpose)`` maps a verified key to its principal, or None."""
-        self.hub_id = node_id(public_key_str(hub_key))
+        self.hub_public_key = public_key_str(hub_key)
+        self.hub_id = node_id(self.hub_public_key)
         self.token_ttl = token_ttl
         self.nonce_ttl = nonce_ttl
         self.max_pending = max_pending
@@ -120,7 +121,12 @@ class Authenticator:
                 if len(self._nonces) >= self.max_pending:
                     raise AuthError("too many log-ins in flight; try again in a minute")
             self._nonces[nonce] = _Nonce(public_key, purpose, now + self.nonce_ttl)
-        return {"nonce": nonce, "hubId": self.hub_id, "expiresIn": self.nonce_ttl}
+        return {
+            "nonce": nonce,
+            "hubId": self.hub_id,
+            "hubPublicKey": self.hub_public_key,
+            "expiresIn": self.nonce_ttl,
+        }
 
     def _expire(self, now: float) -> None:
         for key in [k for k, n in self._nonces.items() if n.expires < now]:

@@ -316,6 +316,26 @@ PlacementState = Literal[
 DesiredState = Literal["Running", "Suspended", "Stopped"]
 
 
+class Admission(Model):
+    """The hub's signed word that this placement's image is allowed (checked by the agent).
+
+    ``allowedBy`` says which rule of ImagePolicy ``policy`` admitted the image:
+    its hash is listed, or one of ``signatures`` verifies under one of
+    ``signerKeys``. ``hubSignature`` (see ``specs.signing.sign_admission``)
+    covers every other field, so an agent can tell hub data from tampering.
+    """
+
+    placement: Name
+    node: NodeId
+    app: Name
+    imageHash: ImageHash
+    allowedBy: Literal["hash", "signature"]
+    policy: Name
+    signerKeys: list[PublicKey] = Field(default_factory=list)
+    signatures: list[dict[str, Any]] = Field(default_factory=list)
+    hubSignature: str = ""
+
+
 class PlacementSpec(Model):
     session: Name
     app: Name
@@ -324,6 +344,7 @@ class PlacementSpec(Model):
     workload: Workload
     restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
     network: Name | None = None
+    admission: Admission | None = None
 
 
 class PlacementStatus(Status):

@@ -42,6 +42,7 @@ class ChallengeRequest(BaseModel):
 class ChallengeResponse(BaseModel):
     nonce: str
     hubId: str
+    hubPublicKey: str
     expiresIn: int
 
 
