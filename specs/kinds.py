@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field
 
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Status
 
@@ -44,6 +44,14 @@ def _check_pubkey(value: str) -> str:
 def _check_node(value: str) -> str:
     if not _NODE_RE.match(value):
         raise ValueError("a node id is '0x' followed by 40 lower-case hex digits")
+    return value
+
+
+def _check_node_list(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("give at least one node id, or leave nodes out")
+    if len(set(value)) != len(value):
+        raise ValueError("a node id is listed twice")
     return value
 
 
@@ -121,21 +129,21 @@ class Priority(Model):
 # ---------------------------------------------------------- VirtualNetwork
 
 
+def _check_multicast(value: str) -> str:
+    try:
+        addr = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+    if not addr.is_multicast:
+        raise ValueError(f"{value} is not a multicast address (224.0.0.0/4)")
+    return value
+
+
 class Multicast(Model):
     """The per-host QEMU multicast bus of the network (bound to 127.0.0.1)."""
 
-    group: str
+    group: Annotated[str, AfterValidator(_check_multicast)]
     port: int = Field(ge=1024, le=65535)
-
-    @model_validator(mode="after")
-    def _group_is_multicast(self) -> Multicast:
-        try:
-            addr = ipaddress.IPv4Address(self.group)
-        except ValueError:
-            raise ValueError(f"group {self.group!r} is not an IPv4 address") from None
-        if not addr.is_multicast:
-            raise ValueError(f"group {self.group} is not a multicast address (224.0.0.0/4)")
-        return self
 
 
 def _check_cidr(value: str) -> str:
@@ -182,16 +190,7 @@ class Providers(Model):
 
     count: int = Field(default=1, ge=1, le=10_000)
     selector: ProviderSelector | None = None
-    nodes: list[NodeId] | None = None
-
-    @model_validator(mode="after")
-    def _nodes_fit_count(self) -> Providers:
-        if self.nodes is not None:
-            if not self.nodes:
-                raise ValueError("nodes: give at least one node id, or leave nodes out")
-            if len(set(self.nodes)) != len(self.nodes):
-                raise ValueError("nodes: a node id is listed twice")
-        return self
+    nodes: Annotated[list[NodeId], AfterValidator(_check_node_list)] | None = None
 
 
 class ImageRef(Model):

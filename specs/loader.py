@@ -71,6 +71,7 @@ HUB_OWNED_METADATA: Final = (
     "resourceVersion",
     "creationTimestamp",
     "deletionTimestamp",
+    "finalizers",
 )
 _HUB_OWNED_MESSAGE: Final = "is set by the hub; remove it"
 _YAML_SUFFIXES: Final = (".yaml", ".yml")

@@ -31,17 +31,25 @@ def _check_name(value: str) -> str:
     return value
 
 
-def _check_labels(value: dict[str, str]) -> dict[str, str]:
-    for key, val in value.items():
-        if not _LABEL_KEY_RE.match(key):
-            raise ValueError(f"label key {key!r} is not valid (letters, digits, '-', '_', '.')")
-        if not _LABEL_VALUE_RE.match(val):
-            raise ValueError(f"label value {val!r} of {key!r} is not valid")
+def _check_label_key(key: str) -> str:
+    if not _LABEL_KEY_RE.match(key):
+        raise ValueError(f"label key {key!r} is not valid (letters, digits, '-', '_', '.')")
+    return key
+
+
+def _check_label_value(value: str) -> str:
+    if not _LABEL_VALUE_RE.match(value):
+        raise ValueError(
+            f"label value {value!r} is not valid (up to 63 letters, digits, '-', '_', '.')"
+        )
     return value
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
-Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+Labels = dict[
+    Annotated[str, AfterValidator(_check_label_key)],
+    Annotated[str, AfterValidator(_check_label_value)],
+]
 
 
 class Model(BaseModel):

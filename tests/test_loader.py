@@ -243,6 +243,7 @@ def test_humane_messages_for_common_mistakes() -> None:
         "s.yaml:4:9: metadata.name: must be 1-63 lower-case letters, digits, '-' or '.', "
         "starting and ending with a letter or digit",
         "s.yaml:8:12: spec.providers.count: must be an integer (got 'many')",
+        "s.yaml:9:12: spec.providers.nodes: give at least one node id, or leave nodes out",
         "s.yaml:10:12: spec.suspend: must be true or false (got 'maybe')",
         "s.yaml:12:14: spec.workload.runtime: must be one of: native, docker, vm (got 'podman')",
         "s.yaml:14:13: spec.workload.image.hash: must be 'sha3-256:' followed by 64 lower-case "
@@ -251,7 +252,7 @@ def test_humane_messages_for_common_mistakes() -> None:
     ]
 
 
-def test_a_model_validator_message_comes_without_pydantic_prefix() -> None:
+def test_a_validator_message_comes_without_pydantic_prefix_at_the_field() -> None:
     text = textwrap.dedent(
         """\
         apiVersion: gu/v1
@@ -265,7 +266,7 @@ def test_a_model_validator_message_comes_without_pydantic_prefix() -> None:
     with pytest.raises(ManifestErrors) as info:
         load_text(text, "n.yaml")
     assert str(info.value) == (
-        "n.yaml:6:14: spec.multicast: group 10.0.0.1 is not a multicast address (224.0.0.0/4)"
+        "n.yaml:6:22: spec.multicast.group: 10.0.0.1 is not a multicast address (224.0.0.0/4)"
     )
 
 
