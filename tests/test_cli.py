@@ -27,7 +27,7 @@ from controller.client import ApiError, Client
 from specs.identity import generate_key, public_key_str, save_private_key
 from specs.loader import load_text
 from tests.conftest import HubProcess
-from tests.helpers import GU, run_gu, wait_for
+from tests.helpers import GU, ROOT, run_gu, wait_for
 
 HASH = "sha3-256:" + "ab" * 32
 PUBLIC_KEY = "ed25519:" + base64.b64encode(bytes(range(32))).decode()
@@ -246,6 +246,40 @@ def test_prune_from_stdin_without_a_set_is_a_usage_error(hub: HubProcess, workdi
     assert "--set" in result.stderr
 
 
+def test_an_empty_folder_is_refused_rather_than_pruning_the_set(
+    hub: HubProcess, workdir: Path
+) -> None:
+    assert gu(hub, workdir, "apply", "-f", "deploy").returncode == 0
+    (workdir / "empty").mkdir()
+    result = gu(hub, workdir, "apply", "-f", "empty", "--set", "deploy", "--prune")
+    assert result.returncode == 2
+    assert "no manifests" in result.stderr
+    with hub.client() as client:
+        assert generations(client)  # every object still there
+
+
+def test_quickstart_example_applies(hub: HubProcess) -> None:
+    result = run_gu("apply", "-f", "examples/quickstart", "--dry-run", env=hub.env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = object_lines(result.stdout)
+    assert lines and set(lines.values()) == {"created (dry run)"}
+    assert 'apply set "examples/quickstart"' in result.stdout
+
+
+def test_a_session_refused_by_image_policy_exits_3_naming_its_file(
+    hub: HubProcess, workdir: Path
+) -> None:
+    (workdir / "deploy" / "policy.yaml").unlink()
+    result = gu(hub, workdir, "apply", "-f", "deploy")
+    assert result.returncode == 3
+    assert "deploy/session.yaml:1: spec.workload.image.hash: refused by image policy" in (
+        result.stderr
+    )
+    assert "Error: the hub refused the request (HTTP 403)" in result.stderr
+    with hub.client() as client:
+        assert nothing_on_hub(client)
+
+
 def test_hub_field_errors_name_the_document_file_and_line() -> None:
     docs = load_text(MANIFESTS["network.yaml"] + "---\n" + MANIFESTS["priority.yaml"], "a.yaml")
     error = ApiError(
@@ -391,8 +425,12 @@ def test_get_watch_prints_a_row_per_change_until_ctrl_c(hub: HubProcess, workdir
 
 
 def test_describe_shows_conditions_and_events(hub: HubProcess, workdir: Path) -> None:
-    # the session's app does not exist: the hub marks it Stalled and records a Warning
-    assert gu(hub, workdir, "apply", "-f", "deploy/session.yaml").returncode == 0
+    # the session's priority does not exist: the hub marks it Stalled and records a Warning
+    session = workdir / "deploy" / "session.yaml"
+    session.write_text(session.read_text().replace("priority: batch", "priority: missing"))
+    (workdir / "deploy" / "priority.yaml").unlink()
+    applied = gu(hub, workdir, "apply", "-f", "deploy")
+    assert applied.returncode == 0, applied.stderr
 
     def stalled_with_event() -> str | None:
         result = gu(hub, workdir, "describe", "session", "hello")
@@ -403,7 +441,7 @@ def test_describe_shows_conditions_and_events(hub: HubProcess, workdir: Path) ->
     assert "Name:             hello" in page
     assert "Kind:             Session" in page
     spec = page.partition("\nSpec:\n")[2].partition("\nStatus:")[0]
-    assert "app: demo" in spec
+    assert "priority: missing" in spec
     conditions = page.partition("\nConditions:\n")[2].partition("\nEvents:")[0]
     assert conditions.split("\n")[0].split() == ["TYPE", "STATUS", "REASON", "MESSAGE", "AGE"]
     assert any(
@@ -413,7 +451,7 @@ def test_describe_shows_conditions_and_events(hub: HubProcess, workdir: Path) ->
     events = page.partition("\nEvents:\n")[2]
     assert events.split("\n")[0].split() == ["TIME", "TYPE", "REASON", "MESSAGE"]
     assert "Warning" in events
-    assert 'App "demo" not found' in events
+    assert 'Priority "missing" not found' in events
 
 
 def test_describe_missing_object_exits_1(hub: HubProcess, workdir: Path) -> None:

@@ -287,3 +287,15 @@ def test_run_stops_when_the_stop_event_is_set(hub: HubProcess, deploy: Path) -> 
             stop.set()
             thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def test_a_folder_emptied_mid_checkout_prunes_nothing(hub: HubProcess, deploy: Path) -> None:
+    with hub.client() as client:
+        watcher = GitOpsWatcher(client, [str(deploy)], apply_set="deploy", prune=True)
+        assert watcher.apply_once("start").applied
+        for manifest in deploy.iterdir():
+            manifest.unlink()
+        emptied = watcher.apply_once("change")
+        assert emptied.manifests_broken and not emptied.applied
+        assert "no manifests" in emptied.errors[0]
+        assert client.list("Priority") and client.list("VirtualNetwork")

@@ -48,7 +48,7 @@ def auth_token_command(state: CliState) -> None:
 # ------------------------------------------------------------ gu config
 
 
-@click.group("config", invoke_without_command=True)
+@click.group("config", invoke_without_command=True, short_help="Show or switch client contexts.")
 @click.pass_context
 def config_group(ctx: click.Context) -> None:
     """Show the contexts of the client config (same as `gu config view`)."""

@@ -39,10 +39,16 @@ from typing import Any
 
 import click
 
-from controller.cli.errors import EXIT_DIFFERENCES, ManifestProblems
+from controller.cli.errors import (
+    EXIT_DIFFERENCES,
+    BadInputError,
+    ManifestProblems,
+    RefusedObjects,
+    hub_refused_message,
+)
 from controller.cli.output import dump_yaml, sort_keys
 from controller.cli.state import CliState, pass_state
-from controller.client import ApiError, Client
+from controller.client import ApiError, Client, HubUnreachable
 from specs.loader import Document, load_paths
 
 SYSTEM_ANNOTATION_PREFIX = "gu/"
@@ -85,6 +91,14 @@ def apply_object(doc: Document) -> dict[str, Any]:
         "metadata": clean_meta,
         "spec": doc.data.get("spec") or {},
     }
+
+
+def no_documents_message(paths: Sequence[str]) -> str:
+    """Why an empty load is refused: with --prune it would delete the whole apply set."""
+    return (
+        f"no manifests (*.yaml, *.yml) found in {', '.join(paths)}; nothing to apply "
+        "(an empty apply with --prune would delete every object of the set)"
+    )
 
 
 def apply_documents(
@@ -135,13 +149,19 @@ def hub_field_errors(exc: ApiError, docs: Sequence[Document]) -> list[str]:
     return lines
 
 
-def refused_manifests(exc: ApiError, docs: Sequence[Document]) -> ManifestProblems | None:
-    """For a 422 with field details: the exit-2 error naming each document; else None."""
-    if exc.status == 422 and exc.details:
-        return ManifestProblems(
-            hub_field_errors(exc, docs), "the hub refused them; nothing was applied"
-        )
-    return None
+def refused_manifests(exc: ApiError, docs: Sequence[Document]) -> click.ClickException | None:
+    """The error for a hub answer that names objects of the apply (``details``), else None.
+
+    422 (the hub found them invalid) is bad input, exit 2; anything else (403:
+    refused by image policy) is the hub refusing, exit 3. Both list each
+    object's ``file:line``.
+    """
+    if isinstance(exc, HubUnreachable) or not exc.details:
+        return None
+    lines = hub_field_errors(exc, docs)
+    if exc.status == 422:
+        return ManifestProblems(lines, "the hub found them invalid; nothing was applied")
+    return RefusedObjects(lines, hub_refused_message(exc))
 
 
 # ------------------------------------------------------------ gu apply
@@ -192,6 +212,8 @@ def apply_command(
     if prune and not apply_set:
         raise click.UsageError("--prune needs an apply set: pass --set NAME when reading stdin")
     docs = load_paths(paths)
+    if not docs:
+        raise BadInputError(no_documents_message(paths))
     try:
         results = apply_documents(
             state.client(), docs, apply_set=apply_set, prune=prune, dry_run=dry_run
@@ -272,7 +294,7 @@ def _print_diff(lines: Sequence[str], colour: bool) -> None:
         console.print(Text(line, style=style))
 
 
-@click.command("diff")
+@click.command("diff", short_help="Diff manifests against the hub (exit 1 if they differ).")
 @click.option("-f", "--filename", "option_paths", multiple=True, metavar="PATH", help=_PATH_HELP)
 @click.argument("extra_paths", nargs=-1, metavar="[PATH]...")
 @pass_state

@@ -73,6 +73,21 @@ class ManifestProblems(click.ClickException):
         click.echo(f"Error: {self.message}", err=True)
 
 
+class RefusedObjects(HubError):
+    """The hub refused some objects of an apply (e.g. by ImagePolicy): one
+    ``file:line: field: message`` line per refused object, then the hub's message (exit 3).
+    """
+
+    def __init__(self, lines: Sequence[str], message: str) -> None:
+        super().__init__(message)
+        self.lines = list(lines)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        for line in self.lines:
+            click.echo(line, err=True)
+        click.echo(f"Error: {self.message}", err=True)
+
+
 def hub_unreachable_message(exc: HubUnreachable) -> str:
     """The message for a hub that does not answer, with what to check."""
     return (

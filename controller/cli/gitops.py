@@ -19,7 +19,9 @@ right, even after missed events, a hub restart or a file renamed across folders.
 
 A broken file never reaches the hub: the pass prints its errors
 (``file:line:col: field: message``), applies nothing and prunes nothing, so
-the last good state stays. While the files stay broken, periodic passes
+the last good state stays. Paths holding no manifest at all (a checkout in
+progress, a wrong path) count as broken too: pruning the whole set on that is
+never what anyone meant. While the files stay broken, periodic passes
 re-apply the last good set (without prune), which keeps drift correction
 working. An unreachable hub or a refusal is printed and retried next pass.
 
@@ -43,7 +45,13 @@ import click
 import watchfiles
 from watchfiles import DefaultFilter
 
-from controller.cli.apply import apply_documents, hub_field_errors, result_line, summary_line
+from controller.cli.apply import (
+    apply_documents,
+    hub_field_errors,
+    no_documents_message,
+    result_line,
+    summary_line,
+)
 from controller.cli.errors import hub_refused_message, hub_unreachable_message
 from controller.cli.state import CliState, pass_state
 from controller.client import ApiError, Client, HubUnreachable
@@ -149,10 +157,8 @@ class GitOpsWatcher:
 
     def apply_once(self, trigger: Trigger = "change") -> PassResult:
         """Load the files and apply them; on broken files, apply nothing of them."""
-        try:
-            docs = load_paths(self.paths)
-        except ManifestErrors as exc:
-            errors = [str(e) for e in exc.errors]
+        docs, errors = self._load()
+        if errors:
             if trigger == "periodic" and self.last_good is not None:
                 result = self._apply(self.last_good, prune=False, trigger=trigger)
                 result.errors = errors + result.errors
@@ -165,6 +171,16 @@ class GitOpsWatcher:
             self.last_good = docs
         return result
 
+    def _load(self) -> tuple[list[Document], list[str]]:
+        """The documents of the paths, or the problems that make them unusable."""
+        try:
+            docs = load_paths(self.paths)
+        except ManifestErrors as exc:
+            return [], [str(e) for e in exc.errors]
+        if not docs:  # e.g. mid-checkout: never prune the whole set for that
+            return [], [no_documents_message(self.paths)]
+        return docs, []
+
     def _apply(self, docs: list[Document], *, prune: bool, trigger: Trigger) -> PassResult:
         try:
             results = apply_documents(
@@ -173,9 +189,8 @@ class GitOpsWatcher:
         except HubUnreachable as exc:
             return PassResult(trigger, errors=[hub_unreachable_message(exc)])
         except ApiError as exc:
-            if exc.status == 422 and exc.details:
-                return PassResult(trigger, errors=hub_field_errors(exc, docs))
-            return PassResult(trigger, errors=[hub_refused_message(exc)])
+            located = hub_field_errors(exc, docs) if exc.details else []
+            return PassResult(trigger, errors=[*located, hub_refused_message(exc)])
         return PassResult(trigger, results=results, applied=True)
 
     # -------------------------------------------------------------- reporting
@@ -240,7 +255,7 @@ class GitOpsWatcher:
 # ------------------------------------------------------------ gu watch
 
 
-@click.command("watch")
+@click.command("watch", short_help="GitOps mode: apply on every file change and every interval.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True), metavar="PATH...")
 @click.option(
     "--prune", is_flag=True, help="Delete objects of the apply set no longer in the files."

@@ -22,7 +22,9 @@ DEFAULT_LISTEN = "127.0.0.1:61622"
 DEFAULT_NODE_GRACE = 30.0
 
 
-@click.group("hub", invoke_without_command=True)
+@click.group(
+    "hub", invoke_without_command=True, short_help="Run the hub (API, store, reconcilers)."
+)
 @click.option(
     "--state-dir",
     default=DEFAULT_STATE_DIR,

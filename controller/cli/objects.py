@@ -268,7 +268,7 @@ def describe_text(obj: dict[str, Any], events: Iterable[dict[str, Any]] | None) 
     return "\n".join(lines)
 
 
-@click.command("describe")
+@click.command("describe", short_help="Show one object with conditions and events.")
 @click.argument("kind")
 @click.argument("name")
 @pass_state
@@ -290,7 +290,7 @@ def describe_command(state: CliState, kind: str, name: str) -> None:
 # ------------------------------------------------------------ gu delete
 
 
-@click.command("delete")
+@click.command("delete", short_help="Delete objects by KIND NAME or by manifest files.")
 @click.argument("kind", required=False)
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option(
