@@ -10,8 +10,7 @@ the *path* of the key, never key material — and ``gu config use NAME``
 switches the current one. ``gu schema -o DIR`` writes the JSON Schemas of the
 user kinds (for editor completion and CI validation of a GitOps repo).
 
-Later commands belong here too: ``gu login`` (an app logs in with its key and
-writes a context) and ``gu keys …`` (generate and show Ed25519 keys).
+``gu login`` and ``gu keys …`` (an app's key and context) live in ``keys.py``.
 """
 
 from __future__ import annotations

@@ -66,4 +66,4 @@ def hub_group(ctx: click.Context, state_dir: str, listen: str, node_grace: float
         pass
 
 
-# Later: @hub_group.command("token") group with `create` (agent join tokens).
+# Later: hub_group.add_command(controller.cli.pool.token_group) -> `gu hub token create`.

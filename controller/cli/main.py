@@ -8,15 +8,15 @@ Layout (a command lives with its concern, the group only wires them)::
     gu get | describe | delete  controller/cli/objects.py  objects on the hub
     gu auth | config | schema   controller/cli/admin.py    credentials, contexts, schemas
 
-Planned commands and where they go (not implemented yet):
+Commands of later issues and where they go (not wired here yet; each is one
+``cli.add_command`` line when its issue lands):
 
-    gu agent                    the provider agent (agent/, wired here as a command)
-    gu peers, gu peer NODE      providers and their details (a peers module)
-    gu image push|ls|…          the hub's image store (an images module)
-    gu logs SESSION             workload output (objects.py or a logs module)
-    gu keys generate|show       Ed25519 keys (admin.py)
-    gu login                    an app logs in with its key, writes a context (admin.py)
-    gu hub token create         agent join tokens (a subcommand of the hub group)
+    gu agent                    the provider agent (agent/, a command wired here)
+    gu peers, gu peer NODE      controller/cli/pool.py     peers_command, peer_command
+    gu logs SESSION             controller/cli/pool.py     logs_command
+    gu hub token create         controller/cli/pool.py     token_group, added to hub_group
+    gu image build|push|ls|…    controller/cli/images.py   image_group
+    gu keys new|pub, gu login   controller/cli/keys.py     keys_group, login_command
 
 ``GuGroup.invoke`` is the one place where errors of the layers below (client,
 config, loader) become short stderr messages and the exit codes documented in
