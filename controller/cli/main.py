@@ -8,15 +8,12 @@ Layout (a command lives with its concern, the group only wires them)::
     gu get | describe | delete  controller/cli/objects.py  objects on the hub
     gu auth | config | schema   controller/cli/admin.py    credentials, contexts, schemas
 
-Commands of later issues and where they go (not wired here yet; each is one
-``cli.add_command`` line when its issue lands):
-
-    gu agent                    the provider agent (agent/, a command wired here)
-    gu peers, gu peer NODE      controller/cli/pool.py     peers_command, peer_command
-    gu logs SESSION             controller/cli/pool.py     logs_command
-    gu hub token create         controller/cli/pool.py     token_group, added to hub_group
-    gu image build|push|ls|…    controller/cli/images.py   image_group
-    gu keys new|pub, gu login   controller/cli/keys.py     keys_group, login_command
+    gu peers | peer | logs      controller/cli/pool.py     providers, workload output
+    gu hub token create         controller/cli/pool.py     agent join tokens
+    gu image build|hash|push|ls|sign|verify
+                                controller/cli/images.py   images
+    gu keys new|pub | login     controller/cli/keys.py     keys, app log-in
+    gu agent                    agent/cli.py               the provider agent
 
 ``GuGroup.invoke`` is the one place where errors of the layers below (client,
 config, loader) become short stderr messages and the exit codes documented in
@@ -32,7 +29,10 @@ from controller.cli.apply import apply_command, diff_command
 from controller.cli.errors import translate
 from controller.cli.gitops import watch_command
 from controller.cli.hub import hub_group
+from controller.cli.images import image_group
+from controller.cli.keys import keys_group, login_command
 from controller.cli.objects import delete_command, describe_command, get_command
+from controller.cli.pool import logs_command, peer_command, peers_command, token_group
 from controller.cli.state import CliState
 
 
@@ -91,6 +91,13 @@ cli.add_command(delete_command)
 cli.add_command(auth_group)
 cli.add_command(config_group)
 cli.add_command(schema_command)
+cli.add_command(peers_command)
+cli.add_command(peer_command)
+cli.add_command(logs_command)
+cli.add_command(image_group)
+cli.add_command(keys_group)
+cli.add_command(login_command)
+hub_group.add_command(token_group)
 
 
 def main() -> None:
