@@ -8,8 +8,11 @@ actually on disk afterwards.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import resource
+import signal
 import tarfile
 import threading
 import time
@@ -395,6 +398,42 @@ def test_cache_fetch_failure_leaves_no_file(tmp_path: Path) -> None:
         cache.ensure(h, broken)
     assert [p.name for p in root.iterdir() if p.is_file()] == ["index.json"]
     assert list((root / "tmp").iterdir()) == []
+
+
+def test_cache_ensure_from_a_source_that_reuses_its_buffer(tmp_path: Path) -> None:
+    data = os.urandom(3_000_000)
+    h = sha3(data)
+    (tmp_path / "src").write_bytes(data)
+
+    def fetch(_: str) -> Iterator[bytearray]:
+        buf = bytearray(70_000)
+        with open(tmp_path / "src", "rb") as f:
+            while n := f.readinto(buf):
+                yield buf if n == len(buf) else buf[:n]
+
+    path = ImageCache(tmp_path / "cache").ensure(h, fetch)
+    assert path.read_bytes() == data
+
+
+def test_cache_write_error_raises_and_leaves_no_file(tmp_path: Path) -> None:
+    h, data = image(2_000_000, 4)
+    root = tmp_path / "cache"
+    cache = ImageCache(root)
+    # A file size limit makes the kernel refuse the write (EFBIG), as a full disk would.
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            cache.ensure(h, Fetcher({h: data}))
+        assert err.value.errno == errno.EFBIG
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert h not in cache
+    assert not (root / parse_hash(h)).exists()
+    assert list((root / "tmp").iterdir()) == []
+    assert cache.ensure(h, Fetcher({h: data})).read_bytes() == data
 
 
 def test_cache_verify_detects_a_flipped_byte_and_removes_the_file(tmp_path: Path) -> None:
