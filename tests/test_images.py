@@ -424,9 +424,18 @@ def test_cache_write_error_raises_and_leaves_no_file(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
     try:
+        closed = []
+
+        def fetch(_: str) -> Iterator[bytes]:
+            try:
+                yield from chunks_of(data, 50_000)
+            finally:
+                closed.append(True)  # the source (an HTTP response) is released
+
         with pytest.raises(OSError) as err:
-            cache.ensure(h, Fetcher({h: data}))
+            cache.ensure(h, fetch)
         assert err.value.errno == errno.EFBIG
+        assert closed == [True]
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)

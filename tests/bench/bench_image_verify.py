@@ -18,6 +18,11 @@ Each figure is the median of ``--runs`` runs, in MB/s (10**6 bytes per
 second), printed as one JSON line. Files are in the page cache, so hashing is
 measured, not the disk — except for ``cache_ensure``, whose fsync writes the
 image to disk as a real pull must. Everything is removed afterwards.
+
+Reading ``cache_ensure``: the pull writes on a second thread, so it costs
+max(hash, write) + what is left of the fsync. Where fresh page-cache pages are
+expensive (a VM whose guest memory is handed back to the host between runs),
+the write is the slower half; compare ``--size-mib 128`` to see it.
 """
 
 from __future__ import annotations
