@@ -42,6 +42,8 @@ class HubSettings:
     token_ttl: int = 900
     resync_period: float = 30.0
     heartbeat: float = 5.0
+    # an authenticated app must not be able to fill the hub's disk with one push
+    max_image_bytes: int = 64 << 30
 
     @property
     def url(self) -> str:
@@ -119,7 +121,7 @@ class Hub:
             admins.write_text(public_key_str(admin_key) + "\n")
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
         self.store = Store(state / "hub.db")
-        self.images = ImageStore(state / "images")
+        self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.notifier = ChangeNotifier()
         self.first_start = first_start
