@@ -130,7 +130,7 @@ class Hub:
         from controller.reconcilers import register_all
 
         self.controller = Controller(self.store, resync_period=settings.resync_period)
-        register_all(self.controller)
+        register_all(self.controller, node_grace=settings.node_grace, heartbeat=settings.heartbeat)
 
     @property
     def hub_id(self) -> str:

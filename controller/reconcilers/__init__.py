@@ -1,21 +1,33 @@
 """controller/reconcilers: the level-triggered handlers the reconcile engine runs.
 
-One module per concept: ``session`` (a Session's references), ``imagepolicy``
-(the Apps a policy names), ``basic`` (App, Priority, VirtualNetwork and their
-clashes with siblings), ``refs`` (missing references → Stalled/Ready).
-``register_all`` wires all of them into a ``Controller``.
+One module per concept: ``session`` (a Session's references and scheduling
+onto Placements), ``provider`` (Provider readiness from heartbeats),
+``placement`` (the placement contract and the in-memory cluster view the
+Session reconciler schedules from), ``imagepolicy`` (the Apps a policy
+names), ``basic`` (App, Priority, VirtualNetwork and their clashes with
+siblings), ``refs`` (missing references → Stalled/Ready). ``register_all``
+wires all of them into a ``Controller``.
 """
 
 from controller.reconcile import Controller
-from controller.reconcilers import basic, imagepolicy, session
-from controller.reconcilers.session import SESSION_FINALIZER
+from controller.reconcilers import basic, imagepolicy, provider, session
+from controller.reconcilers.session import SESSION_FINALIZER, SessionReconciler
 
 
-def register_all(controller: Controller) -> None:
-    """Register every reconciler (App, ImagePolicy, Priority, Session, VirtualNetwork)."""
+def register_all(
+    controller: Controller, *, node_grace: float = 30.0, heartbeat: float = 5.0
+) -> SessionReconciler:
+    """Register every reconciler (App, ImagePolicy, Priority, Provider, Session, VirtualNetwork).
+
+    ``heartbeat`` is the agents' period (a provider is NotReady after three
+    missed beats); ``node_grace`` is how long a provider may stay NotReady
+    before its placements count as lost. Returns the Session reconciler (its
+    ``state`` is the scheduler's cluster view).
+    """
     basic.register(controller)
     imagepolicy.register(controller)
-    session.register(controller)
+    provider.register(controller, heartbeat=heartbeat)
+    return session.register(controller, node_grace=node_grace, heartbeat=heartbeat)
 
 
-__all__ = ["SESSION_FINALIZER", "register_all"]
+__all__ = ["SESSION_FINALIZER", "SessionReconciler", "register_all"]

@@ -1,0 +1,329 @@
+"""Placements as the hub sees them: names, shapes, states, and the cluster view.
+
+A Placement is one workload of one Session on one provider. The hub creates it
+(``new_placement``), the agent of ``spec.node`` runs it and writes its status.
+This module holds what the Session reconciler needs to reason about them:
+
+- the contract with the agent: the name (``<session>-<5 random [a-z0-9]>``,
+  at most 63 characters), the ``gu/session`` label, the spec fields and the
+  terminal states;
+- ``ClusterState``: an informer-like, in-memory view of every Provider (as a
+  scheduler ``NodeView`` in a ``RankedNodes`` pool) and every Placement,
+  indexed by session and by node, with each node's allocation summed from its
+  active placements.
+
+Why a view and not store reads: one Session pass needs the session's
+placements and a ranked view of all providers with their allocations. Reading
+those from SQLite every pass is O(placements + providers) JSON parsing, which
+at 10,000 placements and 1,000 providers would cap scheduling at a few passes
+a second. ``ClusterState.refresh`` instead reads the store's change feed from
+the resourceVersion it last saw and applies only what changed (relisting if
+the feed was compacted past it), so a pass costs what changed since the last
+one. Every change carries the object's resourceVersion, so a change that is
+older than what the view holds is skipped: the initial list and the feed may
+overlap without harm.
+
+Thread safety: callers hold ``ClusterState.lock`` around refresh, reads and
+the writes they base on them; the Session reconciler keeps it until its
+transaction has committed, so two passes never place onto the same free
+capacity.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.scheduler import NodeView, RankedNodes
+from controller.store import Change, Gone, Store
+from specs.kinds import Inventory, Resources, Usage
+
+Obj = dict[str, Any]
+
+SESSION_LABEL = "gu/session"
+"""Label every Placement carries: the name of its Session."""
+
+NODE_LOST_ANNOTATION = "gu/node-lost"
+"""Set by the hub on a placement it declared lost (restartPolicy Never): the
+placement counts as Failed/NodeLost whatever a returning agent writes later."""
+
+TERMINAL_STATES = frozenset({"Stopped", "Succeeded", "Failed"})
+STARTING_STATES = frozenset({"Pending", "Pulling", "Starting"})
+
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_MAX_NAME = 63
+_DEFAULT_CPU = Resources().cpu
+_DEFAULT_MEMORY = Resources().memoryMiB
+
+
+def placement_name(session: str) -> str:
+    """``<session>-<5 random [a-z0-9]>``, the session part cut to keep 63 characters."""
+    suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+    return f"{session[: _MAX_NAME - 6]}-{suffix}"
+
+
+def new_placement(
+    name: str, session: str, spec: Obj, node: str | None, desired: str, reason: str = ""
+) -> Obj:
+    """A Placement object for ``store.create``.
+
+    ``spec`` holds the fields copied from the Session (``app``, ``workload``,
+    ``restartPolicy``, ``network``). Without a node the status says why
+    (``reason: Unschedulable`` and the scheduler's message).
+    """
+    status: Obj = {"state": "Pending"}
+    if node is None:
+        status.update(reason="Unschedulable", message=reason)
+    return {
+        "apiVersion": "gu/v1",
+        "kind": "Placement",
+        "metadata": {"name": name, "labels": {SESSION_LABEL: session}},
+        "spec": {"session": session, **spec, "node": node, "desiredState": desired},
+        "status": status,
+    }
+
+
+def state_of(placement: Obj) -> str:
+    """The placement's observed state (``Pending`` until an agent says otherwise)."""
+    return str((placement.get("status") or {}).get("state") or "Pending")
+
+
+def is_lost(placement: Obj) -> bool:
+    """Whether the hub declared this placement lost with its node."""
+    return NODE_LOST_ANNOTATION in (placement["metadata"].get("annotations") or {})
+
+
+def is_active(placement: Obj) -> bool:
+    """Not finished: it holds (or will hold) resources on its node."""
+    return state_of(placement) not in TERMINAL_STATES and not is_lost(placement)
+
+
+def resources_of(placement: Obj) -> tuple[float, float]:
+    """(cpu, memoryMiB) the placement asks for, with the spec defaults."""
+    res = ((placement.get("spec") or {}).get("workload") or {}).get("resources") or {}
+    return float(res.get("cpu", _DEFAULT_CPU)), float(res.get("memoryMiB", _DEFAULT_MEMORY))
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def node_view(provider: Obj) -> NodeView:
+    """A scheduler view of a Provider object (allocations zero; the pool adds them)."""
+    status = provider.get("status") or {}
+    spec = provider.get("spec") or {}
+    inventory: Inventory | None = None
+    usage: Usage | None = None
+    try:
+        if status.get("inventory"):
+            inventory = Inventory.model_validate(status["inventory"])
+        if status.get("usage"):
+            usage = Usage.model_validate(status["usage"])
+    except ValidationError:
+        inventory, usage = None, None  # an agent that reports nonsense gets nothing placed
+    ready = False
+    since: datetime | None = None
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+            since = None if ready else _parse_time(cond.get("lastTransitionTime"))
+    labels = {**(spec.get("labels") or {}), **(provider["metadata"].get("labels") or {})}
+    return NodeView(
+        node_id=provider["metadata"]["name"],
+        labels=labels,
+        inventory=inventory,
+        usage=usage,
+        ready=ready,
+        not_ready_since=since,
+    )
+
+
+class ClusterState:
+    """Providers and Placements in memory, kept current from the change feed (see module doc)."""
+
+    def __init__(self, store: Store, *, batch: int = 2000) -> None:
+        self.store = store
+        self.lock = threading.RLock()
+        self.nodes = RankedNodes()
+        self.placements: dict[str, Obj] = {}
+        self._batch = batch
+        self._rv: int | None = None
+        self._provider_rv: dict[str, int] = {}
+        self._by_session: dict[str, set[str]] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._unbound: dict[str, set[str]] = {}
+        self._alloc: dict[str, tuple[float, float, int]] = {}
+        self._holds: dict[str, tuple[str, float, float]] = {}
+        self.relists = 0
+
+    # ------------------------------------------------------------- refresh
+
+    def refresh(self) -> None:
+        """Apply every change committed since the last refresh (relist the first time)."""
+        with self.lock:
+            if self._rv is None:
+                self._relist()
+                return
+            while True:
+                try:
+                    batch = self.store.changes(self._rv, limit=self._batch)
+                except Gone:
+                    self._relist()
+                    return
+                for change in batch:
+                    self._apply(change)
+                    self._rv = change.rv
+                if len(batch) < self._batch:
+                    return
+
+    def _relist(self) -> None:
+        self.relists += 1
+        rv = self.store.resource_version  # read first: the feed replays anything after it
+        self.nodes = RankedNodes()
+        self.placements.clear()
+        self._provider_rv.clear()
+        self._by_session.clear()
+        self._by_node.clear()
+        self._unbound.clear()
+        self._alloc.clear()
+        self._holds.clear()
+        for placement in self.store.list("Placement"):
+            self._put_placement(placement)
+        for provider in self.store.list("Provider"):
+            self._put_provider(provider)
+        self._rv = rv
+
+    def _apply(self, change: Change) -> None:
+        obj = change.object
+        if change.kind == "Placement":
+            current = self.placements.get(change.name)
+            if change.type == "DELETED":
+                if current is not None and current["metadata"]["resourceVersion"] < change.rv:
+                    self._drop_placement(change.name)
+            elif current is None or current["metadata"]["resourceVersion"] < change.rv:
+                self._put_placement(obj)
+        elif change.kind == "Provider":
+            seen = self._provider_rv.get(change.name, -1)
+            if seen >= change.rv:
+                return
+            if change.type == "DELETED":
+                self._provider_rv.pop(change.name, None)
+                self.nodes.remove(change.name)
+            else:
+                self._put_provider(obj)
+
+    def _put_provider(self, provider: Obj) -> None:
+        view = node_view(provider)
+        cpu, mem, count = self._alloc.get(view.node_id, (0.0, 0.0, 0))
+        view.allocated_cpu, view.allocated_memory_mib, view.active = cpu, mem, count
+        self.nodes.upsert(view)
+        self._provider_rv[view.node_id] = provider["metadata"]["resourceVersion"]
+
+    def _put_placement(self, placement: Obj) -> None:
+        name = placement["metadata"]["name"]
+        self._drop_placement(name)
+        self.placements[name] = placement
+        spec = placement.get("spec") or {}
+        session = str(spec.get("session") or "")
+        node = spec.get("node")
+        self._by_session.setdefault(session, set()).add(name)
+        active = is_active(placement)
+        if node:
+            self._by_node.setdefault(node, set()).add(name)
+            if active:
+                cpu, mem = resources_of(placement)
+                self._holds[name] = (node, cpu, mem)
+                self._allocate(node, cpu, mem, 1)
+        elif active:
+            self._unbound.setdefault(session, set()).add(name)
+
+    def _drop_placement(self, name: str) -> None:
+        old = self.placements.pop(name, None)
+        if old is None:
+            return
+        spec = old.get("spec") or {}
+        session = str(spec.get("session") or "")
+        _discard(self._by_session, session, name)
+        _discard(self._unbound, session, name)
+        if spec.get("node"):
+            _discard(self._by_node, spec["node"], name)
+        hold = self._holds.pop(name, None)
+        if hold is not None:
+            node, cpu, mem = hold
+            self._allocate(node, -cpu, -mem, -1)
+
+    def _allocate(self, node: str, cpu: float, mem: float, count: int) -> None:
+        old_cpu, old_mem, old_count = self._alloc.get(node, (0.0, 0.0, 0))
+        new = (old_cpu + cpu, old_mem + mem, old_count + count)
+        if new[2] == 0:
+            self._alloc.pop(node, None)  # no float dust on an empty node
+            view = self.nodes.get(node)
+            if view is not None:
+                self.nodes.allocate(
+                    node, -view.allocated_cpu, -view.allocated_memory_mib, -view.active
+                )
+            return
+        self._alloc[node] = new
+        self.nodes.allocate(node, cpu, mem, count)
+
+    # --------------------------------------------------------------- reads
+
+    def placements_of(self, session: str) -> list[Obj]:
+        """The session's placements, by name."""
+        return [self.placements[n] for n in sorted(self._by_session.get(session, ()))]
+
+    def sessions_on_node(self, node: str) -> set[str]:
+        """Sessions with a placement bound to ``node``."""
+        return {str(self.placements[n]["spec"].get("session")) for n in self._by_node.get(node, ())}
+
+    def sessions_with_unbound(self) -> set[str]:
+        """Sessions with an active placement that has no node yet."""
+        return {s for s, names in self._unbound.items() if names}
+
+    def taken(self, name: str) -> bool:
+        """Whether a Placement of that name exists."""
+        return name in self.placements
+
+
+def _discard(index: dict[str, set[str]], key: str, name: str) -> None:
+    names = index.get(key)
+    if names is not None:
+        names.discard(name)
+        if not names:
+            del index[key]
+
+
+def sessions_of(placements: Iterable[Obj]) -> set[str]:
+    """The sessions the given placements belong to (by the ``gu/session`` label)."""
+    out: set[str] = set()
+    for p in placements:
+        session = (p["metadata"].get("labels") or {}).get(SESSION_LABEL)
+        if session:
+            out.add(session)
+    return out
+
+
+__all__ = [
+    "NODE_LOST_ANNOTATION",
+    "SESSION_LABEL",
+    "TERMINAL_STATES",
+    "ClusterState",
+    "is_active",
+    "is_lost",
+    "new_placement",
+    "node_view",
+    "placement_name",
+    "resources_of",
+    "state_of",
+]
