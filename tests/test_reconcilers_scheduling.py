@@ -661,3 +661,60 @@ def test_heartbeats_that_change_only_usage_wake_no_session(
     heartbeat(store, node, datetime.now(UTC) - timedelta(minutes=5))
     controller.reconcile("Provider", node)
     assert reconciler.sessions_for_provider(store.get("Provider", node), store) == ["s"]
+
+
+@pytest.mark.usefixtures("app")
+def test_with_no_provider_at_all_the_session_waits_unschedulable(
+    store: Store, controller: Controller
+) -> None:
+    add_session(store)
+    controller.reconcile("Session", "s")
+    (p,) = placements(store)
+    assert p["spec"]["node"] is None
+    assert p["status"]["message"] == "0/0 providers: none registered"
+    ready = condition(store, "Session", "s", "Ready")
+    assert ready is not None and ready["status"] == "False" and ready["reason"] == "Unschedulable"
+
+
+@pytest.mark.usefixtures("app")
+def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> None:
+    from controller.reconcilers import session as session_reconciler
+    from controller.scheduler import NodeView
+    from specs.kinds import Session
+
+    def policy(s: Session, st: Store) -> Callable[[NodeView], str | None]:
+        assert s.spec.app == "demo"
+        return lambda node: None if node.labels.get("trusted") == "yes" else "not trusted"
+
+    controller = Controller(store)
+    session_reconciler.register(controller, policy=policy)
+    add_provider(store, 1)
+    add_provider(store, 2)
+    for i in (1, 2):
+        status = dict(store.get("Provider", nid(i))["status"])
+        status["conditions"] = [{"type": "Ready", "status": "True", "reason": "HeartbeatOK"}]
+        store.update_status("Provider", nid(i), status)
+    add_session(store, providers={"count": 2})
+    controller.reconcile("Session", "s")
+    assert all(p["spec"]["node"] is None for p in placements(store))
+    stalled = condition(store, "Session", "s", "Stalled")
+    assert stalled is not None and stalled["message"] == "0/2 providers: 2 not trusted"
+
+    spec = store.get("Provider", nid(2))["spec"]
+    store.replace(
+        {
+            "kind": "Provider",
+            "metadata": {"name": nid(2), "labels": {"trusted": "yes"}},
+            "spec": spec,
+        }
+    )
+    controller.reconcile("Session", "s")
+    nodes = sorted(str(p["spec"]["node"]) for p in placements(store))
+    assert nodes == [nid(2), "None"]
+    stalled = condition(store, "Session", "s", "Stalled")
+    assert stalled is not None
+    assert stalled["message"] == "1/2 providers: 1 not trusted"
+    controller.reconcile("Session", "s")  # the one left unbound: node 2 is taken by its sibling
+    stalled = condition(store, "Session", "s", "Stalled")
+    assert stalled is not None
+    assert stalled["message"] == "0/2 providers: 1 already run this session, 1 not trusted"

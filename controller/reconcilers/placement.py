@@ -34,7 +34,6 @@ from __future__ import annotations
 import secrets
 import string
 import threading
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -302,16 +301,6 @@ def _discard(index: dict[str, set[str]], key: str, name: str) -> None:
         names.discard(name)
         if not names:
             del index[key]
-
-
-def sessions_of(placements: Iterable[Obj]) -> set[str]:
-    """The sessions the given placements belong to (by the ``gu/session`` label)."""
-    out: set[str] = set()
-    for p in placements:
-        session = (p["metadata"].get("labels") or {}).get(SESSION_LABEL)
-        if session:
-            out.add(session)
-    return out
 
 
 __all__ = [

@@ -1,0 +1,307 @@
+"""Benchmark of scheduling: Sessions → Placements through the real reconciler and Store.
+
+Run: ``python tests/bench/bench_scheduler.py [--providers 1000] [--placements 10000]``.
+Prints one JSON line per figure (``{"bench": "scheduler", "figure", "value", "unit", …}``).
+
+World: ``--providers`` Provider objects with inventories (32 cores, 64 GiB), Ready (set by
+the real Provider reconciler), and an App. Then, in a fresh store each time:
+
+- ``controller_*``: the Sessions are applied in one transaction while the real
+  ``Controller`` runs (change feed → queue → workers → Session reconciler → Store), and
+  the clock stops when every placement exists and every Session's status lists them.
+  Two shapes: ``placements/10`` sessions × count 10, and ``placements`` × count 1.
+- ``direct_*``: the same Session reconciler called in a loop on one thread (no queue,
+  no feed): what scheduling and writing cost without the engine around them.
+- ``scheduler_only``: ``schedule`` + ``RankedNodes.allocate`` alone, no store.
+- ``resync_noop``: a second pass over every converged Session (must write 0 rows).
+
+Baselines in the same run, same number of placements, same object shape:
+``baseline_store_create`` (one ``store.create`` per transaction, i.e. one fsync each) and
+``baseline_store_create_batched`` (10 per transaction, the grouping a count-10 pass uses).
+
+What limits it (measured on the dev box, 2 cores): ``schedule`` itself places several
+hundred thousand a second over 1,000 providers, so the cost is the Store. One Session pass
+is one transaction: the commit's fsync plus ~15 statements (create, status, event, change
+log) and their JSON. Sessions of count 10 spread that over ten placements (about 5,000/s
+through the Controller); sessions of count 1 pay it per placement (about 1,000/s through
+the Controller, 2,000/s called directly — the engine's feed, queue and thread hop add
+the rest). Group commit across Sessions would need the engine to batch keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from controller.reconcile.engine import Controller  # noqa: E402
+from controller.reconcilers import register_all  # noqa: E402
+from controller.reconcilers.placement import new_placement, placement_name  # noqa: E402
+from controller.scheduler import NodeView, RankedNodes, schedule  # noqa: E402
+from controller.store import Store  # noqa: E402
+from specs.kinds import CpuInfo, Inventory, OsInfo, Session, Usage  # noqa: E402
+
+IMAGE = "sha3-256:" + "ab" * 32
+GIB = 1024**3
+HEARTBEAT = 3600.0  # providers stay Ready for the whole run without beating
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    print(
+        json.dumps(
+            {
+                "bench": "scheduler",
+                "figure": figure,
+                "value": round(value, 3),
+                "unit": unit,
+                **extra,
+            }
+        ),
+        flush=True,
+    )
+
+
+def nid(i: int) -> str:
+    return "0x" + f"{i:040x}"
+
+
+def inventory() -> dict[str, Any]:
+    return {
+        "os": {"name": "Linux", "version": "6.1"},
+        "cpu": {"architecture": "x86_64", "bit": [64], "cores": 32, "threads": 64},
+        "memoryBytes": 64 * GIB,
+        "storageBytes": 500 * GIB,
+        "runtimes": ["native"],
+    }
+
+
+def world(tmp: Path, providers: int, workers: int = 4) -> tuple[Store, Controller]:
+    """A fresh store with Ready providers and an App, and a controller with every reconciler."""
+    store = Store(tmp / "hub.db")
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    with store.transaction():
+        store.create({"kind": "App", "metadata": {"name": "bench"}, "spec": {}})
+        for i in range(providers):
+            node = nid(i + 1)
+            key = "ed25519:" + base64.b64encode(i.to_bytes(32, "big")).decode()
+            store.create(
+                {
+                    "kind": "Provider",
+                    "metadata": {"name": node},
+                    "spec": {"nodeId": node, "publicKey": key},
+                    "status": {
+                        "inventory": inventory(),
+                        "usage": {"memoryAvailableBytes": 60 * GIB},
+                        "lastHeartbeat": now,
+                    },
+                }
+            )
+    controller = Controller(store, workers=workers, resync_period=3600)
+    register_all(controller, heartbeat=HEARTBEAT)
+    for p in store.list("Provider"):
+        controller.reconcile("Provider", p["metadata"]["name"])
+    return store, controller
+
+
+def sessions(n: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "gu/v1",
+            "kind": "Session",
+            "metadata": {"name": f"s{i:05d}"},
+            "spec": {
+                "app": "bench",
+                "providers": {"count": count},
+                "workload": {
+                    "runtime": "native",
+                    "image": {"hash": IMAGE},
+                    "resources": {"cpu": 0.5, "memoryMiB": 256},
+                },
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def converged(store: Store, n_sessions: int, n_placements: int) -> bool:
+    if store.count("Placement") < n_placements:
+        return False
+    listed = sum(len(s["status"].get("placements") or []) for s in store.list("Session"))
+    return listed >= n_placements and store.count("Session") == n_sessions
+
+
+def bench_controller(
+    tmp: Path, providers: int, n_sessions: int, count: int, workers: int = 4
+) -> None:
+    store, controller = world(tmp, providers, workers)
+    total = n_sessions * count
+    objs = sessions(n_sessions, count)
+
+    async def body() -> tuple[float, dict[str, Any]]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        await asyncio.sleep(0.2)  # the initial list is done
+        applied = time.perf_counter()
+        store.apply(objs, finalizers=lambda kind: ["gu/placements"])
+        start = time.perf_counter()  # scheduling starts once the Sessions are committed
+        emit(f"apply_{n_sessions}_sessions", (start - applied) * 1000, "ms", note="not counted")
+        try:
+            while not converged(store, n_sessions, total):
+                assert time.perf_counter() - start < 600, "scheduling did not finish in 10 min"
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            return elapsed, controller.stats()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    elapsed, stats = asyncio.run(body())
+    bound = sum(1 for p in store.list("Placement") if p["spec"]["node"])
+    emit(
+        f"controller_{n_sessions}x{count}",
+        total / elapsed,
+        "placements/s",
+        placements=total,
+        bound=bound,
+        providers=providers,
+        seconds=round(elapsed, 3),
+        workers=workers,
+        reconciles=stats["reconciles"],
+        conflicts=stats["conflicts"],
+        errors=stats["errors"],
+    )
+    rv = store.resource_version
+    start = time.perf_counter()
+    for s in store.list("Session"):
+        controller.reconcile("Session", s["metadata"]["name"])
+    emit(
+        f"resync_noop_{n_sessions}x{count}",
+        (time.perf_counter() - start) * 1000,
+        "ms",
+        sessions=n_sessions,
+        rows_written=store.resource_version - rv,
+    )
+    store.close()
+
+
+def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None:
+    store, controller = world(tmp, providers)
+    store.apply(sessions(n_sessions, count), finalizers=lambda kind: ["gu/placements"])
+    names = [s["metadata"]["name"] for s in store.list("Session")]
+    start = time.perf_counter()
+    for name in names:
+        controller.reconcile("Session", name)
+    elapsed = time.perf_counter() - start
+    total = store.count("Placement")
+    emit(
+        f"direct_{n_sessions}x{count}",
+        total / elapsed,
+        "placements/s",
+        placements=total,
+        providers=providers,
+        seconds=round(elapsed, 3),
+    )
+    store.close()
+
+
+def bench_scheduler_only(providers: int, n_sessions: int, count: int) -> None:
+    inv = Inventory(
+        os=OsInfo(name="Linux", version="6.1"),
+        cpu=CpuInfo(architecture="x86_64", bit=[64], cores=32, threads=64),
+        memoryBytes=64 * GIB,
+        storageBytes=500 * GIB,
+    )
+    usage = Usage(memoryAvailableBytes=60 * GIB)
+    nodes = RankedNodes(
+        NodeView(node_id=nid(i + 1), inventory=inv, usage=usage, ready=True)
+        for i in range(providers)
+    )
+    session = Session.model_validate(sessions(1, count)[0])
+    start = time.perf_counter()
+    placed = 0
+    for _ in range(n_sessions):
+        decision = schedule(session, nodes, count)
+        for node in decision.nodes:
+            nodes.allocate(node, 0.5, 256)
+        placed += len(decision.nodes)
+    elapsed = time.perf_counter() - start
+    emit(
+        f"scheduler_only_{n_sessions}x{count}", placed / elapsed, "placements/s", placements=placed
+    )
+
+
+def bench_baseline(tmp: Path, providers: int, total: int, batch: int) -> None:
+    store, _ = world(tmp, providers)
+    spec = {
+        "app": "bench",
+        "workload": {
+            "runtime": "native",
+            "image": {"hash": IMAGE, "url": None},
+            "command": [],
+            "args": [],
+            "env": {},
+            "resources": {"cpu": 0.5, "memoryMiB": 256},
+        },
+        "restartPolicy": "Never",
+        "network": None,
+    }
+    objs = [
+        new_placement(
+            placement_name(f"s{i // 10:05d}"),
+            f"s{i // 10:05d}",
+            spec,
+            nid(i % providers + 1),
+            "Running",
+        )
+        for i in range(total)
+    ]
+    start = time.perf_counter()
+    for i in range(0, total, batch):
+        with store.transaction():
+            for obj in objs[i : i + batch]:
+                store.create(obj)
+    elapsed = time.perf_counter() - start
+    figure = "baseline_store_create" if batch == 1 else "baseline_store_create_batched"
+    emit(figure, total / elapsed, "placements/s", placements=total, per_transaction=batch)
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--providers", type=int, default=1000)
+    parser.add_argument("--placements", type=int, default=10_000)
+    args = parser.parse_args()
+    n = args.placements
+    with tempfile.TemporaryDirectory(prefix="gu-bench-sched-") as d:
+        tmp = Path(d)
+        runs = 0
+
+        def fresh() -> Path:
+            nonlocal runs
+            runs += 1
+            path = tmp / f"run{runs}"
+            path.mkdir()
+            return path
+
+        bench_baseline(fresh(), args.providers, n, 1)
+        bench_baseline(fresh(), args.providers, n, 10)
+        bench_scheduler_only(args.providers, n // 10, 10)
+        bench_scheduler_only(args.providers, n, 1)
+        bench_direct(fresh(), args.providers, n // 10, 10)
+        bench_direct(fresh(), args.providers, n, 1)
+        bench_controller(fresh(), args.providers, n // 10, 10)
+        bench_controller(fresh(), args.providers, n, 1)
+
+
+if __name__ == "__main__":
+    main()
