@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller
-from controller.auth import AuthError, Principal
+from controller.auth import AuthError, Forbidden, Principal
 from controller.enrollment import check_join_token, create_join_token
 from controller.hub import Hub
 from controller.store import NotFound
@@ -111,7 +111,10 @@ def register(app: FastAPI, hub: Hub) -> None:
     def heartbeat(req: Heartbeat, who: Caller) -> dict[str, Any]:
         """An agent's inventory and usage; the hub stamps the time."""
         if who.role != "agent":
-            raise ApiProblem(403, f"{who} is not an agent; only agents send heartbeats")
+            raise Forbidden(
+                f"{who} lacks permission to heartbeat: only enrolled agents send heartbeats, "
+                "for their own Provider"
+            )
         with hub.store.transaction():
             cur = hub.store.get("Provider", who.name)
             status = dict(cur["status"])
