@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller
+from controller.auth import Forbidden, Principal
 from controller.hub import Hub
 from controller.images import ImageNotFound, ImageTooLarge
 from specs.identity import canonical_json
@@ -39,6 +40,17 @@ def register(app: FastAPI, hub: Hub) -> None:
         except InvalidImageHash as exc:
             raise ApiProblem(422, str(exc)) from None
         return hash
+
+    def agent_runs(who: Principal, h: str) -> None:
+        """An agent pulls an image only if one of its Placements runs it."""
+        if who.role != "agent":
+            return
+        for p in hub.store.list_where("Placement", "$.workload.image.hash", h):
+            if p["spec"].get("node") == who.name:
+                return
+        raise Forbidden(
+            f"{who} lacks permission to pull Image {h}: none of its placements runs that image"
+        )
 
     @app.post("/v1/images", tags=["images"])
     async def push_image(
@@ -94,14 +106,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         """The image's bytes (the puller verifies them against the hash)."""
         authz.check(who, "pull", "Image")
         h = valid(hash)
-        if who.role == "agent":
-            mine = [
-                p
-                for p in hub.store.list_where("Placement", "$.workload.image.hash", h)
-                if p["spec"].get("node") == who.name
-            ]
-            if not mine:
-                raise ApiProblem(403, f"{who} runs no placement with image {h}")
+        agent_runs(who, h)
         try:
             path = hub.images.path(h)
         except ImageNotFound as exc:
