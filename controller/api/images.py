@@ -2,7 +2,7 @@
 
 An image is named by the sha3-256 of its bytes, so a push needs no name and a
 pull needs no trust in the hub: the agent verifies the bytes itself. Agents
-may pull only images that one of their Placements runs.
+may pull (bytes or signatures) only images that one of their Placements runs.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         return hash
 
     def agent_runs(who: Principal, h: str) -> None:
-        """An agent pulls an image only if one of its Placements runs it."""
+        """An agent reaches an image (bytes or signatures) only if one of its Placements runs it."""
         if who.role != "agent":
             return
         for p in hub.store.list_where("Placement", "$.workload.image.hash", h):
@@ -93,6 +93,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         """The signatures stored for an image."""
         authz.check(who, "pull", "Image")
         h = valid(hash)
+        agent_runs(who, h)
         return {"items": [json.loads(s) for s in hub.images.signatures(h)]}
 
     @app.get("/v1/images", tags=["images"])
