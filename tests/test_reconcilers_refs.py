@@ -87,19 +87,22 @@ def test_a_session_naming_a_missing_priority_becomes_ready_once_it_exists(
             assert stalled is not None and stalled["message"] == 'VirtualNetwork "lan" not found'
 
             store.create(obj("VirtualNetwork", "lan", cidr="10.77.0.0/24"))
-            while (condition(store, "Session", "s", "Ready") or {}).get("status") != "True":
-                assert time.monotonic() < deadline, "the session never became Ready"
+            # references resolved: the session moves on to scheduling (no provider
+            # exists here, so it now waits as Unschedulable, not MissingReference)
+            while (condition(store, "Session", "s", "Stalled") or {}).get(
+                "reason"
+            ) == "MissingReference":
+                assert time.monotonic() < deadline, "the session never resolved its references"
                 await asyncio.sleep(0.01)
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=5)
 
     asyncio.run(asyncio.wait_for(body(), timeout=8))
-    assert condition(store, "Session", "s", "Stalled") is None
-    ready = condition(store, "Session", "s", "Ready")
-    assert ready is not None and ready["reason"] == "ReferencesResolved"
+    stalled = condition(store, "Session", "s", "Stalled")
+    assert stalled is not None and stalled["reason"] == "Unschedulable"
     assert store.get("Session", "s")["metadata"]["generation"] == 1  # never re-applied
-    assert [e.reason for e in store.events("Session", "s")][-1] == "ReferencesResolved"
+    assert "ReferencesResolved" in [e.reason for e in store.events("Session", "s")]
 
 
 def test_observed_generation_follows_generation(store: Store, controller: Controller) -> None:
@@ -135,12 +138,11 @@ def test_a_second_pass_over_a_converged_world_writes_nothing(
 def test_reconciling_keeps_the_other_status_fields(store: Store, controller: Controller) -> None:
     store.create(obj("App", "demo"))
     store.create(session("s"))
-    store.update_status("Session", "s", {"phase": "Running", "counts": {"Running": 1}})
+    store.update_status("Session", "s", {"note": "written by someone else"})
     controller.reconcile("Session", "s")
     status = store.get("Session", "s")["status"]
-    assert status["phase"] == "Running"
-    assert status["counts"] == {"Running": 1}
-    assert status["conditions"][0]["type"] == "Ready"
+    assert status["note"] == "written by someone else"
+    assert {c["type"] for c in status["conditions"]} >= {"Ready", "Stalled"}
 
 
 def test_a_session_without_priority_ignores_several_defaults(
@@ -151,8 +153,9 @@ def test_a_session_without_priority_ignores_several_defaults(
     store.create(obj("Priority", "b", value=2, default=True))
     store.create(session("s"))
     controller.reconcile("Session", "s")
-    ready = condition(store, "Session", "s", "Ready")
-    assert ready is not None and ready["status"] == "True"
+    stalled = condition(store, "Session", "s", "Stalled")
+    # not held up by the clash of defaults: it goes on to scheduling (no providers here)
+    assert stalled is not None and stalled["reason"] == "Unschedulable"
 
 
 def test_two_default_priorities_are_both_stalled_naming_each_other(
