@@ -171,6 +171,12 @@ def create_app(hub: Hub) -> FastAPI:
     @app.post("/v1/auth/token", response_model=TokenResponse, tags=["auth"])
     def token(req: TokenRequest) -> dict[str, Any]:
         """Step 2 of log-in: the signed challenge for a short-lived bearer token."""
+        if req.purpose != "api":
+            # a signature made for another purpose (an agent's enrolment) is no log-in
+            raise AuthError(
+                f"a bearer token is issued only for purpose 'api', not {req.purpose!r}; "
+                "an 'enroll' challenge goes to POST /v1/agents/enroll"
+            )
         tok, who = hub.auth.issue_token(
             req.publicKey, req.nonce, req.purpose, req.expiry, req.signature, req.ttl
         )
