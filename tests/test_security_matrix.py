@@ -628,3 +628,72 @@ def test_a_watch_without_kind_shows_another_app_none_of_a_s_sessions(world: Worl
     kinds = {e["object"]["kind"] for e in events if e["object"]}
     assert kinds <= {"Provider"}, kinds
     assert events, "the watch replays the Providers an app may read"
+
+
+# ------------------------------------------------------- log-in edge cases
+
+
+def _token_works(url: str, token: str) -> bool:
+    resp = httpx.get(url + "/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert resp.status_code in (200, 401), resp.text
+    return resp.status_code == 200
+
+
+def test_a_key_removed_from_its_app_can_no_longer_log_in(hub: HubProcess) -> None:
+    admin, key = hub.client(), generate_key()
+    admin.apply([app_object("c", key)])
+    Client(hub.url, key).login()
+    admin.apply([app_object("c", generate_key())])  # the key is rotated out
+    resp = httpx.post(hub.url + "/v1/auth/token", json=signed_challenge(hub.url, key), timeout=10)
+    assert resp.status_code == 401
+    assert "belongs to no admin, App or enrolled agent" in resp.json()["error"]["message"]
+
+
+def test_a_token_of_a_removed_key_dies_within_one_token_lifetime(hub: HubProcess) -> None:
+    admin, key = hub.client(), generate_key()
+    admin.apply([app_object("c", key)])
+    ttl = 2
+    token = Client(hub.url, key, token_ttl=ttl).login()
+    issued = time.monotonic()
+    assert _token_works(hub.url, token)
+    admin.apply([app_object("c", generate_key())])
+    wait_for(lambda: not _token_works(hub.url, token), timeout=ttl + 1, what="the token to die")
+    assert time.monotonic() - issued <= ttl + 1
+
+
+def test_a_nonce_issued_for_one_key_is_refused_with_another(hub: HubProcess) -> None:
+    admin, mallory = hub.client(), generate_key()
+    admin.apply([app_object("m", mallory)])
+    # mallory (a known app) signs a nonce the hub issued to the admin's key
+    stolen = signed_challenge(hub.url, mallory, nonce_key=admin.key)
+    resp = httpx.post(hub.url + "/v1/auth/token", json=stolen, timeout=10)
+    assert resp.status_code == 401
+    assert "issued for another key" in resp.json()["error"]["message"]
+
+
+def test_a_nonce_signed_by_another_key_is_refused(hub: HubProcess) -> None:
+    admin, mallory = hub.client(), generate_key()
+    forged = signed_challenge(hub.url, mallory, nonce_key=admin.key)
+    forged["publicKey"] = public_key_str(admin.key)  # claim to be the admin
+    resp = httpx.post(hub.url + "/v1/auth/token", json=forged, timeout=10)
+    assert resp.status_code == 401
+    assert "signature does not verify" in resp.json()["error"]["message"]
+
+
+def test_an_enroll_nonce_cannot_buy_an_api_token(hub: HubProcess) -> None:
+    admin = hub.client()
+    req = signed_challenge(hub.url, admin.key, "enroll")
+    # signed as "api" over a nonce issued for "enroll"
+    body = login_body(admin.call("GET", "/healthz")["hubId"], req["nonce"], "api", req["expiry"])
+    as_api = {**req, "purpose": "api", "signature": sign(admin.key, LOGIN_PAYLOAD_TYPE, body)}
+    resp = httpx.post(hub.url + "/v1/auth/token", json=as_api, timeout=10)
+    assert resp.status_code == 401
+    assert "another key or purpose" in resp.json()["error"]["message"]
+
+
+def test_an_enroll_challenge_is_not_a_log_in(hub: HubProcess) -> None:
+    admin = hub.client()
+    as_enroll = signed_challenge(hub.url, admin.key, "enroll")  # purpose "enroll" throughout
+    resp = httpx.post(hub.url + "/v1/auth/token", json=as_enroll, timeout=10)
+    assert resp.status_code == 401
+    assert "purpose" in resp.json()["error"]["message"]
