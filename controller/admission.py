@@ -15,13 +15,17 @@ the form of a hub-signed admission, on the agent right before start.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from controller.images import ImageNotFound
-from controller.policy import check, check_image
+from controller.policy import check, check_image, provider_predicate
+from controller.reconcilers.session import PolicyCheck
+from controller.scheduler import NodeView
+from controller.store import Store
 from specs.kinds import ImagePolicy, Session
-from specs.signing import SignatureFormatError, parse_signature
+from specs.signing import SignatureFormatError, parse_signature, sign_admission
 
 if TYPE_CHECKING:
     from controller.hub import Hub
@@ -94,3 +98,48 @@ def admit(hub: Hub, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
     return errors
+
+
+def session_policy(hub: Hub) -> Callable[[Session, Store], PolicyCheck]:
+    """The reconcile-time ImagePolicy check of the hub (the Session reconciler's hook).
+
+    Per pass it reads the stored policies and what the hub knows of the image,
+    and answers: the image is not allowed at all (``violation``: stop
+    everything), or which providers are allowed (``allowed``), and how to sign
+    the admission an agent checks before start (``admit``).
+    """
+
+    def hook(session: Session, store: Store) -> PolicyCheck:
+        app = session.spec.app
+        image = session.spec.workload.image.hash
+        policies = [ImagePolicy.model_validate(o) for o in store.list("ImagePolicy")]
+        facts = image_facts(hub, image)
+        verdict = check_image(app, image, facts.size, facts.signatures, policies)
+        if not verdict.allowed:
+            return PolicyCheck(violation=verdict.reason)
+        by_node = provider_predicate(app, image, facts.size, facts.signatures, policies)
+
+        def allowed(view: NodeView) -> str | None:
+            return by_node(view.node_id, view.labels)
+
+        def admit(placement: str, node: str) -> dict[str, Any] | None:
+            prov = store.try_get("Provider", node)
+            labels = prov["metadata"]["labels"] if prov else {}
+            v = check(app, image, facts.size, facts.signatures, policies, node, labels)
+            if not v.allowed or v.policy is None or v.by is None:
+                return None
+            admission: dict[str, Any] = {
+                "placement": placement,
+                "node": node,
+                "app": app,
+                "imageHash": image,
+                "allowedBy": v.by,
+                "policy": v.policy,
+                "signerKeys": [v.signer] if v.signer else [],
+                "signatures": [v.signature] if v.signature else [],
+            }
+            return sign_admission(hub.key, admission)
+
+        return PolicyCheck(allowed=allowed, violation=None, admit=admit)
+
+    return hook

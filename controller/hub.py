@@ -130,7 +130,14 @@ class Hub:
         from controller.reconcilers import register_all
 
         self.controller = Controller(self.store, resync_period=settings.resync_period)
-        register_all(self.controller, node_grace=settings.node_grace, heartbeat=settings.heartbeat)
+        from controller.admission import session_policy
+
+        register_all(
+            self.controller,
+            node_grace=settings.node_grace,
+            heartbeat=settings.heartbeat,
+            policy=session_policy(self),
+        )
 
     @property
     def hub_id(self) -> str:

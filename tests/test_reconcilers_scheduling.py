@@ -682,9 +682,12 @@ def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> Non
     from controller.scheduler import NodeView
     from specs.kinds import Session
 
-    def policy(s: Session, st: Store) -> Callable[[NodeView], str | None]:
+    def policy(s: Session, st: Store) -> session_reconciler.PolicyCheck:
         assert s.spec.app == "demo"
-        return lambda node: None if node.labels.get("trusted") == "yes" else "not trusted"
+        allowed: Callable[[NodeView], str | None] = lambda node: (
+            None if node.labels.get("trusted") == "yes" else "not trusted"
+        )
+        return session_reconciler.PolicyCheck(allowed=allowed)
 
     controller = Controller(store)
     session_reconciler.register(controller, policy=policy)

@@ -11,23 +11,28 @@ wires all of them into a ``Controller``.
 
 from controller.reconcile import Controller
 from controller.reconcilers import basic, imagepolicy, provider, session
-from controller.reconcilers.session import SESSION_FINALIZER, SessionReconciler
+from controller.reconcilers.session import SESSION_FINALIZER, PolicyHook, SessionReconciler
 
 
 def register_all(
-    controller: Controller, *, node_grace: float = 30.0, heartbeat: float = 5.0
+    controller: Controller,
+    *,
+    node_grace: float = 30.0,
+    heartbeat: float = 5.0,
+    policy: PolicyHook | None = None,
 ) -> SessionReconciler:
     """Register every reconciler (App, ImagePolicy, Priority, Provider, Session, VirtualNetwork).
 
     ``heartbeat`` is the agents' period (a provider is NotReady after three
     missed beats); ``node_grace`` is how long a provider may stay NotReady
-    before its placements count as lost. Returns the Session reconciler (its
+    before its placements count as lost; ``policy`` gives each Session's
+    ImagePolicy verdict (the hub passes ``controller.admission.session_policy``). Returns the Session reconciler (its
     ``state`` is the scheduler's cluster view).
     """
     basic.register(controller)
     imagepolicy.register(controller)
     provider.register(controller, heartbeat=heartbeat)
-    return session.register(controller, node_grace=node_grace, heartbeat=heartbeat)
+    return session.register(controller, node_grace=node_grace, heartbeat=heartbeat, policy=policy)
 
 
 __all__ = ["SESSION_FINALIZER", "SessionReconciler", "register_all"]

@@ -118,6 +118,7 @@ SESSION_FINALIZER = "gu/placements"
 
 RECONCILING = "Reconciling"
 UNSCHEDULABLE = "Unschedulable"
+POLICY_VIOLATION = "PolicyViolation"
 NODE_LOST = "NodeLost"
 PLACEMENT_FAILED = "PlacementFailed"
 INVALID_SPEC = "InvalidSpec"
@@ -130,8 +131,28 @@ _TEMPLATE_FIELDS = ("app", "workload", "restartPolicy", "network")
 _EVENT_ITEMS = 10
 _REQUEUE_SLACK = 0.05  # wake just after a deadline, not just before it
 
-PolicyHook = Callable[[Session, Store], Allowed | None]
-"""``hook(session, store)``: the scheduler's ``allowed`` predicate for this session (or None)."""
+Admit = Callable[[str, str], Obj | None]
+"""``admit(placement_name, node)``: the hub-signed ``spec.admission`` of a bound placement
+(None when no policy allows that node: the placement is then being stopped anyway)."""
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """What the ImagePolicy says about one Session right now.
+
+    ``violation``: why its image is not allowed at all (every placement must
+    stop, nothing is scheduled); ``allowed``: the per-provider predicate for
+    the scheduler and for placements already bound; ``admit``: signs the
+    admission an agent checks before it runs anything.
+    """
+
+    allowed: Allowed | None = None
+    violation: str | None = None
+    admit: Admit | None = None
+
+
+PolicyHook = Callable[[Session, Store], PolicyCheck | None]
+"""``hook(session, store)``: the ImagePolicy verdict for this session (None: no policy checks)."""
 
 
 def session_problems(spec: Obj, store: Store) -> list[str]:
@@ -238,6 +259,7 @@ def plan_session(
     problems: list[str],
     taken: Callable[[str], bool],
     allowed: Allowed | None = None,
+    violation: str | None = None,
 ) -> SessionPlan:
     """What one pass over a live Session should write (pure; see the module docstring).
 
@@ -255,6 +277,7 @@ def plan_session(
     retiring: set[str] = set()
     lost_msgs: list[str] = []
     replaced: list[str] = []
+    violations: list[str] = []
 
     # 1. node loss, retirements in progress, template changes
     for p in placements:
@@ -279,6 +302,17 @@ def plan_session(
                 continue
             if deadline is not None:
                 plan.wake_at(deadline)
+        if node and not retired and _running_or_starting(p):
+            # ImagePolicy at reconcile time: a policy tightened after admission stops
+            # what it no longer allows
+            bound_view = nodes.get(node)
+            why = violation or (allowed(bound_view) if allowed and bound_view else None)
+            if why:
+                violations.append(f"{pname}: {why}")
+                plan.edit(p)["spec"]["desiredState"] = "Stopped"
+                plan.set_status(p, {**p["status"], "reason": POLICY_VIOLATION, "message": why})
+                retiring.add(pname)
+                continue
         if retired:
             if state in TERMINAL_STATES or not node:
                 plan.delete[pname] = p
@@ -324,7 +358,7 @@ def plan_session(
     scheduled: list[str] = []
     unschedulable = ""
     created: list[Obj] = []
-    if (unbound or need) and not problems and not spec.suspend:
+    if (unbound or need) and not problems and not violation and not spec.suspend:
         exclude = {
             p["spec"]["node"] for p in kept if p["spec"].get("node") and _running_or_starting(p)
         }
@@ -366,7 +400,7 @@ def plan_session(
         and p["metadata"]["name"] not in retiring
         and state_of(p) not in TERMINAL_STATES
     ]
-    if still_unbound and not problems and not spec.suspend:
+    if still_unbound and not problems and not violation and not spec.suspend:
         plan.wake_at(retry_unschedulable)
     plan.status = _session_status(
         obj,
@@ -377,9 +411,12 @@ def plan_session(
         problems=problems,
         unschedulable=unschedulable if still_unbound and not spec.suspend else "",
         now=now,
+        violation=violation or (violations[0] if violations else ""),
     )
 
     # 6. events
+    if violations:
+        plan.events.append((POLICY_VIOLATION, "stopping " + _summary(violations), "Warning"))
     if lost_msgs:
         plan.events.append((NODE_LOST, _summary(lost_msgs), "Warning"))
     if replaced:
@@ -393,6 +430,38 @@ def plan_session(
             (UNSCHEDULABLE, f"{len(still_unbound)} placement(s): {unschedulable}", "Warning")
         )
     return plan
+
+
+def attach_admissions(plan: SessionPlan, placements: list[Obj], admit: Admit) -> None:
+    """Give every bound, active placement the hub-signed admission for its node.
+
+    The agent refuses to start a placement without a valid one, so this runs
+    over what the plan leaves (created, re-bound, and untouched placements whose
+    admission is missing or stale, e.g. signed for another node or policy).
+    """
+    for new in plan.create:
+        node = new["spec"].get("node")
+        admission = admit(new["metadata"]["name"], node) if node else None
+        if admission is not None:
+            new["spec"]["admission"] = admission
+    for p in placements:
+        pname = p["metadata"]["name"]
+        if pname in plan.delete:
+            continue
+        current = plan.current(p)
+        node = current["spec"].get("node")
+        if not node or not _running_or_starting(current):
+            continue
+        if current["spec"].get("desiredState") == "Stopped":
+            continue
+        want = admit(pname, node)
+        if want is None:
+            continue
+        have = current["spec"].get("admission") or {}
+        if {k: v for k, v in have.items() if k != "hubSignature"} != {
+            k: v for k, v in want.items() if k != "hubSignature"
+        }:
+            plan.edit(p)["spec"]["admission"] = want
 
 
 def _running_or_starting(p: Obj) -> bool:
@@ -445,6 +514,7 @@ def _session_status(
     problems: list[str],
     unschedulable: str,
     now: datetime,
+    violation: str = "",
 ) -> Obj:
     """The Session's status given its placements as they will be after this pass."""
     spec = session.spec
@@ -469,6 +539,8 @@ def _session_status(
     stalled: tuple[str, str] | None = None
     if problems:
         stalled = (MISSING_REFERENCE, "; ".join(problems))
+    elif violation:
+        stalled = (POLICY_VIOLATION, violation)
     elif failures:
         first = failures[0]
         fstatus = first.get("status") or {}
@@ -640,7 +712,8 @@ class SessionReconciler:
             except ValidationError as exc:
                 self._invalid(obj, ctx, exc, now)
                 return None
-        allowed = self.policy(session, ctx.store) if self.policy and session else None
+        check = self.policy(session, ctx.store) if self.policy and session else None
+        check = check or PolicyCheck()
         with self.state.lock:
             self.state.refresh()
             placements = self.state.placements_of(name)
@@ -659,9 +732,12 @@ class SessionReconciler:
                     retry_unschedulable=self.retry_unschedulable,
                     problems=problems,
                     taken=self.state.taken,
-                    allowed=allowed,
+                    allowed=check.allowed,
+                    violation=check.violation,
                 )
                 self._reference_events(obj, problems, plan)
+                if check.admit is not None:
+                    attach_admissions(plan, placements, check.admit)
             apply_plan(plan, obj, ctx)
         if plan.requeue_after is None:
             return None
@@ -816,6 +892,16 @@ def register(
             "VirtualNetwork": sessions_naming("network"),
             "Placement": reconciler.sessions_for_placement,
             "Provider": reconciler.sessions_for_provider,
+            "ImagePolicy": sessions_of_policy_apps,
         },
     )(reconciler)
     return reconciler
+
+
+def sessions_of_policy_apps(changed: Obj, store: Store) -> list[str]:
+    """Mapper: a policy changed → the Sessions of the apps it names (a policy that
+    stops naming an app is caught by the periodic resync)."""
+    out: list[str] = []
+    for app in (changed.get("spec") or {}).get("apps") or []:
+        out.extend(o["metadata"]["name"] for o in store.list_where("Session", "$.app", app))
+    return out
