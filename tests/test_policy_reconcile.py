@@ -1,0 +1,168 @@
+"""ImagePolicy at reconcile time, with the hub's real policy hook and signing key.
+
+A real ``Hub`` object (store, image store, key, reconcilers) in-process; passes
+are run synchronously so each test reads like the rule it checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.hub import Hub, HubSettings
+from specs.identity import generate_key, public_key_str
+from specs.signing import sign_image, verify_admission
+
+GIB = 1 << 30
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    monkeypatch.setenv("GU_CONFIG", str(tmp_path / "config.yaml"))
+    h = Hub(HubSettings(state_dir=tmp_path / "hub"))
+    yield h
+    h.store.close()
+
+
+def provider(hub: Hub, i: int, **labels: str) -> str:
+    key = generate_key()
+    node = "0x" + f"{i:02x}" * 20
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    hub.store.create(
+        {
+            "kind": "Provider",
+            "metadata": {"name": node, "labels": labels},
+            "spec": {"nodeId": node, "publicKey": public_key_str(key), "labels": labels},
+            "status": {
+                "inventory": {
+                    "os": {"name": "Linux", "version": "6.1"},
+                    "cpu": {"architecture": "x86", "bit": [64], "cores": 4, "threads": 4},
+                    "memoryBytes": 8 * GIB,
+                    "storageBytes": 100 * GIB,
+                    "runtimes": ["native"],
+                },
+                "usage": {"memoryAvailableBytes": 8 * GIB},
+                "lastHeartbeat": now,
+            },
+        }
+    )
+    hub.controller.reconcile("Provider", node)
+    return node
+
+
+def push(hub: Hub, data: bytes) -> str:
+    return hub.images.put_stream([data]).hash
+
+
+def apply(hub: Hub, *objs: dict[str, Any]) -> None:
+    hub.store.apply(list(objs), finalizers=lambda k: ["gu/placements"] if k == "Session" else [])
+
+
+def app(name: str = "a") -> dict[str, Any]:
+    return {"kind": "App", "metadata": {"name": name}, "spec": {}}
+
+
+def policy(**spec: Any) -> dict[str, Any]:
+    return {"kind": "ImagePolicy", "metadata": {"name": "p"}, "spec": {"apps": ["a"], **spec}}
+
+
+def session(image: str, count: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "Session",
+        "metadata": {"name": "s"},
+        "spec": {
+            "app": "a",
+            "providers": {"count": count},
+            "workload": {"runtime": "native", "image": {"hash": image}, "command": ["./run"]},
+        },
+    }
+
+
+def placements(hub: Hub) -> list[dict[str, Any]]:
+    return hub.store.list_where("Placement", "$.session", "s")
+
+
+def stalled(hub: Hub) -> dict[str, Any] | None:
+    for c in hub.store.get("Session", "s")["status"].get("conditions", []):
+        if c["type"] == "Stalled":
+            return dict(c)
+    return None
+
+
+def test_placements_go_only_to_providers_the_policy_allows(hub: Hub) -> None:
+    image = push(hub, b"program")
+    allowed = provider(hub, 1, pool="a")
+    provider(hub, 2, pool="b")
+    provider(hub, 3)
+    apply(hub, app(), policy(allowImages=[image], allowProviders={"selector": {"pool": "a"}}))
+    apply(hub, session(image, count=1))
+    hub.controller.reconcile("Session", "s")
+    assert [p["spec"]["node"] for p in placements(hub)] == [allowed]
+
+    apply(hub, session(image, count=2))
+    hub.controller.reconcile("Session", "s")
+    unbound = [p for p in placements(hub) if p["spec"]["node"] is None]
+    assert len(unbound) == 1
+    assert "allowProviders" in unbound[0]["status"]["message"]
+
+
+def test_every_bound_placement_carries_an_admission_signed_by_the_hub(hub: Hub) -> None:
+    image = push(hub, b"program")
+    node = provider(hub, 1)
+    apply(hub, app(), policy(allowImages=[image]), session(image))
+    hub.controller.reconcile("Session", "s")
+    (p,) = placements(hub)
+    adm = p["spec"]["admission"]
+    assert verify_admission(public_key_str(hub.key), adm)
+    assert (adm["placement"], adm["node"], adm["imageHash"]) == (p["metadata"]["name"], node, image)
+    assert (adm["allowedBy"], adm["policy"]) == ("hash", "p")
+
+
+def test_an_image_allowed_by_signature_is_admitted_with_the_signature(hub: Hub) -> None:
+    image = push(hub, b"signed program")
+    signer = generate_key()
+    sig = sign_image(signer, image, len(b"signed program"))
+    from specs.identity import canonical_json
+
+    hub.images.put_signature(image, canonical_json(sig))
+    provider(hub, 1)
+    apply(hub, app(), policy(allowImagesSignedBy=[public_key_str(signer)]), session(image))
+    hub.controller.reconcile("Session", "s")
+    (p,) = placements(hub)
+    adm = p["spec"]["admission"]
+    assert adm["allowedBy"] == "signature"
+    assert adm["signerKeys"] == [public_key_str(signer)]
+    assert adm["signatures"][0]["signature"] == sig["signature"]
+
+
+def test_removing_the_image_from_the_policy_stops_its_placements(hub: Hub) -> None:
+    image = push(hub, b"program")
+    provider(hub, 1)
+    apply(hub, app(), policy(allowImages=[image]), session(image))
+    hub.controller.reconcile("Session", "s")
+    (before,) = placements(hub)
+    assert before["spec"]["desiredState"] == "Running"
+
+    apply(hub, policy(allowImages=["sha3-256:" + "0" * 64]))
+    hub.controller.reconcile("Session", "s")
+    (after,) = placements(hub)
+    assert after["spec"]["desiredState"] == "Stopped"
+    assert after["status"]["reason"] == "PolicyViolation"
+    cond = stalled(hub)
+    assert cond is not None and cond["reason"] == "PolicyViolation"
+    assert 'ImagePolicy "p"' in cond["message"] and "allowImages" in cond["message"]
+    reasons = [e.reason for e in hub.store.events("Session", "s")]
+    assert "PolicyViolation" in reasons
+
+
+def test_a_policy_change_wakes_the_sessions_of_its_apps(hub: Hub) -> None:
+    from controller.reconcilers.session import sessions_of_policy_apps
+
+    image = push(hub, b"program")
+    apply(hub, app(), policy(allowImages=[image]), session(image))
+    changed = hub.store.get("ImagePolicy", "p")
+    assert sessions_of_policy_apps(changed, hub.store) == ["s"]
