@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------ payloads
 
+MAX_RESOURCE_VERSION = 2**63 - 1
+"""The largest resourceVersion the store can hold (a signed 64-bit SQLite INTEGER)."""
+
 
 class ChallengeRequest(BaseModel):
     publicKey: str = Field(max_length=200)
@@ -204,7 +207,8 @@ def create_app(hub: Hub) -> FastAPI:
     @app.get("/v1/watch", tags=["objects"])
     async def watch(
         who: Caller,
-        resourceVersion: int = Query(default=0, ge=0),
+        # bounded like the store's SQLite INTEGER: a bigger number was a 500, not a 422
+        resourceVersion: int = Query(default=0, ge=0, le=MAX_RESOURCE_VERSION),
         kind: str | None = Query(default=None, max_length=256),
         timeout: float | None = Query(default=None, gt=0, le=3600),
     ) -> StreamingResponse:
