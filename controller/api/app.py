@@ -99,6 +99,36 @@ class EventList(BaseModel):
     items: list[dict[str, Any]]
 
 
+class ProblemDetail(BaseModel):
+    path: str
+    message: str
+    index: int | None = None
+
+
+class Problem(BaseModel):
+    message: str
+    details: list[ProblemDetail]
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (FastAPI's own 422 shape is never sent)."""
+
+    error: Problem
+
+
+# Declared on every route, so the OpenAPI document tells clients (and schemathesis)
+# the error body the API really sends instead of FastAPI's default 422 schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (401, "No valid bearer token (log in again)"),
+        (403, "Not allowed: the message names the missing permission, or the policy rule"),
+        (404, "No such object"),
+        (422, "The request does not match the API schema"),
+    )
+}
+
+
 # ---------------------------------------------------------------- app
 
 
@@ -119,6 +149,7 @@ def create_app(hub: Hub) -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.state.hub = hub
 
