@@ -17,7 +17,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from controller import authz
-from controller.api.common import ApiProblem, Caller
+from controller.api.common import ApiProblem, Caller, raw_body
 from controller.auth import AuthError, Forbidden, Principal
 from controller.enrollment import check_join_token, create_join_token
 from controller.hub import Hub
@@ -125,7 +125,7 @@ def register(app: FastAPI, hub: Hub) -> None:
             hub.store.update_status("Provider", who.name, status)
         return {"ok": True, "heartbeat": hub.settings.heartbeat, "time": time.time()}
 
-    @app.put("/v1/placements/{name}/logs", tags=["agents"])
+    @app.put("/v1/placements/{name}/logs", tags=["agents"], openapi_extra=raw_body("text/plain"))
     async def put_logs(name: str, request: Request, who: Caller) -> dict[str, Any]:
         """The agent uploads the tail of a workload's output (at most 1 MiB)."""
         placement = hub.store.get("Placement", name)

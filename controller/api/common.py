@@ -24,6 +24,19 @@ class ApiProblem(Exception):
         self.details = details or []
 
 
+_RAW_BODY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "application/octet-stream": {"type": "string", "format": "binary"},
+    "application/json": {"type": "object"},
+    "text/plain": {"type": "string"},
+}
+
+
+def raw_body(media_type: str) -> dict[str, Any]:
+    """OpenAPI for a route that reads its body itself (a stream, a file): say what it takes."""
+    schema = _RAW_BODY_SCHEMAS[media_type]
+    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
+
+
 def hub_of(request: Request) -> Hub:
     """The Hub this app serves."""
     hub: Hub = request.app.state.hub

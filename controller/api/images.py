@@ -14,7 +14,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
 from controller import authz
-from controller.api.common import ApiProblem, Caller
+from controller.api.common import ApiProblem, Caller, raw_body
 from controller.auth import Forbidden, Principal
 from controller.hub import Hub
 from controller.images import ImageNotFound, ImageTooLarge
@@ -52,7 +52,7 @@ def register(app: FastAPI, hub: Hub) -> None:
             f"{who} lacks permission to pull Image {h}: none of its placements runs that image"
         )
 
-    @app.post("/v1/images", tags=["images"])
+    @app.post("/v1/images", tags=["images"], openapi_extra=raw_body("application/octet-stream"))
     async def push_image(
         request: Request,
         who: Caller,
@@ -70,7 +70,9 @@ def register(app: FastAPI, hub: Hub) -> None:
             raise ApiProblem(413, str(exc)) from None
         return _info(info)
 
-    @app.put("/v1/images/{hash}/signatures", tags=["images"])
+    @app.put(
+        "/v1/images/{hash}/signatures", tags=["images"], openapi_extra=raw_body("application/json")
+    )
     async def put_signature(hash: str, request: Request, who: Caller) -> dict[str, Any]:
         """Store a signature (``FILE.sig`` JSON) beside a stored image."""
         authz.check(who, "push", "Image")
