@@ -366,15 +366,20 @@ def _validate_for_apply(
     seen: dict[tuple[str, str], int] = {}
     for i, obj in enumerate(raw):
         kind = obj.get("kind")
-        if kind not in USER_KINDS:
+        # any JSON may arrive here: a dict or list is no kind (and unhashable: was a 500)
+        if not isinstance(kind, str) or kind not in USER_KINDS:
             msg = (
                 f"{kind} is written by the hub and cannot be applied"
-                if kind in SYSTEM_KINDS
+                if isinstance(kind, str) and kind in SYSTEM_KINDS
                 else f"unknown kind {kind!r}; known kinds: {', '.join(sorted(USER_KINDS))}"
             )
             errors.append({"index": i, "path": "kind", "message": msg})
             continue
         meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            message = "metadata must be an object with a name, e.g. {name: my-object}"
+            errors.append({"index": i, "path": "metadata", "message": message})
+            continue
         clean = {
             "apiVersion": obj.get("apiVersion"),
             "kind": kind,
