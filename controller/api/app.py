@@ -313,7 +313,8 @@ def create_app(hub: Hub) -> FastAPI:
         """Validate every object, then create/update them atomically (all or nothing)."""
         objects, errors = _validate_for_apply(req.objects)
         if errors:
-            raise ApiProblem(422, f"{len(errors)} invalid object(s); nothing was applied", errors)
+            bad = len({e["index"] for e in errors})  # errors are per field, several per object
+            raise ApiProblem(422, f"{bad} invalid object(s); nothing was applied", errors)
         for obj in objects:
             authz.check(who, "apply", obj["kind"], obj)
         refused = admit(hub, objects)
