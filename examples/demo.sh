@@ -67,7 +67,10 @@ done
 [ "$phase" = Succeeded ] || { echo "demo: the session ended $phase" >&2; exit 1; }
 
 step "what happened"
-$GU get all 2>/dev/null || for k in apps imagepolicies priorities virtualnetworks sessions placements providers; do $GU get "$k"; echo; done
+for kind in apps imagepolicies priorities virtualnetworks sessions placements providers; do
+  $GU get "$kind"
+  echo
+done
 $GU describe session hello
 step "the workload's output (gu logs hello)"
 $GU logs hello

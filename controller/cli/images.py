@@ -9,10 +9,12 @@ on the way, and fails if the hub's hash of what it received differs from ours.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from controller.cli.errors import BadInputError, HubError
@@ -84,8 +86,9 @@ def push_command(state: CliState, file: Path) -> None:
         DownloadColumn(),
         TransferSpeedColumn(),
         transient=True,
-        console=None,
+        console=Console(stderr=True),
         redirect_stdout=False,
+        disable=not sys.stderr.isatty(),
     ) as progress:
         task = progress.add_task(f"push {file.name}", total=size)
         answer = client.call(

@@ -100,6 +100,21 @@ cli.add_command(login_command)
 hub_group.add_command(token_group)
 
 
+@cli.command(
+    "agent",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+    short_help="Run the provider agent (enrol, heartbeat, run placements).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def agent_command(args: tuple[str, ...]) -> None:
+    """Run the provider agent: `gu agent --help` for its options."""
+    # imported on use: the agent is its own program (agent/), not part of the hub's CLI
+    from agent.cli import agent_command as run
+
+    run.main(args=list(args), prog_name="gu agent", standalone_mode=True)
+
+
 def main() -> None:
     """Entry point of the ``gu`` console script."""
     cli(prog_name="gu")
