@@ -248,6 +248,4 @@ def test_an_apply_of_a_shapeless_object_is_a_422_not_a_500(
     assert resp.status_code == 422
     error = resp.json()["error"]
     assert error["message"] == "1 invalid object(s); nothing was applied"
-    assert error["details"] == [
-        {"index": 0, "path": path, "message": error["details"][0]["message"]}
-    ]
+    assert [(d["index"], d["path"]) for d in error["details"]] == [(0, path)]
