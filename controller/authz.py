@@ -4,7 +4,8 @@
 - **app**: Sessions whose ``spec.app`` is itself (get, list, watch, apply,
   delete); read Providers (to pick unused ones); push and read images.
 - **agent**: its own Provider (read, status) and the Placements on its node
-  (read, watch, status); pull images.
+  (read, watch, status); pull images — only those its Placements run, which the
+  image routes check (``controller/api/images.py``), since that needs the store.
 
 Anything else is refused with a message naming the permission that is missing.
 """
