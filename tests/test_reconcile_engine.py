@@ -318,3 +318,42 @@ def test_a_controller_refuses_a_second_reconciler_for_one_kind(store: Store) -> 
     controller.reconciler("Widget")(lambda obj, ctx: None)
     with pytest.raises(ValueError, match="already registered"):
         controller.reconciler("Widget")(lambda obj, ctx: None)
+
+
+def test_recording_events_inside_and_outside_store_transactions_cannot_deadlock(
+    tmp_path: Path,
+) -> None:
+    """Regression: the Session reconciler records events while its store transaction
+    holds the store lock; other reconcilers record events without one. Both orders
+    must be safe (they once took two locks in opposite orders and froze the hub)."""
+    import threading
+
+    store = Store(tmp_path / "locks.db")
+    controller = Controller(store)
+    store.create({"kind": "App", "metadata": {"name": "a"}, "spec": {}})
+    obj = store.get("App", "a")
+    errors: list[BaseException] = []
+
+    def inside(n: int) -> None:
+        try:
+            for i in range(n):
+                with store.transaction():
+                    controller.record_event(obj, "Inside", f"event {i}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def outside(n: int) -> None:
+        try:
+            for i in range(n):
+                controller.record_event(obj, "Outside", f"event {i}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f, args=(300,), daemon=True) for f in (inside, outside)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), "event recording deadlocked"
+    assert errors == []
+    assert store.events("App", "a")

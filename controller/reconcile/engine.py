@@ -185,7 +185,6 @@ class Controller:
         self._started = False
         self._pending: set[str] = set()  # enqueued before run(): added when it starts
         self._pending_lock = threading.Lock()
-        self._event_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._wake_scheduled = False
         self._executor: ThreadPoolExecutor | None = None
@@ -296,7 +295,10 @@ class Controller:
     def record_event(self, obj: Obj, reason: str, message: str, type_: str = "Normal") -> bool:
         """``Context.event``: record unless the newest event of ``obj`` says the same."""
         kind, name = obj["kind"], obj["metadata"]["name"]
-        with self._event_lock:
+        # the store's own lock, through a transaction: one lock order everywhere (a
+        # separate lock here deadlocked against reconcilers that record events
+        # while holding the store inside their own transaction)
+        with self.store.transaction():
             events = self.store.events(kind, name)
             if events and events[-1].reason == reason and events[-1].message == message:
                 return False
