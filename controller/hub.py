@@ -234,6 +234,28 @@ def setup_logging(level: str = "INFO") -> None:
     )
 
 
+def announce_first_join_token(hub: Hub) -> None:
+    """A first join token, so the first agent can enrol without another command.
+
+    Shown only on an interactive terminal: a supervisor (systemd, docker) keeps
+    stdout in its logs, and a reusable 24 h token there would let anyone who reads
+    them enrol a provider. Otherwise it goes to ``<state-dir>/join-token`` (0600).
+    """
+    from controller.enrollment import create_join_token
+
+    token, _ = create_join_token(hub.store)
+    if sys.stdout.isatty():
+        print(f"join token for agents (valid 24h): {token}", flush=True)
+        print(f"  start an agent: gu agent --hub {hub.settings.url} --join-token {token}")
+        return
+    path = hub.settings.state_dir / "join-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    print(f"join token for agents (valid 24h) written to {path} (0600)", flush=True)
+    print("  or make one any time: gu hub token create", flush=True)
+
+
 def run_hub(state_dir: Path, listen: str = DEFAULT_LISTEN, node_grace: float = 30.0) -> None:
     """Start a hub and block until it is stopped (the ``gu hub`` command)."""
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
@@ -243,9 +265,5 @@ def run_hub(state_dir: Path, listen: str = DEFAULT_LISTEN, node_grace: float = 3
     print(f"gu hub {hub.hub_id} listening on {settings.url}", flush=True)
     print(f"admin client config: {hub.admin_config}", flush=True)
     if hub.first_start:
-        from controller.enrollment import create_join_token
-
-        token, _ = create_join_token(hub.store)
-        print(f"join token for agents (valid 24h): {token}", flush=True)
-        print(f"  start an agent: gu agent --hub {settings.url} --join-token {token}", flush=True)
+        announce_first_join_token(hub)
     asyncio.run(hub.serve())
