@@ -421,6 +421,9 @@ SIGNED_IN = "401 401 401 200 200 200 200"
 ADMIN_ONLY = "401 401 401 403 403 403 200"
 APPS_AND_ADMIN = "401 401 401 200 403 200 200"  # images: every app, not agents
 OWN_SESSION = "401 401 401 403 403 200 200"  # app a's Session: a and the admin
+# reading or deleting app a's Session: another app learns nothing (404, like a missing
+# one); an agent may not touch Sessions at all (403, checked before any lookup)
+HIDDEN_SESSION = "401 401 401 404 403 200 200"
 AGENT_AND_ADMIN = "401 401 401 403 200 403 200"  # the agent's own Provider / Placement
 UNKNOWN = "401 401 401 404 404 404 404"
 
@@ -452,7 +455,7 @@ ROWS: tuple[Row, ...] = (
         logs_body, "placement"),
     Row("PUT", "/v1/placements/{name}/logs", "/v1/placements/{placement}/logs", UNKNOWN,
         logs_body, "no placement"),
-    Row("GET", "/v1/sessions/{name}/logs", "/v1/sessions/{session}/logs", OWN_SESSION,
+    Row("GET", "/v1/sessions/{name}/logs", "/v1/sessions/{session}/logs", HIDDEN_SESSION,
         needs="placement"),
     # without placements there are no logs: 404 to whoever may read the Session
     Row("GET", "/v1/sessions/{name}/logs", "/v1/sessions/{session}/logs",
@@ -497,20 +500,20 @@ ROWS: tuple[Row, ...] = (
     Row("GET", OBJS, "/v1/priorities", ADMIN_ONLY),
     Row("GET", OBJS, "/v1/virtualnetworks", ADMIN_ONLY),
     # one object
-    Row("GET", ON, "/v1/sessions/{session}", OWN_SESSION),
+    Row("GET", ON, "/v1/sessions/{session}", HIDDEN_SESSION),
     Row("GET", ON, "/v1/providers/{own_node}", SIGNED_IN),
-    Row("GET", ON, "/v1/providers/{other_node}", "401 401 401 200 403 200 200"),
+    Row("GET", ON, "/v1/providers/{other_node}", "401 401 401 200 404 200 200"),
     Row("GET", ON, "/v1/placements/{placement}", AGENT_AND_ADMIN, needs="placement"),
     Row("GET", ON, "/v1/placements/{placement}", UNKNOWN, needs="no placement"),
     Row("GET", ON, "/v1/apps/a", ADMIN_ONLY),
     Row("GET", ON, "/v1/imagepolicies/a-may-run", ADMIN_ONLY),
     Row("GET", ON, "/v1/priorities/{doomed}", ADMIN_ONLY),
     Row("GET", ON, "/v1/virtualnetworks/{doomed}", ADMIN_ONLY),
-    Row("GET", ON, "/v1/sessions/no-such-session", UNKNOWN),
+    Row("GET", ON, "/v1/sessions/no-such-session", "401 401 401 404 403 404 404"),
     # events of one object: the same rule as reading it
-    Row("GET", ONE, "/v1/sessions/{session}/events", OWN_SESSION),
+    Row("GET", ONE, "/v1/sessions/{session}/events", HIDDEN_SESSION),
     Row("GET", ONE, "/v1/providers/{own_node}/events", SIGNED_IN),
-    Row("GET", ONE, "/v1/providers/{other_node}/events", "401 401 401 200 403 200 200"),
+    Row("GET", ONE, "/v1/providers/{other_node}/events", "401 401 401 200 404 200 200"),
     Row("GET", ONE, "/v1/placements/{placement}/events", AGENT_AND_ADMIN, needs="placement"),
     Row("GET", ONE, "/v1/placements/{placement}/events", UNKNOWN, needs="no placement"),
     Row("GET", ONE, "/v1/apps/a/events", ADMIN_ONLY),
@@ -520,7 +523,7 @@ ROWS: tuple[Row, ...] = (
         current_status("Session", "session")),
     Row("PUT", ONS, "/v1/providers/{own_node}/status", AGENT_AND_ADMIN,
         current_status("Provider", "own_node")),
-    Row("PUT", ONS, "/v1/providers/{other_node}/status", ADMIN_ONLY,
+    Row("PUT", ONS, "/v1/providers/{other_node}/status", "401 401 401 403 404 403 200",
         current_status("Provider", "other_node")),
     Row("PUT", ONS, "/v1/placements/{placement}/status", AGENT_AND_ADMIN,
         current_status("Placement", "placement"), "placement"),
@@ -529,7 +532,7 @@ ROWS: tuple[Row, ...] = (
     Row("PUT", ONS, "/v1/priorities/{doomed}/status", ADMIN_ONLY,
         current_status("Priority", "doomed")),
     # deletes: each principal aims at an object of its own (see World.names)
-    Row("DELETE", ON, "/v1/sessions/{doomed}", OWN_SESSION),
+    Row("DELETE", ON, "/v1/sessions/{doomed}", HIDDEN_SESSION),
     Row("DELETE", ON, "/v1/providers/{doomed_node}", ADMIN_ONLY),
     Row("DELETE", ON, "/v1/apps/{doomed}", ADMIN_ONLY),
     Row("DELETE", ON, "/v1/imagepolicies/{doomed}", ADMIN_ONLY),

@@ -147,8 +147,10 @@ def register(app: FastAPI, hub: Hub) -> None:
         node: str | None = Query(default=None, max_length=64),
     ) -> str:
         """Output of a session's workloads, one section per placement."""
-        session = hub.store.get("Session", name)
-        authz.check(who, "get", "Session", session)
+        authz.check(who, "get", "Session")
+        session = hub.store.try_get("Session", name)
+        if session is None or not authz.visible(who, "Session", session):
+            raise NotFound(f"Session/{name} not found")
         placements = hub.store.list_where("Placement", "$.session", name)
         if node:
             placements = [

@@ -268,32 +268,36 @@ def create_app(hub: Hub) -> FastAPI:
         items = hub.store.list(k, parse_selector(labelSelector))
         return {"items": [o for o in items if authz.visible(who, k, o)], "resourceVersion": rv}
 
+    def fetch(who: Principal, verb: authz.Verb, kind: str, name: str) -> dict[str, Any]:
+        """The object, if ``who`` may ``verb`` it: permission on the kind is checked before
+        any lookup (403), and an object the caller may not see answers 404 exactly like a
+        missing one, so its existence does not leak."""
+        authz.check(who, verb, kind)
+        obj = hub.store.try_get(kind, name)
+        if obj is None or not authz.visible(who, kind, obj):
+            raise ApiProblem(404, f"{kind}/{name} not found")
+        authz.check(who, verb, kind, obj)
+        return obj
+
     @app.get("/v1/{kind}/{name}", tags=["objects"])
     def get_object(kind: str, name: str, who: Caller) -> dict[str, Any]:
         """One object."""
-        k = _kind(kind)
-        obj = hub.store.get(k, name)
-        if not authz.visible(who, k, obj):
-            authz.check(who, "get", k, obj)
-            raise ApiProblem(404, f"{k}/{name} not found")
-        return obj
+        return fetch(who, "get", _kind(kind), name)
 
     @app.delete("/v1/{kind}/{name}", tags=["objects"])
     def delete_object(kind: str, name: str, who: Caller) -> dict[str, Any]:
         """Delete an object (finalizers run first; the answer shows deletionTimestamp)."""
         k = _kind(kind)
-        obj = hub.store.get(k, name)
-        authz.check(who, "delete", k, obj)
         if k in SYSTEM_KINDS and who.role != "admin":
             raise Forbidden(f"{who} lacks permission to delete {k}")
+        fetch(who, "delete", k, name)
         return hub.store.delete(k, name)
 
     @app.put("/v1/{kind}/{name}/status", tags=["objects"])
     def put_status(kind: str, name: str, req: StatusRequest, who: Caller) -> dict[str, Any]:
         """Replace an object's status (controllers and agents); never moves generation."""
         k = _kind(kind)
-        obj = hub.store.get(k, name)
-        authz.check(who, "status", k, obj)
+        obj = fetch(who, "status", k, name)
         model = KINDS[k]
         try:
             model.model_validate({**obj, "status": req.status})
@@ -305,7 +309,7 @@ def create_app(hub: Hub) -> FastAPI:
     def object_events(kind: str, name: str, who: Caller) -> dict[str, Any]:
         """Recent events of one object, oldest first."""
         k = _kind(kind)
-        authz.check(who, "get", k, hub.store.get(k, name))
+        fetch(who, "get", k, name)
         return {"items": [vars(e) for e in hub.store.events(k, name)]}
 
     @app.post("/v1/apply", response_model=ApplyResponse, tags=["objects"])
