@@ -1,0 +1,312 @@
+"""Talking to the hub: heartbeats, the Placement informer, status, logs and image pulls.
+
+The agent starts every connection (it may sit behind NAT), over one logged-in
+``controller.client.Client`` shared by all threads (httpx pools connections;
+the client renews its token itself).
+
+- ``HubSession`` wraps the agent's routes: heartbeat, list/watch/get own
+  Placements, write a placement's status, upload its log tail, stream an image.
+- ``heartbeat_loop``: every period, inventory + usage → ``POST
+  /v1/agents/heartbeat``. An unreachable hub is logged and retried with capped
+  backoff; the loop never dies of it.
+- ``PlacementInformer``: list this node's Placements, then watch from the
+  list's resourceVersion; every event goes to a ``PlacementSink`` (the local
+  reconcile). Errors reconnect with capped backoff; a 410 (the change log no
+  longer reaches back) relists at once. A relist hands the sink the complete
+  set, which is how the sink notices placements deleted while it was away.
+
+Why the watch stream is read here and not with ``Client.watch``: that one has
+no read timeout, and a half-open TCP connection (a hub host that vanished
+from the network) would block it forever. The hub sends a BOOKMARK every
+10 s of quiet, so a 35 s read timeout detects a dead stream and reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Protocol
+
+import httpx
+
+from agent import kv
+from controller.client import ApiError, Client, HubUnreachable
+from specs.images import CHUNK_SIZE
+from specs.kinds import Inventory, Usage
+
+log = logging.getLogger("gu.agent.hub")
+
+WATCH_READ_TIMEOUT: Final = 35.0
+WATCH_SERVER_TIMEOUT: Final = 300.0
+IMAGE_READ_TIMEOUT: Final = 60.0
+
+
+class Backoff:
+    """Capped exponential backoff: ``initial``, doubling, at most ``cap`` seconds."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 30.0) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._next = initial
+
+    def next(self) -> float:
+        """The delay to wait now; the following one doubles (up to ``cap``)."""
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        """Back to ``initial`` (after a success)."""
+        self._next = self.initial
+
+
+def _error(resp: httpx.Response) -> ApiError:
+    try:
+        body = resp.json()
+        message = (body.get("error") or {}).get("message") or resp.text
+    except (ValueError, AttributeError):
+        message = resp.text or resp.reason_phrase
+    return ApiError(resp.status_code, message if isinstance(message, str) else json.dumps(message))
+
+
+class HubSession:
+    """The agent's side of the hub API, over one shared, logged-in ``Client``."""
+
+    def __init__(self, client: Client, node_id: str) -> None:
+        self.client = client
+        self.node_id = node_id
+        self._streams: set[httpx.Response] = set()
+        self._streams_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every connection; open streams first, so a blocked watch or pull ends now."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            try:
+                resp.close()
+            except Exception as exc:  # closing under a reader: whatever it says, we are done
+                log.debug(kv("stream_close", error=exc))
+        self.client.close()
+
+    def _open(self, resp: httpx.Response) -> None:
+        with self._streams_lock:
+            self._streams.add(resp)
+
+    def _closed(self, resp: httpx.Response) -> None:
+        with self._streams_lock:
+            self._streams.discard(resp)
+
+    # ------------------------------------------------------------- provider
+
+    def heartbeat(self, inventory: Inventory, usage: Usage) -> dict[str, Any]:
+        """``POST /v1/agents/heartbeat``; the hub stamps the time itself."""
+        body = {
+            "inventory": inventory.model_dump(mode="json"),
+            "usage": usage.model_dump(mode="json"),
+            "endpoints": [],
+        }
+        return dict(self.client.call("POST", "/v1/agents/heartbeat", json=body))
+
+    # ----------------------------------------------------------- placements
+
+    def list_placements(self) -> tuple[list[dict[str, Any]], int]:
+        """This node's Placements (the hub shows an agent only its own) and the list's rv."""
+        answer = self.client.call("GET", "/v1/placements")
+        return list(answer["items"]), int(answer["resourceVersion"])
+
+    def get_placement(self, name: str) -> dict[str, Any] | None:
+        """One Placement as the hub has it now, or None when it is gone."""
+        try:
+            return self.client.get("Placement", name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def watch_placements(
+        self, resource_version: int, server_timeout: float = WATCH_SERVER_TIMEOUT
+    ) -> Iterator[dict[str, Any]]:
+        """NDJSON watch of Placements after ``resource_version`` (see the module doc).
+
+        Raises ApiError (410: relist) or HubUnreachable (also on a silent stream).
+        """
+        params: dict[str, str | int | float] = {
+            "resourceVersion": resource_version,
+            "kind": "Placement",
+            "timeout": server_timeout,
+        }
+        headers = {"Authorization": f"Bearer {self.client.token()}"}
+        timeout = httpx.Timeout(30.0, read=WATCH_READ_TIMEOUT)
+        try:
+            with self.client.http.stream(
+                "GET", "/v1/watch", params=params, headers=headers, timeout=timeout
+            ) as resp:
+                self._open(resp)
+                try:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise _error(resp)
+                    for line in resp.iter_lines():
+                        if line:
+                            yield json.loads(line)
+                finally:
+                    self._closed(resp)
+        except httpx.TransportError as exc:
+            raise HubUnreachable(0, f"watch: lost the hub at {self.client.hub}: {exc}") from None
+
+    def put_status(
+        self, name: str, status: dict[str, Any], resource_version: int | None
+    ) -> dict[str, Any]:
+        """Replace a placement's status (409 when it changed since ``resource_version``)."""
+        return self.client.update_status("Placement", name, status, resource_version)
+
+    def put_logs(self, name: str, data: bytes) -> None:
+        """Upload the tail of a workload's output (the hub keeps the last 1 MiB)."""
+        self.client.request("PUT", f"/v1/placements/{name}/logs", content=data)
+
+    # --------------------------------------------------------------- images
+
+    def fetch_image(self, image_hash: str) -> Iterator[bytes]:
+        """Stream ``GET /v1/images/{hash}`` in 1 MiB chunks (the image cache hashes them)."""
+        headers = {"Authorization": f"Bearer {self.client.token()}"}
+        timeout = httpx.Timeout(30.0, read=IMAGE_READ_TIMEOUT)
+        try:
+            with self.client.http.stream(
+                "GET", f"/v1/images/{image_hash}", headers=headers, timeout=timeout
+            ) as resp:
+                self._open(resp)
+                try:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise _error(resp)
+                    yield from resp.iter_bytes(CHUNK_SIZE)
+                finally:
+                    self._closed(resp)
+        except httpx.TransportError as exc:
+            raise HubUnreachable(
+                0, f"image pull: lost the hub at {self.client.hub}: {exc}"
+            ) from None
+
+
+# ------------------------------------------------------------------ heartbeat
+
+
+def heartbeat_loop(
+    session: HubSession,
+    stop: threading.Event,
+    period: float,
+    inventory: Callable[[], Inventory],
+    usage: Callable[[], Usage],
+) -> None:
+    """Heartbeat every ``period`` seconds until ``stop``; failures back off (cap 30 s)."""
+    backoff = Backoff(1.0, 30.0)
+    failing = False
+    beats = 0
+    while not stop.is_set():
+        try:
+            session.heartbeat(inventory(), usage())
+        except Exception as exc:  # the loop must outlive anything the hub or psutil does
+            delay = backoff.next()
+            log.warning(kv("heartbeat_failed", retry_in=f"{delay:g}s", error=_short(exc)))
+            failing = True
+            stop.wait(delay)
+            continue
+        beats += 1
+        if failing or beats == 1:
+            log.info(kv("heartbeat_ok", beats=beats))
+        failing = False
+        backoff.reset()
+        stop.wait(period)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+# ------------------------------------------------------------------ informer
+
+
+class PlacementSink(Protocol):
+    """What the informer feeds: the complete set after a (re)list, then each change."""
+
+    def replace_all(self, placements: list[dict[str, Any]]) -> None:
+        """The hub's complete set of this node's placements (after a list)."""
+        ...
+
+    def apply_event(self, event_type: str, placement: dict[str, Any]) -> None:
+        """One ADDED, MODIFIED or DELETED placement."""
+        ...
+
+
+class PlacementInformer:
+    """List + watch of this node's Placements into a ``PlacementSink`` (see the module doc)."""
+
+    def __init__(self, session: HubSession, sink: PlacementSink) -> None:
+        self.session = session
+        self.sink = sink
+        self.relists = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """List, then watch, until ``stop``; reconnect with backoff (cap 30 s)."""
+        backoff = Backoff(1.0, 30.0)
+        rv: int | None = None
+        while not stop.is_set():
+            try:
+                if rv is None:
+                    items, rv = self.session.list_placements()
+                    self.relists += 1
+                    self.sink.replace_all(items)
+                    log.info(kv("placements_listed", count=len(items), rv=rv))
+                rv = self._follow(rv, stop, backoff)
+            except ApiError as exc:
+                if stop.is_set():
+                    break
+                if exc.status == 410:
+                    log.info(kv("watch_expired", rv=rv, action="relist"))
+                    rv = None
+                    continue
+                delay = backoff.next()
+                log.warning(
+                    kv("watch_failed", status=exc.status, retry_in=f"{delay:g}s", error=_short(exc))
+                )
+                if exc.status != 0:
+                    rv = None  # a refusal, not a lost connection: start over from a list
+                stop.wait(delay)
+            except Exception as exc:  # a bad line, a client closed under us: never die
+                if stop.is_set():
+                    break
+                delay = backoff.next()
+                log.warning(kv("watch_failed", retry_in=f"{delay:g}s", error=_short(exc)))
+                rv = None
+                stop.wait(delay)
+
+    def _follow(self, rv: int, stop: threading.Event, backoff: Backoff) -> int:
+        """Apply watch events from ``rv`` until the stream ends; return the rv reached."""
+        for event in self.session.watch_placements(rv):
+            if stop.is_set():
+                break
+            backoff.reset()
+            etype = event.get("type")
+            rv = int(event.get("resourceVersion") or rv)
+            if etype == "BOOKMARK":
+                continue
+            if etype == "ERROR":
+                # The log was compacted past us mid-stream: same as a 410.
+                raise ApiError(410, str(event.get("message") or "watch expired"))
+            obj = event.get("object")
+            if isinstance(obj, dict) and etype in ("ADDED", "MODIFIED", "DELETED"):
+                self.sink.apply_event(etype, obj)
+        return rv
+
+
+__all__ = [
+    "Backoff",
+    "HubSession",
+    "PlacementInformer",
+    "PlacementSink",
+    "heartbeat_loop",
+]

@@ -1,0 +1,229 @@
+"""The agent process: identity, runtimes, adoption, then the threads, until a signal.
+
+``run_agent(config)`` does, in order:
+
+1. ``ensure_enrolled`` (``agent.identity``): key, enrolment or log-in.
+2. Build the runtime drivers (``--runtimes``, default every available one),
+   each with its own folder ``<state>/runtimes/<name>``, and the image cache
+   ``<state>/images``.
+3. Adopt what a previous agent process left running — before anything is
+   read from the hub, so no placement is ever started twice.
+4. Start the threads (all daemon, all bounded):
+
+   - ``gu-agent-heartbeat``: inventory + usage every ``heartbeat`` seconds;
+   - ``gu-agent-watch``: list + watch of this node's Placements;
+   - ``gu-agent-worker-N``: the local reconcile (``agent.workloads``);
+   - ``gu-agent-resync``: re-queues every placement each second.
+
+5. Wait for SIGTERM/SIGINT (or ``stop``), then stop the threads: the hub
+   connection is closed, which ends a blocked watch or pull at once, and each
+   thread is given a short, bounded join. Workloads keep running: the next
+   agent process adopts them.
+
+``python -m agent.main --hub URL …`` runs the same command as ``gu agent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from agent import kv
+from agent.hubsession import HubSession, PlacementInformer, heartbeat_loop
+from agent.identity import DEFAULT_STATE_DIR, ensure_enrolled
+from agent.images import ImageCache
+from agent.inventory import collect_inventory, collect_usage
+from agent.workloads import WorkloadReconciler
+from controller.client import Client
+from runtimes.base import Runtime
+
+log = logging.getLogger("gu.agent")
+
+DEFAULT_HEARTBEAT: Final = 5.0
+DEFAULT_WORKERS: Final = 4
+SHUTDOWN_TIMEOUT: Final = 3.0
+
+
+def _native(state_dir: Path) -> Runtime:
+    from runtimes.native import NativeRuntime
+
+    return NativeRuntime(state_dir)
+
+
+#: Runtime drivers by name; each is built as ``factory(<state>/runtimes/<name>)``.
+DRIVERS: Final[dict[str, Callable[[Path], Runtime]]] = {"native": _native}
+
+
+class AgentConfigError(ValueError):
+    """A bad agent option (unknown or unavailable runtime, bad label); the message says which."""
+
+
+@dataclass
+class AgentConfig:
+    """Everything ``gu agent`` takes on its command line."""
+
+    hub: str
+    state_dir: Path = DEFAULT_STATE_DIR
+    join_token: str | None = None
+    name: str | None = None
+    labels: dict[str, str] | None = None
+    runtimes: list[str] | None = None
+    heartbeat: float = DEFAULT_HEARTBEAT
+    workers: int = DEFAULT_WORKERS
+
+
+def build_runtimes(state_dir: Path, wanted: list[str] | None) -> dict[str, Runtime]:
+    """The runtime drivers to use: ``wanted`` (each must be available), else every available one."""
+    names = wanted or list(DRIVERS)
+    unknown = [n for n in names if n not in DRIVERS]
+    if unknown:
+        raise AgentConfigError(
+            f"unknown runtime(s) {', '.join(unknown)}; this agent knows: {', '.join(DRIVERS)}"
+        )
+    out: dict[str, Runtime] = {}
+    for name in names:
+        driver = DRIVERS[name](state_dir / "runtimes" / name)
+        if driver.available():
+            out[name] = driver
+        elif wanted:
+            raise AgentConfigError(f"runtime {name!r} is not available on this machine")
+        else:
+            log.info(kv("runtime_unavailable", runtime=name))
+    return out
+
+
+def _install_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info(kv("signal", name=signal.Signals(signum).name, action="stopping"))
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def undo() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return undo
+
+
+def run_agent(config: AgentConfig, stop: threading.Event | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT (or ``stop`` is set); see the module doc.
+
+    Raises ``agent.identity.EnrollmentError`` (with what to do) when the agent
+    cannot enrol or log in, AgentConfigError for bad options.
+    """
+    stop = stop or threading.Event()
+    undo_signals = _install_signals(stop)
+    try:
+        _run(config, stop)
+    finally:
+        undo_signals()
+
+
+def _run(config: AgentConfig, stop: threading.Event) -> None:
+    from agent.identity import Interrupted
+
+    hub = config.hub.rstrip("/")
+    try:
+        identity = ensure_enrolled(
+            hub,
+            config.state_dir,
+            join_token=config.join_token,
+            name=config.name,
+            labels=config.labels,
+            stop=stop,
+        )
+    except Interrupted:
+        log.info(kv("agent_stopped", reason="signal before the hub answered"))
+        return
+    state = identity.state_dir
+    runtimes = build_runtimes(state, config.runtimes)
+    cache = ImageCache(state / "images")
+    session = HubSession(Client(hub, identity.key), identity.node_id)
+    reconciler = WorkloadReconciler(
+        identity.node_id,
+        runtimes,
+        cache,
+        session,
+        hub_public_key=identity.record.hubPublicKey,
+    )
+    reconciler.adopt()
+    runtime_names = sorted(runtimes)
+
+    threads = [
+        threading.Thread(
+            target=heartbeat_loop,
+            args=(
+                session,
+                stop,
+                config.heartbeat,
+                lambda: collect_inventory(runtime_names, state),
+                lambda: collect_usage(state, reconciler.running_count()),
+            ),
+            name="gu-agent-heartbeat",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=PlacementInformer(session, reconciler).run,
+            args=(stop,),
+            name="gu-agent-watch",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=reconciler.run_resync, args=(stop,), name="gu-agent-resync", daemon=True
+        ),
+    ]
+    threads += [
+        threading.Thread(
+            target=reconciler.run_worker, args=(stop,), name=f"gu-agent-worker-{i}", daemon=True
+        )
+        for i in range(max(1, config.workers))
+    ]
+    log.info(
+        kv(
+            "agent_started",
+            node=identity.node_id,
+            name=identity.record.name,
+            hub=hub,
+            runtimes=",".join(runtime_names) or "-",
+            state_dir=state,
+        )
+    )
+    for thread in threads:
+        thread.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop.set()
+        session.close()  # ends a blocked watch or image pull at once
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in threads if t.is_alive()]
+        log.info(kv("agent_stopped", node=identity.node_id, still_busy=",".join(busy) or None))
+
+
+def main() -> None:
+    """``python -m agent.main``: the ``gu agent`` command on its own."""
+    from agent.cli import agent_command
+
+    agent_command(prog_name="gu agent")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["DRIVERS", "AgentConfig", "AgentConfigError", "build_runtimes", "run_agent"]

@@ -1,0 +1,744 @@
+"""Local reconcile: the hub's Placements for this node ⇄ the workloads the runtimes run.
+
+Level-triggered, like kubelet. The informer (``agent.hubsession``) keeps an
+in-memory map name → latest Placement and puts names on a work queue; a
+ticker re-queues every known name each second, so exits, crashes and
+missed events are noticed without any event. A pass (``reconcile(name)``)
+reads what the hub wants (``spec.desiredState``, ``restartPolicy``) and what
+the runtime observes *now* (``inspect``), acts once, and reports:
+
+- no workload, desired Running: status Pulling → ``ImageCache.ensure`` (the
+  hub's ``GET /v1/images/{hash}``, hashed while written) → Starting →
+  ``ImageCache.verify`` (the exact bytes re-hashed right before they run) →
+  the hub-signed admission checked against those bytes, when the placement
+  carries one → ``runtime.start`` → Running. A hash mismatch is Failed
+  ``ImageHashMismatch`` and nothing runs; an unknown runtime is Failed
+  ``RuntimeUnavailable``; a pull the hub cannot serve is retried with backoff
+  (reason ``ImagePullBackOff``).
+- finished: exit 0 → Succeeded, else Failed with its exit code. With
+  restartPolicy OnFailure (non-zero exit) or Always the workload is restarted
+  in place after 1 s, doubling to 60 s for workloads that keep dying quickly;
+  meanwhile the state is Starting/``BackOff`` (still active for the hub), and
+  ``restarts`` counts the restarts.
+- desired Suspended → ``suspend``; Running again → ``resume``; Stopped →
+  ``stop(grace=10)``.
+- gone from the hub (DELETED, or missing from a relist) → ``remove``.
+
+Status writes replace the whole status, so the agent merges its fields into
+the hub's (conditions and the vnet address stay the hub's), writes only when
+something differs, and sends the placement's resourceVersion: a concurrent
+hub write gives 409, the agent re-reads and goes again. Log tails are
+uploaded before the status that a reader may act on (a Succeeded placement's
+output is already on the hub), on every state change and at most every 2 s
+while running, only when they changed.
+
+Adoption: ``adopt()`` asks every runtime for the workloads a previous agent
+process left, before the first list from the hub. Nothing is removed until
+that list has arrived, so adopted workloads the hub still wants keep running
+(same PID, never started twice); the ones it no longer has are removed.
+
+Concurrency: a few workers share the queue, which never hands one name to two
+workers at once (the runtimes are not thread-safe per workload), so a slow
+pull or a 10 s stop of one placement does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from pydantic import ValidationError
+
+from agent import kv
+from agent.hubsession import Backoff
+from agent.images import ImageCache, ImageNotCached
+from controller.client import ApiError
+from runtimes.base import (
+    ImageRejected,
+    Runtime,
+    RuntimeFailure,
+    StartFailed,
+    WorkloadExists,
+    WorkloadNotFound,
+    WorkloadStatus,
+)
+from specs.images import BytesLike, ImageHashMismatch
+from specs.kinds import Workload
+from specs.signing import verify_admission, verify_image
+
+log = logging.getLogger("gu.agent.workloads")
+
+Obj = dict[str, Any]
+
+LOG_TAIL_BYTES: Final = 256 * 1024
+LOG_UPLOAD_PERIOD: Final = 2.0
+RESYNC_PERIOD: Final = 1.0
+STOP_GRACE: Final = 10.0
+RESTART_BACKOFF_INITIAL: Final = 1.0
+RESTART_BACKOFF_CAP: Final = 60.0
+# A run that lasted this long was healthy: the next crash starts the backoff anew.
+HEALTHY_RUN_SECONDS: Final = 2 * RESTART_BACKOFF_CAP
+TERMINAL_STATES: Final = frozenset({"Succeeded", "Failed", "Stopped"})
+
+
+class HubPort(Protocol):
+    """What the local reconcile needs from the hub (``agent.hubsession.HubSession``)."""
+
+    def put_status(
+        self, name: str, status: dict[str, Any], resource_version: int | None
+    ) -> dict[str, Any]:
+        """Replace a placement's status; returns the updated placement."""
+        ...
+
+    def put_logs(self, name: str, data: bytes) -> None:
+        """Upload a placement's log tail."""
+        ...
+
+    def get_placement(self, name: str) -> dict[str, Any] | None:
+        """The placement as the hub has it now (None when gone)."""
+        ...
+
+    def fetch_image(self, image_hash: str) -> Iterable[BytesLike]:
+        """The image's bytes, in chunks (streamed from the hub)."""
+        ...
+
+
+class WorkQueue:
+    """Names to reconcile: deduplicated, and never one name in two workers at once.
+
+    A name added while a worker has it is marked dirty and handed out again
+    when that worker is done, so no change is lost and no pass runs twice
+    concurrently (client-go's workqueue, without rate limits).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+
+    def add(self, key: str) -> None:
+        """Queue ``key`` (a no-op if already queued)."""
+        with self._cond:
+            if key in self._active:
+                self._dirty.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._queue.append(key)
+                self._cond.notify()
+
+    def get(self, timeout: float) -> str | None:
+        """The next key (now owned by the caller until ``done``), or None after ``timeout``."""
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(timeout)
+            if not self._queue:
+                return None
+            key = self._queue.popleft()
+            self._queued.discard(key)
+            self._active.add(key)
+            return key
+
+    def done(self, key: str) -> None:
+        """Release ``key``; queue it again if it was added meanwhile."""
+        with self._cond:
+            self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._queued.add(key)
+                self._queue.append(key)
+                self._cond.notify()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+
+@dataclass
+class _Workload:
+    """What the agent knows about one workload a runtime holds for it."""
+
+    runtime: Runtime
+    image: str | None = None  # the pinned image hash
+    restarts: int = 0
+    restarts_known: bool = True  # False for adopted ones until the hub's count is read
+    crashes: int = 0  # quick deaths in a row: the restart backoff's exponent
+    restart_at: float | None = None
+    restart_delay: float = 0.0
+    status: WorkloadStatus | None = None
+    logs_digest: bytes = b""
+    logs_at: float = 0.0
+    logs_state: str = ""
+
+
+class _Refused(Exception):
+    """The workload must not start: ``reason`` for the status, message for a human."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _fields(
+    state: str,
+    reason: str = "",
+    message: str = "",
+    exit_code: int | None = None,
+    restarts: int = 0,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+) -> Obj:
+    return {
+        "state": state,
+        "exitCode": exit_code,
+        "reason": reason,
+        "message": message,
+        "restarts": restarts,
+        "startedAt": _iso(started_at),
+        "finishedAt": _iso(finished_at),
+    }
+
+
+def _from_runtime(st: WorkloadStatus, restarts: int) -> Obj:
+    return _fields(
+        st.state,
+        st.reason,
+        st.message,
+        st.exit_code,
+        restarts,
+        st.started_at,
+        st.finished_at,
+    )
+
+
+def _rv(obj: Obj) -> int:
+    return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+class WorkloadReconciler:
+    """The local reconcile loop of one agent (see the module doc)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        runtimes: dict[str, Runtime],
+        cache: ImageCache,
+        hub: HubPort,
+        *,
+        hub_public_key: str = "",
+        stop_grace: float = STOP_GRACE,
+        resync_period: float = RESYNC_PERIOD,
+    ) -> None:
+        self.node_id = node_id
+        self.runtimes = runtimes
+        self.cache = cache
+        self.hub = hub
+        self.hub_public_key = hub_public_key
+        self.stop_grace = stop_grace
+        self.resync_period = resync_period
+        self.queue = WorkQueue()
+        self._lock = threading.Lock()
+        self._placements: dict[str, Obj] = {}
+        self._synced = False
+        self._workloads: dict[str, _Workload] = {}
+        self._pull_backoff: dict[str, Backoff] = {}
+        self._retry_at: dict[str, float] = {}
+        self._warned_no_admission: set[str] = set()
+
+    # ------------------------------------------------------- informer sink
+
+    def replace_all(self, placements: list[Obj]) -> None:
+        """The hub's complete set of our placements: anything else is gone."""
+        mine = {
+            _name(p): p for p in placements if (p.get("spec") or {}).get("node") == self.node_id
+        }
+        with self._lock:
+            gone = set(self._placements) - set(mine)
+            self._placements = mine
+            self._synced = True
+            keys = set(mine) | gone | set(self._workloads)
+        for key in sorted(keys):
+            self.queue.add(key)
+
+    def apply_event(self, event_type: str, placement: Obj) -> None:
+        """One change from the watch: keep the newest copy (DELETED removes it)."""
+        name = _name(placement)
+        if not name:
+            return
+        with self._lock:
+            cur = self._placements.get(name)
+            if cur is not None and _rv(placement) <= _rv(cur):
+                return  # older than what we hold (e.g. our own status write's answer)
+            ours = (placement.get("spec") or {}).get("node") == self.node_id
+            if event_type == "DELETED" or not ours:
+                self._placements.pop(name, None)
+            else:
+                self._placements[name] = placement
+        self.queue.add(name)
+
+    def _remember(self, placement: Obj) -> None:
+        """Keep a placement the hub answered with, if newer (never resurrect a deleted one)."""
+        name = _name(placement)
+        with self._lock:
+            cur = self._placements.get(name)
+            if cur is not None and _rv(placement) > _rv(cur):
+                self._placements[name] = placement
+
+    # ------------------------------------------------------------ threads
+
+    def adopt(self) -> list[str]:
+        """Take over the workloads a previous agent process left (call before the first list)."""
+        adopted: list[str] = []
+        for rt_name, rt in self.runtimes.items():
+            try:
+                names = rt.adopt()
+            except Exception as exc:
+                log.error(kv("adopt_failed", runtime=rt_name, error=exc))
+                continue
+            with self._lock:
+                for name in names:
+                    self._workloads[name] = _Workload(runtime=rt, restarts_known=False)
+            adopted.extend(names)
+        log.info(kv("adopted", count=len(adopted), names=",".join(adopted) or "-"))
+        return adopted
+
+    def run_worker(self, stop: threading.Event) -> None:
+        """Take names off the queue and reconcile them until ``stop``."""
+        while not stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                self.reconcile(key)
+            except Exception as exc:
+                if stop.is_set():  # the hub connection is closed on the way out
+                    log.debug(kv("reconcile_interrupted", name=key, error=exc))
+                else:
+                    log.exception(kv("reconcile_failed", name=key))
+            finally:
+                self.queue.done(key)
+
+    def run_resync(self, stop: threading.Event) -> None:
+        """Queue every known name each ``resync_period`` (notices exits without events)."""
+        while not stop.wait(self.resync_period):
+            with self._lock:
+                if not self._synced:
+                    continue
+                keys = set(self._placements) | set(self._workloads)
+            for key in sorted(keys):
+                self.queue.add(key)
+
+    def running_count(self) -> int:
+        """Workloads that have not finished (the heartbeat's ``usage.workloads``)."""
+        with self._lock:
+            return sum(
+                1 for w in self._workloads.values() if w.status is None or not w.status.finished
+            )
+
+    def placement(self, name: str) -> Obj | None:
+        """The latest copy of a placement this agent holds (for tests and debugging)."""
+        with self._lock:
+            return self._placements.get(name)
+
+    def workload_names(self) -> list[str]:
+        """Names of the workloads the runtimes hold for this agent."""
+        with self._lock:
+            return sorted(self._workloads)
+
+    # ------------------------------------------------------------- a pass
+
+    def reconcile(self, name: str) -> None:
+        """One level-triggered pass for placement ``name`` (see the module doc)."""
+        with self._lock:
+            placement = self._placements.get(name)
+            synced = self._synced
+            work = self._workloads.get(name)
+        if placement is None:
+            if work is not None and synced:
+                self._remove(name, work)
+            if synced:
+                self._forget(name)
+            return
+        generation = (placement.get("metadata") or {}).get("generation")
+        if work is None:
+            mine = self._without_workload(name, placement)
+        else:
+            mine = self._with_workload(name, placement, work)
+        if mine is not None:
+            self._report(name, mine, generation)
+
+    def _without_workload(self, name: str, placement: Obj) -> Obj | None:
+        spec = placement.get("spec") or {}
+        hub_status = placement.get("status") or {}
+        hub_state = hub_status.get("state") or "Pending"
+        restarts = int(hub_status.get("restarts") or 0)
+        desired = self._desired(placement)
+        if hub_state in TERMINAL_STATES:
+            return None  # finished here before; the hub never re-runs a placement
+        if desired == "Stopped":
+            return _fields("Stopped", "Stopped", "stopped before it started", restarts=restarts)
+        if desired == "Suspended":
+            return _fields(
+                "Suspended", "NotStarted", "suspended before it started", restarts=restarts
+            )
+        if hub_state in ("Running", "Suspended"):
+            # It ran here, but the runtime has no record of it any more.
+            if spec.get("restartPolicy", "Never") == "Never":
+                return _fields(
+                    "Failed",
+                    "WorkloadLost",
+                    "the workload's records on the provider are gone (state dir wiped?)",
+                    restarts=restarts,
+                )
+            restarts += 1
+        retry_at = self._retry_at.get(name)
+        if retry_at is not None and time.monotonic() < retry_at:
+            return None
+        return self._start(name, placement, restarts, crashes=0)
+
+    def _with_workload(self, name: str, placement: Obj, work: _Workload) -> Obj | None:
+        spec = placement.get("spec") or {}
+        hub_status = placement.get("status") or {}
+        if not work.restarts_known:
+            work.restarts = int(hub_status.get("restarts") or 0)
+            work.restarts_known = True
+        if work.image is None:
+            image = ((spec.get("workload") or {}).get("image") or {}).get("hash")
+            if image:
+                self.cache.pin(image)
+                work.image = image
+        rt = work.runtime
+        try:
+            st = rt.inspect(name)
+        except WorkloadNotFound:
+            log.warning(kv("workload_vanished", name=name))
+            self._drop(name, work)
+            self.queue.add(name)
+            return None
+        desired = self._desired(placement)
+        if desired == "Stopped":
+            if not st.finished:
+                log.info(kv("workload_stopping", name=name, grace=self.stop_grace))
+                st = rt.stop(name, grace=self.stop_grace)
+            work.restart_at = None
+        elif desired == "Suspended":
+            if st.state in ("Running", "Starting"):
+                st = rt.suspend(name)
+                log.info(kv("workload_suspended", name=name, state=st.state))
+        else:
+            if st.state == "Suspended":
+                st = rt.resume(name)
+                log.info(kv("workload_resumed", name=name, state=st.state))
+            if st.finished and self._should_restart(spec, st):
+                return self._restart_later_or_now(name, placement, work, st)
+        work.restart_at = None
+        self._set_status(work, st)
+        self._sync_logs(name, work, st)
+        return _from_runtime(st, work.restarts)
+
+    def _should_restart(self, spec: Obj, st: WorkloadStatus) -> bool:
+        if st.state == "Stopped":
+            return True  # stopped on request, and wanted Running again
+        policy = spec.get("restartPolicy", "Never")
+        return policy == "Always" or (policy == "OnFailure" and st.state == "Failed")
+
+    def _restart_later_or_now(
+        self, name: str, placement: Obj, work: _Workload, st: WorkloadStatus
+    ) -> Obj | None:
+        now = time.monotonic()
+        if work.restart_at is None:
+            lasted = (
+                (st.finished_at - st.started_at).total_seconds()
+                if st.finished_at and st.started_at
+                else 0.0
+            )
+            if lasted >= HEALTHY_RUN_SECONDS or st.state == "Stopped":
+                work.crashes = 0
+            work.restart_delay = min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_INITIAL * 2**work.crashes)
+            work.crashes += 1
+            work.restart_at = now + work.restart_delay
+            self._set_status(work, st)
+            self._sync_logs(name, work, st)  # the output of the run that ended
+            log.info(
+                kv(
+                    "workload_restart_scheduled",
+                    name=name,
+                    state=st.state,
+                    exit_code=st.exit_code,
+                    delay=f"{work.restart_delay:g}s",
+                )
+            )
+        if now < work.restart_at:
+            left = work.restart_at - now
+            return _fields(
+                "Starting",
+                "BackOff",
+                f"{st.message or st.state}; restart {work.restarts + 1} in {left:.0f}s",
+                st.exit_code,
+                work.restarts,
+                st.started_at,
+                st.finished_at,
+            )
+        # Restart in place: same name, fresh workload, the image checked again.
+        self._sync_logs(name, work, st)
+        work.runtime.remove(name)
+        self._drop(name, work)
+        return self._start(name, placement, work.restarts + 1, crashes=work.crashes)
+
+    # ------------------------------------------------------------ starting
+
+    def _start(self, name: str, placement: Obj, restarts: int, crashes: int) -> Obj | None:
+        """Pull, verify and start; returns the status to report (see the module doc)."""
+        generation = (placement.get("metadata") or {}).get("generation")
+        spec = placement.get("spec") or {}
+        try:
+            workload = Workload.model_validate(spec.get("workload") or {})
+        except ValidationError as exc:
+            return _fields("Failed", "InvalidSpec", f"spec.workload: {exc}", restarts=restarts)
+        rt = self.runtimes.get(workload.runtime)
+        if rt is None:
+            have = ", ".join(sorted(self.runtimes)) or "none"
+            return _fields(
+                "Failed",
+                "RuntimeUnavailable",
+                f"runtime {workload.runtime!r} is not available on this provider "
+                f"(available: {have})",
+                restarts=restarts,
+            )
+        image = workload.image.hash
+        self.cache.pin(image)
+        registered = False
+        try:
+            if image not in self.cache:
+                self._report(
+                    name,
+                    _fields("Pulling", "Pulling", f"pulling image {image}", restarts=restarts),
+                    generation,
+                )
+            try:
+                self.cache.ensure(image, self.hub.fetch_image)
+            except ImageHashMismatch as exc:
+                log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
+                return _fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
+            except (ApiError, OSError) as exc:
+                return self._pull_failed(name, image, exc, restarts)
+            self._pull_backoff.pop(name, None)
+            self._retry_at.pop(name, None)
+            self._report(
+                name,
+                _fields("Starting", "Starting", f"verifying image {image}", restarts=restarts),
+                generation,
+            )
+            try:
+                path = self.cache.verify(image)
+                self._check_admission(name, placement, image, path)
+                rt.prepare(path, image)
+                st = rt.start(name, workload, path)
+            except ImageHashMismatch as exc:
+                log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
+                return _fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
+            except ImageNotCached as exc:  # evicted or damaged between ensure and verify
+                return self._pull_failed(name, image, exc, restarts)
+            except _Refused as exc:
+                log.error(kv("start_refused", name=name, reason=exc.reason, error=exc.message))
+                return _fields("Failed", exc.reason, exc.message, restarts=restarts)
+            except WorkloadExists:
+                st = rt.inspect(name)  # a record we did not know of: manage it, never start twice
+            except ImageRejected as exc:
+                return _fields("Failed", "ImageRejected", str(exc), restarts=restarts)
+            except (StartFailed, RuntimeFailure) as exc:
+                return _fields("Failed", "StartFailed", str(exc), restarts=restarts)
+            work = _Workload(runtime=rt, image=image, restarts=restarts, crashes=crashes)
+            with self._lock:
+                self._workloads[name] = work
+            registered = True
+        finally:
+            if not registered:
+                self.cache.unpin(image)
+        log.info(
+            kv(
+                "workload_started",
+                name=name,
+                runtime=rt.name,
+                pid=st.pid,
+                state=st.state,
+                restarts=restarts,
+            )
+        )
+        self._set_status(work, st)
+        self._sync_logs(name, work, st)
+        return _from_runtime(st, restarts)
+
+    def _pull_failed(self, name: str, image: str, exc: Exception, restarts: int) -> Obj:
+        backoff = self._pull_backoff.setdefault(name, Backoff(RESTART_BACKOFF_INITIAL, 60.0))
+        delay = backoff.next()
+        self._retry_at[name] = time.monotonic() + delay
+        log.warning(
+            kv("image_pull_failed", name=name, hash=image, retry_in=f"{delay:g}s", error=exc)
+        )
+        return _fields(
+            "Pulling",
+            "ImagePullBackOff",
+            f"cannot pull {image}: {exc}; retrying in {delay:g}s",
+            restarts=restarts,
+        )
+
+    def _check_admission(self, name: str, placement: Obj, image: str, path: Path) -> None:
+        """Check the hub-signed admission, if the placement has one, against these bytes."""
+        spec = placement.get("spec") or {}
+        adm = spec.get("admission")
+        if not adm:
+            if name not in self._warned_no_admission:
+                self._warned_no_admission.add(name)
+                log.warning(kv("admission_missing", name=name, action="run (hash verified)"))
+            return
+        if not self.hub_public_key or not verify_admission(self.hub_public_key, adm):
+            raise _Refused(
+                "AdmissionRejected",
+                "the placement's admission is not signed by the hub this agent enrolled with "
+                "(or was changed since): nothing was run",
+            )
+        expected = {
+            "placement": name,
+            "node": self.node_id,
+            "imageHash": image,
+            "app": spec.get("app"),
+        }
+        wrong = [
+            f"{k}={adm.get(k)!r} (expected {v!r})" for k, v in expected.items() if adm.get(k) != v
+        ]
+        if wrong:
+            raise _Refused(
+                "AdmissionRejected",
+                "the admission does not cover this placement: " + ", ".join(wrong),
+            )
+        if adm.get("allowedBy") == "signature":
+            size = path.stat().st_size
+            keys = list(adm.get("signerKeys") or [])
+            if not any(verify_image(sig, image, size, keys) for sig in adm.get("signatures") or []):
+                raise _Refused(
+                    "ImageSignatureInvalid",
+                    f"no signature of image {image} ({size} bytes) verifies under the keys "
+                    f"policy {adm.get('policy')!r} trusts: nothing was run",
+                )
+
+    # ----------------------------------------------------------- removing
+
+    def _remove(self, name: str, work: _Workload) -> None:
+        try:
+            work.runtime.remove(name)
+        except RuntimeFailure as exc:
+            log.error(kv("workload_remove_failed", name=name, error=exc))
+            return
+        self._drop(name, work)
+        log.info(kv("workload_removed", name=name, reason="placement gone from the hub"))
+
+    def _drop(self, name: str, work: _Workload) -> None:
+        with self._lock:
+            if self._workloads.get(name) is work:
+                del self._workloads[name]
+        if work.image is not None:
+            self.cache.unpin(work.image)
+            work.image = None
+
+    def _forget(self, name: str) -> None:
+        self._pull_backoff.pop(name, None)
+        self._retry_at.pop(name, None)
+        self._warned_no_admission.discard(name)
+
+    # ----------------------------------------------------------- reporting
+
+    def _desired(self, placement: Obj) -> str:
+        if (placement.get("metadata") or {}).get("deletionTimestamp"):
+            return "Stopped"
+        return str((placement.get("spec") or {}).get("desiredState") or "Running")
+
+    def _set_status(self, work: _Workload, st: WorkloadStatus) -> None:
+        with self._lock:
+            work.status = st
+
+    def _sync_logs(self, name: str, work: _Workload, st: WorkloadStatus) -> None:
+        """Upload the log tail on a state change, else at most every 2 s while running."""
+        now = time.monotonic()
+        state_changed = st.state != work.logs_state
+        if not state_changed and (st.finished or now - work.logs_at < LOG_UPLOAD_PERIOD):
+            return
+        try:
+            data = work.runtime.logs(name, tail_bytes=LOG_TAIL_BYTES)
+        except RuntimeFailure as exc:
+            log.warning(kv("logs_unreadable", name=name, error=exc))
+            return
+        work.logs_at = now
+        digest = hashlib.sha256(data).digest()
+        if digest != work.logs_digest:
+            try:
+                self.hub.put_logs(name, data)
+            except ApiError as exc:
+                log.warning(kv("logs_upload_failed", name=name, status=exc.status, error=exc))
+                return  # state not recorded: the next pass tries again
+            work.logs_digest = digest
+        work.logs_state = st.state
+
+    def _report(self, name: str, mine: Obj, generation: int | None) -> None:
+        """Merge ``mine`` into the hub's status and write it if anything differs."""
+        with self._lock:
+            cur = self._placements.get(name)
+        if cur is None:
+            return
+        hub_status = dict(cur.get("status") or {})
+        new = {**hub_status, **mine}
+        if generation is not None:
+            new["observedGeneration"] = generation
+        if new == hub_status:
+            return
+        try:
+            updated = self.hub.put_status(name, new, _rv(cur) or None)
+        except ApiError as exc:
+            if exc.status == 409:
+                fresh = self.hub.get_placement(name)
+                if fresh is not None:
+                    self._remember(fresh)
+                self.queue.add(name)
+            elif exc.status != 404:
+                log.warning(kv("status_write_failed", name=name, status=exc.status, error=exc))
+            return
+        self._remember(updated)
+        if hub_status.get("state") != new["state"] or hub_status.get("reason") != new["reason"]:
+            log.info(
+                kv(
+                    "placement_status",
+                    name=name,
+                    state=new["state"],
+                    reason=new.get("reason") or "-",
+                    exit_code=new.get("exitCode"),
+                    restarts=new.get("restarts"),
+                )
+            )
+
+
+__all__ = [
+    "LOG_TAIL_BYTES",
+    "HubPort",
+    "WorkQueue",
+    "WorkloadReconciler",
+]
