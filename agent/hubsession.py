@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
@@ -85,8 +86,13 @@ class HubSession:
         with self._streams_lock:
             streams = list(self._streams)
         for resp in streams:
+            # Closing the response does not wake a thread blocked in recv();
+            # shutting the socket down does.
             try:
-                resp.close()
+                stream = resp.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
             except Exception as exc:  # closing under a reader: whatever it says, we are done
                 log.debug(kv("stream_close", error=exc))
         self.client.close()
