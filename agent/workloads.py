@@ -11,7 +11,8 @@ the runtime observes *now* (``inspect``), acts once, and reports:
   hub's ``GET /v1/images/{hash}``, hashed while written) → Starting →
   ``ImageCache.verify`` (the exact bytes re-hashed right before they run) →
   the hub-signed admission checked against those bytes, when the placement
-  carries one → ``runtime.start`` → Running. A hash mismatch is Failed
+  carries one → ``runtime.start`` → Running. The workload's env gets
+  ``GU_PLACEMENT``, ``GU_SESSION`` and ``GU_NODE`` (they win over the spec's). A hash mismatch is Failed
   ``ImageHashMismatch`` and nothing runs; an unknown runtime is Failed
   ``RuntimeUnavailable``; a pull the hub cannot serve is retried with backoff
   (reason ``ImagePullBackOff``).
@@ -553,7 +554,7 @@ class WorkloadReconciler:
                 path = self.cache.verify(image)
                 self._check_admission(name, placement, image, path)
                 rt.prepare(path, image)
-                st = rt.start(name, workload, path)
+                st = rt.start(name, self._with_agent_env(name, spec, workload), path)
             except ImageHashMismatch as exc:
                 log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
                 return _fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
@@ -588,6 +589,16 @@ class WorkloadReconciler:
         self._set_status(work, st)
         self._sync_logs(name, work, st)
         return _from_runtime(st, restarts)
+
+    def _with_agent_env(self, name: str, spec: Obj, workload: Workload) -> Workload:
+        """The workload with ``GU_PLACEMENT``, ``GU_SESSION`` and ``GU_NODE`` in its env."""
+        env = {
+            **workload.env,
+            "GU_PLACEMENT": name,
+            "GU_SESSION": str(spec.get("session") or ""),
+            "GU_NODE": self.node_id,
+        }
+        return workload.model_copy(update={"env": env})
 
     def _pull_failed(self, name: str, image: str, exc: Exception, restarts: int) -> Obj:
         backoff = self._pull_backoff.setdefault(name, Backoff(RESTART_BACKOFF_INITIAL, 60.0))

@@ -1,0 +1,536 @@
+"""The provider agent: enrolment and heartbeats against a real hub with real agent
+processes, and the local reconcile in-process with the real native runtime.
+
+Two halves:
+
+- ``gu agent`` processes (``python -m agent.main``) against the ``hub`` fixture:
+  enrolment with a join token, log-in by key on later starts, refusals with
+  messages that say what to do, file modes, heartbeats, prompt SIGTERM.
+- ``WorkloadReconciler`` in this process, with the real ``NativeRuntime`` and
+  ``ImageCache`` and a recording stand-in for the hub (``FakeHub``): the hub
+  cannot be given Placements without a Session and its scheduler, and these
+  behaviours (hash mismatch, restart backoff, suspend, adoption, write
+  economy) are about the agent's side only. The end-to-end suite
+  (``test_agent_e2e.py``) runs the same code against a real hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.identity import KEY_FILE, RECORD_FILE
+from agent.images import ImageCache
+from agent.workloads import WorkloadReconciler
+from controller.client import ApiError, Client
+from runtimes.native import NativeRuntime
+from specs.identity import load_private_key, node_id, public_key_str
+from tests.conftest import HubProcess
+from tests.helpers import ROOT, wait_for
+
+AGENT = [sys.executable, "-m", "agent.main"]
+
+
+# ---------------------------------------------------------------- processes
+
+
+class AgentProcess:
+    """One ``gu agent`` subprocess with its own state dir and log file."""
+
+    def __init__(self, hub: HubProcess, state_dir: Path, log_path: Path) -> None:
+        self.hub = hub
+        self.state_dir = state_dir
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str) -> AgentProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*AGENT, "--hub", self.hub.url, "--state-dir", str(self.state_dir), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.hub.env,
+            )
+        return self
+
+    @property
+    def node_id(self) -> str:
+        return node_id(public_key_str(load_private_key(self.state_dir / KEY_FILE)))
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def agents(hub: HubProcess, tmp_path: Path) -> Iterator[Any]:
+    """``agents(name)`` → an AgentProcess (not started); every one is stopped afterwards."""
+    made: list[AgentProcess] = []
+
+    def make(name: str = "a1") -> AgentProcess:
+        a = AgentProcess(hub, tmp_path / f"agent-{name}", tmp_path / f"agent-{name}.log")
+        made.append(a)
+        return a
+
+    try:
+        yield make
+    finally:
+        for a in made:
+            a.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def admin(hub: HubProcess) -> Iterator[Client]:
+    with hub.client() as client:
+        yield client
+
+
+def join_token(admin: Client) -> str:
+    return str(admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"])
+
+
+def provider(admin: Client, nid: str) -> dict[str, Any] | None:
+    try:
+        return admin.get("Provider", nid)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+# ----------------------------------------------------------- enrolment
+
+
+def test_first_start_with_a_join_token_enrols_a_provider_named_by_its_node_id(
+    agents: Any, admin: Client
+) -> None:
+    a = agents().start("--join-token", join_token(admin), "--name", "box-1", "--label", "zone=lab")
+    nid = wait_for(lambda: a.node_id, timeout=20, what="the identity key")
+    prov = wait_for(lambda: provider(admin, nid), timeout=20, what=f"Provider {nid}")
+    assert prov["metadata"]["name"] == nid
+    assert prov["spec"]["nodeId"] == nid
+    assert prov["spec"]["displayName"] == "box-1"
+    assert prov["spec"]["labels"] == {"zone": "lab"}
+    assert prov["spec"]["publicKey"] == public_key_str(load_private_key(a.state_dir / KEY_FILE))
+
+
+def test_a_later_start_needs_no_token_and_logs_in_with_its_key(agents: Any, admin: Client) -> None:
+    a = agents().start("--join-token", join_token(admin), "--heartbeat", "0.5")
+    nid = wait_for(lambda: a.node_id, timeout=20, what="the identity key")
+    wait_for(
+        lambda: (provider(admin, nid) or {}).get("status", {}).get("lastHeartbeat"),
+        timeout=20,
+        what="a first heartbeat",
+    )
+    a.stop()
+    first = provider(admin, nid)
+    assert first is not None
+
+    a.start("--heartbeat", "0.5")  # no token this time
+    later = wait_for(
+        lambda: (
+            (p := provider(admin, nid))
+            and p["status"]["lastHeartbeat"] != first["status"]["lastHeartbeat"]
+            and p
+        ),
+        timeout=20,
+        what="a heartbeat from the restarted agent",
+    )
+    assert later["metadata"]["uid"] == first["metadata"]["uid"]  # the same Provider
+    assert "event=enrolled" not in a.log().split("event=agent_stopped")[-1]
+    assert "event=identity_ready" in a.log()
+
+
+def test_sigterm_stops_the_agent_within_seconds(agents: Any, admin: Client) -> None:
+    a = agents().start("--join-token", join_token(admin))
+    wait_for(lambda: "event=heartbeat_ok" in a.log(), timeout=20, what="a first heartbeat")
+    started = time.monotonic()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert "event=agent_stopped" in a.log()
+
+
+def test_a_bad_join_token_is_refused_with_a_clear_message(agents: Any, admin: Client) -> None:
+    a = agents().start("--join-token", "gujt1_not-a-real-token")
+    assert a.wait(timeout=30) == 3
+    out = a.log()
+    assert "refused to enrol" in out
+    assert "join token unknown or expired" in out
+    assert "gu hub token create" in out
+    assert "gujt1_not-a-real-token" not in out  # the token is never echoed
+    assert admin.list("Provider") == []
+
+
+def test_no_token_and_not_enrolled_says_how_to_get_one(agents: Any, admin: Client) -> None:
+    a = agents().start()
+    assert a.wait(timeout=30) == 2
+    out = a.log()
+    assert "not enrolled" in out
+    assert "gu hub token create" in out
+    assert "--join-token" in out
+
+
+def test_identity_key_is_0600_in_a_0700_state_dir_and_the_record_names_the_node(
+    agents: Any, admin: Client
+) -> None:
+    a = agents().start("--join-token", join_token(admin), "--name", "box-2")
+    wait_for(lambda: (a.state_dir / RECORD_FILE).exists(), timeout=20, what="agent.json")
+    assert stat.S_IMODE(os.stat(a.state_dir / KEY_FILE).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(a.state_dir).st_mode) == 0o700
+    record = (a.state_dir / RECORD_FILE).read_text()
+    assert a.node_id in record and "box-2" in record and a.hub.url in record
+    assert "PRIVATE" not in record
+
+
+def test_changed_labels_are_applied_only_with_a_join_token(agents: Any, admin: Client) -> None:
+    a = agents().start("--join-token", join_token(admin), "--label", "zone=a")
+    nid = wait_for(lambda: a.node_id, timeout=20, what="the identity key")
+    wait_for(lambda: provider(admin, nid), timeout=20, what="the Provider")
+    a.stop()
+
+    a.start("--label", "zone=b")
+    wait_for(lambda: "event=enrolment_unchanged" in a.log(), timeout=20, what="the warning")
+    assert provider(admin, nid)["spec"]["labels"] == {"zone": "a"}  # type: ignore[index]
+    a.stop()
+
+    a.start("--label", "zone=b", "--join-token", join_token(admin))
+    wait_for(
+        lambda: provider(admin, nid)["spec"]["labels"] == {"zone": "b"},  # type: ignore[index]
+        timeout=20,
+        what="the re-enrolment with the new label",
+    )
+
+
+def test_heartbeats_fill_inventory_usage_and_last_heartbeat(agents: Any, admin: Client) -> None:
+    a = agents().start("--join-token", join_token(admin), "--heartbeat", "0.5")
+    nid = wait_for(lambda: a.node_id, timeout=20, what="the identity key")
+    prov = wait_for(
+        lambda: (p := provider(admin, nid)) and p["status"].get("inventory") and p,
+        timeout=20,
+        what="an inventory on the Provider",
+    )
+    inv = prov["status"]["inventory"]
+    assert inv["cpu"]["threads"] == psutil.cpu_count(logical=True)
+    assert inv["cpu"]["cores"] == (psutil.cpu_count(logical=False) or inv["cpu"]["threads"])
+    assert inv["memoryBytes"] == psutil.virtual_memory().total
+    assert inv["runtimes"] == ["native"]
+    assert prov["status"]["usage"]["workloads"] == 0
+    first = datetime.fromisoformat(prov["status"]["lastHeartbeat"])
+    wait_for(
+        lambda: datetime.fromisoformat(provider(admin, nid)["status"]["lastHeartbeat"]) > first,  # type: ignore[index]
+        timeout=10,
+        what="lastHeartbeat to move",
+    )
+
+
+# ------------------------------------------------- local reconcile (in-process)
+
+NODE = "0x" + "11" * 20
+LOOP = '#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo "tick $i $GU_PLACEMENT"; sleep 0.05; done\n'
+
+
+def tar_image(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def sha3(data: bytes) -> str:
+    return "sha3-256:" + hashlib.sha3_256(data).hexdigest()
+
+
+class FakeHub:
+    """Stands in for the hub at the ``HubPort`` seam: keeps placements, counts writes."""
+
+    def __init__(self) -> None:
+        self.placements: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, bytes] = {}
+        self.logs: dict[str, bytes] = {}
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.pulls = 0
+        self.rv = 100
+
+    def add(self, name: str, workload: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        self.rv += 1
+        obj = {
+            "kind": "Placement",
+            "metadata": {"name": name, "generation": 1, "resourceVersion": self.rv},
+            "spec": {"session": "s", "app": "a", "node": NODE, "workload": workload, **spec},
+            "status": {"state": "Pending"},
+        }
+        self.placements[name] = obj
+        return copy.deepcopy(obj)
+
+    def change(self, name: str, **spec: Any) -> dict[str, Any]:
+        self.rv += 1
+        obj = self.placements[name]
+        obj["spec"].update(spec)
+        obj["metadata"]["generation"] += 1
+        obj["metadata"]["resourceVersion"] = self.rv
+        return copy.deepcopy(obj)
+
+    def put_status(self, name: str, status: dict[str, Any], rv: int | None) -> dict[str, Any]:
+        obj = self.placements.get(name)
+        if obj is None:
+            raise ApiError(404, f"Placement/{name} not found")
+        if rv is not None and rv != obj["metadata"]["resourceVersion"]:
+            raise ApiError(409, "conflict")
+        self.rv += 1
+        obj["status"] = copy.deepcopy(status)
+        obj["metadata"]["resourceVersion"] = self.rv
+        self.writes.append((name, copy.deepcopy(status)))
+        return copy.deepcopy(obj)
+
+    def put_logs(self, name: str, data: bytes) -> None:
+        self.logs[name] = data
+
+    def get_placement(self, name: str) -> dict[str, Any] | None:
+        obj = self.placements.get(name)
+        return copy.deepcopy(obj) if obj else None
+
+    def fetch_image(self, image_hash: str) -> Iterator[bytes]:
+        self.pulls += 1
+        yield self.images[image_hash]
+
+    def state(self, name: str) -> dict[str, Any]:
+        return dict(self.placements[name]["status"])
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[tuple[WorkloadReconciler, FakeHub, NativeRuntime]]:
+    """A reconciler over a real native runtime and image cache; workloads removed after."""
+    fake = FakeHub()
+    runtime = NativeRuntime(tmp_path / "runtimes" / "native")
+    cache = ImageCache(tmp_path / "images")
+    rec = WorkloadReconciler(NODE, {"native": runtime}, cache, fake, stop_grace=2.0)
+    try:
+        yield rec, fake, runtime
+    finally:
+        for name in rec.workload_names():
+            runtime.remove(name)
+        for wd in (tmp_path / "runtimes" / "native").iterdir():
+            if wd.is_dir():
+                runtime.remove(wd.name)
+
+
+def workload(image: str, script: str = "./run.sh", *args: str) -> dict[str, Any]:
+    return {"runtime": "native", "image": {"hash": image}, "command": [script], "args": list(args)}
+
+
+def converge(rec: WorkloadReconciler, fake: FakeHub, name: str, until: Any, timeout: float = 15):
+    """Reconcile ``name`` (as the resync ticker would) until ``until(status)`` holds."""
+
+    def step() -> Any:
+        rec.reconcile(name)
+        status = fake.state(name)
+        return status if until(status) else None
+
+    return wait_for(step, timeout=timeout, interval=0.1, what=f"{name}: {until.__doc__ or ''}")
+
+
+def test_running_placement_is_pulled_verified_started_and_reported(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add("p-run", workload(sha3(data)))])
+    status = converge(rec, fake, "p-run", lambda s: s["state"] == "Running")
+    states = [w["state"] for n, w in fake.writes if n == "p-run"]
+    assert states[:3] == ["Pulling", "Starting", "Running"]
+    assert status["observedGeneration"] == 1 and status["startedAt"]
+    pid = runtime.inspect("p-run").pid
+    assert pid and psutil.pid_exists(pid)
+    wait_for(
+        lambda: rec.reconcile("p-run") or b"tick" in fake.logs.get("p-run", b""),
+        timeout=10,
+        what="the log tail on the hub",
+    )
+    assert b"p-run" in fake.logs["p-run"]  # GU_PLACEMENT is set for the workload
+
+
+def test_a_converged_pass_writes_nothing(local: Any) -> None:
+    rec, fake, _ = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add("p-quiet", workload(sha3(data)))])
+    converge(rec, fake, "p-quiet", lambda s: s["state"] == "Running")
+    writes = len(fake.writes)
+    for _ in range(5):
+        rec.reconcile("p-quiet")
+    assert len(fake.writes) == writes
+
+
+def test_an_image_whose_bytes_do_not_match_its_hash_runs_nothing(local: Any) -> None:
+    rec, fake, runtime = local
+    good = tar_image({"run.sh": LOOP})
+    evil = tar_image({"run.sh": "#!/bin/sh\necho pwned\n"})
+    fake.images[sha3(good)] = evil  # the hub (or the wire) hands out other bytes
+    rec.replace_all([fake.add("p-evil", workload(sha3(good)))])
+    status = converge(rec, fake, "p-evil", lambda s: s["state"] == "Failed")
+    assert status["reason"] == "ImageHashMismatch"
+    assert sha3(good) in status["message"] and sha3(evil) in status["message"]
+    assert rec.workload_names() == []
+    assert runtime.adopt() == []  # nothing was ever started
+
+
+def test_a_cached_image_changed_on_disk_is_caught_right_before_start(
+    local: Any, tmp_path: Path
+) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    image = sha3(data)
+    fake.images[image] = data
+    rec.cache.ensure(image, fake.fetch_image)
+    cached = rec.cache.path(image)
+    os.chmod(cached, 0o644)
+    cached.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size: only a re-hash sees it
+    rec.replace_all([fake.add("p-rot", workload(image))])
+    status = converge(rec, fake, "p-rot", lambda s: s["state"] == "Failed")
+    assert status["reason"] == "ImageHashMismatch"
+    assert runtime.adopt() == []
+
+
+def test_an_unknown_runtime_is_runtime_unavailable(local: Any) -> None:
+    rec, fake, _ = local
+    wl = {"runtime": "vm", "image": {"hash": "sha3-256:" + "0" * 64}, "command": ["x"]}
+    rec.replace_all([fake.add("p-vm", wl)])
+    status = converge(rec, fake, "p-vm", lambda s: s["state"] == "Failed")
+    assert status["reason"] == "RuntimeUnavailable"
+    assert "'vm'" in status["message"] and "native" in status["message"]
+
+
+def test_exit_zero_succeeds_and_a_failure_stays_failed_with_restart_policy_never(
+    local: Any,
+) -> None:
+    rec, fake, _ = local
+    ok = tar_image({"run.sh": "#!/bin/sh\necho done\n"})
+    bad = tar_image({"run.sh": "#!/bin/sh\necho oops >&2\nexit 3\n"})
+    fake.images.update({sha3(ok): ok, sha3(bad): bad})
+    rec.replace_all([fake.add("p-ok", workload(sha3(ok))), fake.add("p-bad", workload(sha3(bad)))])
+    s_ok = converge(rec, fake, "p-ok", lambda s: s["state"] == "Succeeded")
+    s_bad = converge(rec, fake, "p-bad", lambda s: s["state"] == "Failed")
+    assert s_ok["exitCode"] == 0 and s_ok["finishedAt"]
+    assert s_bad["exitCode"] == 3 and s_bad["restarts"] == 0
+    assert fake.logs["p-ok"] == b"done\n"  # uploaded before the final status
+    assert b"oops" in fake.logs["p-bad"]
+    time.sleep(1.5)
+    rec.reconcile("p-bad")
+    assert fake.state("p-bad")["state"] == "Failed" and fake.state("p-bad")["restarts"] == 0
+
+
+def test_on_failure_restarts_in_place_with_a_doubling_backoff(local: Any) -> None:
+    rec, fake, _ = local
+    crash = tar_image({"run.sh": "#!/bin/sh\necho run\nexit 1\n"})
+    fake.images[sha3(crash)] = crash
+    rec.replace_all([fake.add("p-crash", workload(sha3(crash)), restartPolicy="OnFailure")])
+    converge(rec, fake, "p-crash", lambda s: s["restarts"] >= 2, timeout=20)
+    backoffs = [w for n, w in fake.writes if w["reason"] == "BackOff"]
+    assert backoffs and all(w["state"] == "Starting" for w in backoffs)
+    assert "restart 1 in 1s" in backoffs[0]["message"]
+    assert any("in 2s" in w["message"] for w in backoffs)  # 1 s, then 2 s
+    assert fake.pulls == 1  # restarts reuse the cached (and re-verified) image
+
+
+def test_suspend_resume_and_stop_follow_desired_state(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add("p-sus", workload(sha3(data)))])
+    converge(rec, fake, "p-sus", lambda s: s["state"] == "Running")
+    pid = runtime.inspect("p-sus").pid
+
+    rec.apply_event("MODIFIED", fake.change("p-sus", desiredState="Suspended"))
+    converge(rec, fake, "p-sus", lambda s: s["state"] == "Suspended")
+    rec.apply_event("MODIFIED", fake.change("p-sus", desiredState="Running"))
+    status = converge(rec, fake, "p-sus", lambda s: s["state"] == "Running")
+    assert runtime.inspect("p-sus").pid == pid  # resumed, not restarted
+    assert status["observedGeneration"] == 3
+
+    rec.apply_event("MODIFIED", fake.change("p-sus", desiredState="Stopped"))
+    status = converge(rec, fake, "p-sus", lambda s: s["state"] == "Stopped")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_placement_gone_from_the_hub_is_removed(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add("p-gone", workload(sha3(data)))])
+    converge(rec, fake, "p-gone", lambda s: s["state"] == "Running")
+    pid = runtime.inspect("p-gone").pid
+    gone = fake.placements.pop("p-gone")
+    gone["metadata"]["resourceVersion"] = fake.rv + 1
+    rec.apply_event("DELETED", gone)
+    rec.reconcile("p-gone")
+    assert rec.workload_names() == []
+    assert runtime.adopt() == []
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=5, what="the shim to be gone")
+
+
+def test_adoption_keeps_wanted_workloads_running_and_removes_the_others(
+    local: Any, tmp_path: Path
+) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all(
+        [fake.add("p-keep", workload(sha3(data))), fake.add("p-drop", workload(sha3(data)))]
+    )
+    converge(rec, fake, "p-keep", lambda s: s["state"] == "Running")
+    converge(rec, fake, "p-drop", lambda s: s["state"] == "Running")
+    pids = {n: runtime.inspect(n).pid for n in ("p-keep", "p-drop")}
+    del fake.placements["p-drop"]  # deleted while the agent was away
+
+    # A new agent process: new runtime, cache and reconciler over the same state.
+    runtime2 = NativeRuntime(tmp_path / "runtimes" / "native")
+    rec2 = WorkloadReconciler(
+        NODE, {"native": runtime2}, ImageCache(tmp_path / "images"), fake, stop_grace=2.0
+    )
+    assert sorted(rec2.adopt()) == ["p-drop", "p-keep"]
+    rec2.reconcile("p-drop")  # before the first list: nothing is removed
+    assert runtime2.inspect("p-drop").state == "Running"
+    writes = len(fake.writes)
+    rec2.replace_all(list(fake.placements.values()))
+    for name in ("p-keep", "p-drop"):
+        rec2.reconcile(name)
+    assert runtime2.inspect("p-keep").pid == pids["p-keep"]
+    assert fake.state("p-keep")["state"] == "Running"
+    assert len([w for n, w in fake.writes[writes:] if n == "p-keep"]) == 0  # nothing new to say
+    assert rec2.workload_names() == ["p-keep"]
+    wait_for(lambda: not psutil.pid_exists(pids["p-drop"]), timeout=5, what="p-drop gone")
+    assert fake.pulls == 1
