@@ -253,6 +253,28 @@ def test_heartbeats_fill_inventory_usage_and_last_heartbeat(agents: Any, admin: 
     )
 
 
+def test_the_agent_outlives_a_hub_restart_and_heartbeats_again(
+    hub: HubProcess, agents: Any, admin: Client
+) -> None:
+    a = agents().start("--join-token", join_token(admin), "--heartbeat", "0.5")
+    nid = wait_for(lambda: a.node_id, timeout=20, what="the identity key")
+    wait_for(lambda: "event=heartbeat_ok" in a.log(), timeout=20, what="a first heartbeat")
+    hub.stop()
+    wait_for(lambda: "event=heartbeat_failed" in a.log(), timeout=10, what="a failed heartbeat")
+    time.sleep(1.0)
+    assert a.proc is not None and a.proc.poll() is None  # still running, retrying
+    hub.start()
+    before = a.log().count("event=heartbeat_ok")
+    wait_for(
+        lambda: a.log().count("event=heartbeat_ok") > before,
+        timeout=20,
+        what="heartbeats to resume",
+    )
+    with hub.client() as fresh:
+        assert (provider(fresh, nid) or {}).get("status", {}).get("lastHeartbeat")
+    assert "Traceback" not in a.log()
+
+
 # ------------------------------------------------- local reconcile (in-process)
 
 NODE = "0x" + "11" * 20
