@@ -684,9 +684,10 @@ def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> Non
 
     def policy(s: Session, st: Store) -> session_reconciler.PolicyCheck:
         assert s.spec.app == "demo"
-        allowed: Callable[[NodeView], str | None] = lambda node: (
-            None if node.labels.get("trusted") == "yes" else "not trusted"
-        )
+
+        def allowed(node: NodeView) -> str | None:
+            return None if node.labels.get("trusted") == "yes" else "not trusted"
+
         return session_reconciler.PolicyCheck(allowed=allowed)
 
     controller = Controller(store)

@@ -10,7 +10,11 @@ from controller.store import Conflict, Gone, NotFound, Store, parse_selector
 
 
 def prio(name: str, value: int = 1, **labels: str) -> dict:
-    return {"kind": "Priority", "metadata": {"name": name, "labels": labels}, "spec": {"value": value}}
+    return {
+        "kind": "Priority",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"value": value},
+    }
 
 
 @pytest.fixture
