@@ -9,6 +9,7 @@ heartbeats keep fresh; ``ready`` is the Provider's ``Ready`` condition.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +18,7 @@ from controller import authz
 from controller.api.common import ApiProblem, Caller
 from controller.hub import Hub
 from specs import peerinfo
-from specs.kinds import Provider
+from specs.kinds import Inventory, Provider, Usage
 from specs.meta import get_condition
 
 ACTIVE = ("Pending", "Pulling", "Starting", "Running", "Suspended")
@@ -83,30 +84,28 @@ def register(app: FastAPI, hub: Hub) -> None:
         out["usage"] = prov.status.usage.model_dump(mode="json")
         return out
 
-    @app.get("/peers/{nodeId}/inf/storage", tags=["peers"])
-    def inf_storage(nodeId: str, who: Caller) -> dict[str, Any]:
-        """``{"gib": free GiB, "totalGib": total GiB}``."""
-        prov = with_inventory(nodeId, who)
-        assert prov.status.inventory is not None
-        return dict(peerinfo.inf_storage(prov.status.inventory, prov.status.usage))
+    summaries = {
+        "storage": '``{"gib": free GiB, "totalGib": total GiB}``.',
+        "cpu": '``{"architecture", "bit", "cores", "threads", "usage"}``.',
+        "mem": '``{"gib": available GiB, "total": total GiB}``.',
+        "os": '``{"name", "version"}``.',
+    }
 
-    @app.get("/peers/{nodeId}/inf/cpu", tags=["peers"])
-    def inf_cpu(nodeId: str, who: Caller) -> dict[str, Any]:
-        """``{"architecture", "bit", "cores", "threads", "usage"}``."""
-        prov = with_inventory(nodeId, who)
-        assert prov.status.inventory is not None
-        return dict(peerinfo.inf_cpu(prov.status.inventory, prov.status.usage))
+    def view_route(render: Callable[[Inventory, Usage], object]) -> Callable[..., dict[str, Any]]:
+        # one route per view, same handler shape: the view function is the only difference
+        def inf(nodeId: str, who: Caller) -> dict[str, Any]:
+            prov = with_inventory(nodeId, who)
+            assert prov.status.inventory is not None
+            return dict(render(prov.status.inventory, prov.status.usage))  # type: ignore[call-overload]
 
-    @app.get("/peers/{nodeId}/inf/mem", tags=["peers"])
-    def inf_mem(nodeId: str, who: Caller) -> dict[str, Any]:
-        """``{"gib": available GiB, "total": total GiB}``."""
-        prov = with_inventory(nodeId, who)
-        assert prov.status.inventory is not None
-        return dict(peerinfo.inf_mem(prov.status.inventory, prov.status.usage))
+        return inf
 
-    @app.get("/peers/{nodeId}/inf/os", tags=["peers"])
-    def inf_os(nodeId: str, who: Caller) -> dict[str, Any]:
-        """``{"name", "version"}``."""
-        prov = with_inventory(nodeId, who)
-        assert prov.status.inventory is not None
-        return dict(peerinfo.inf_os(prov.status.inventory, prov.status.usage))
+    for view, render in peerinfo.VIEWS.items():
+        app.add_api_route(
+            f"/peers/{{nodeId}}/inf/{view}",
+            view_route(render),
+            methods=["GET"],
+            tags=["peers"],
+            name=f"inf_{view}",
+            description=summaries[view],
+        )
