@@ -58,3 +58,35 @@ def wait_for(
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def start_hub_subprocess(
+    tmp: Path, node_grace: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A quiet hub process on a free loopback port with its state under ``tmp``, for the
+    benchmark scripts: (process, URL, path of its admin client config). Waits until
+    ``/healthz`` answers (at most about 10 s)."""
+    import httpx
+
+    port = free_port()
+    state = tmp / "hub"
+    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"), GU_LOG_LEVEL="WARNING")
+    code = (
+        "import sys; from pathlib import Path; from controller.hub import run_hub; "
+        "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}", str(node_grace)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return proc, url, state / "admin-config.yaml"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from controller.client import Client  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
 from controller.store import Store  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import start_hub_subprocess  # noqa: E402
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
@@ -134,25 +133,7 @@ def bench_resync(n: int, tmp: Path) -> None:
 
 
 def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    state = tmp / "hub"
-    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"), GU_LOG_LEVEL="WARNING")
-    code = "import sys; from pathlib import Path; from controller.hub import run_hub; run_hub(Path(sys.argv[1]), sys.argv[2])"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    return proc, url, state / "admin-config.yaml"
+    return start_hub_subprocess(tmp)
 
 
 def bench_api(n: int, batch: int, tmp: Path) -> None:

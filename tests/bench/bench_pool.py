@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from specs.identity import (  # noqa: E402
     public_key_str,
     sign,
 )
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import start_hub_subprocess  # noqa: E402
 
 IMAGE = "sha3-256:" + "b" * 64
 
@@ -82,28 +81,7 @@ def inventory(i: int) -> dict[str, Any]:
 
 
 def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    state = tmp / "hub"
-    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"), GU_LOG_LEVEL="WARNING")
-    code = (
-        "import sys; from pathlib import Path; from controller.hub import run_hub; "
-        "run_hub(Path(sys.argv[1]), sys.argv[2], 3600)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    return proc, url, state / "admin-config.yaml"
+    return start_hub_subprocess(tmp, node_grace=3600)
 
 
 async def enrol(http: httpx.AsyncClient, join: str, i: int) -> tuple[str, str]:
