@@ -10,8 +10,12 @@ the runtime observes *now* (``inspect``), acts once, and reports:
 - no workload, desired Running: status Pulling → ``ImageCache.ensure`` (the
   hub's ``GET /v1/images/{hash}``, hashed while written) → Starting →
   ``ImageCache.verify`` (the exact bytes re-hashed right before they run) →
-  the hub-signed admission checked against those bytes, when the placement
-  carries one → ``runtime.start`` → Running. The workload's env gets
+  the hub-signed admission checked against those bytes → ``runtime.start`` →
+  Running. Default deny: a placement without an admission signed by the hub
+  this agent enrolled with, or one that does not name this placement, node,
+  app and image, is Failed ``AdmissionRejected`` before anything is pulled;
+  an image admitted by signature whose signature does not verify over the
+  exact bytes is Failed ``SignatureInvalid``. The workload's env gets
   ``GU_PLACEMENT``, ``GU_SESSION`` and ``GU_NODE`` (they win over the spec's). A hash mismatch is Failed
   ``ImageHashMismatch`` and nothing runs; an unknown runtime is Failed
   ``RuntimeUnavailable``; a pull the hub cannot serve is retried with backoff
@@ -264,7 +268,6 @@ class WorkloadReconciler:
         self._workloads: dict[str, _Workload] = {}
         self._pull_backoff: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
-        self._warned_no_admission: set[str] = set()
 
     # ------------------------------------------------------- informer sink
 
@@ -527,6 +530,11 @@ class WorkloadReconciler:
                 restarts=restarts,
             )
         image = workload.image.hash
+        try:
+            adm = self._admission(name, placement, image)
+        except _Refused as exc:
+            log.error(kv("start_refused", name=name, reason=exc.reason, error=exc.message))
+            return _fields("Failed", exc.reason, exc.message, restarts=restarts)
         self.cache.pin(image)
         registered = False
         try:
@@ -552,7 +560,7 @@ class WorkloadReconciler:
             )
             try:
                 path = self.cache.verify(image)
-                self._check_admission(name, placement, image, path)
+                self._check_signature(adm, image, path)
                 rt.prepare(path, image)
                 st = rt.start(name, self._with_agent_env(name, spec, workload), path)
             except ImageHashMismatch as exc:
@@ -614,15 +622,21 @@ class WorkloadReconciler:
             restarts=restarts,
         )
 
-    def _check_admission(self, name: str, placement: Obj, image: str, path: Path) -> None:
-        """Check the hub-signed admission, if the placement has one, against these bytes."""
+    def _admission(self, name: str, placement: Obj, image: str) -> Obj:
+        """The placement's hub-signed admission, checked to cover exactly this start.
+
+        Raises ``_Refused`` (nothing is pulled or run) when there is none, when
+        it is not signed by the hub this agent enrolled with, or when it names
+        another placement, node, app or image.
+        """
         spec = placement.get("spec") or {}
         adm = spec.get("admission")
-        if not adm:
-            if name not in self._warned_no_admission:
-                self._warned_no_admission.add(name)
-                log.warning(kv("admission_missing", name=name, action="run (hash verified)"))
-            return
+        if not isinstance(adm, dict) or not adm:
+            raise _Refused(
+                "AdmissionRejected",
+                "the placement carries no hub-signed admission (spec.admission); this agent "
+                "runs only what the hub's ImagePolicy check admitted: nothing was run",
+            )
         if not self.hub_public_key or not verify_admission(self.hub_public_key, adm):
             raise _Refused(
                 "AdmissionRejected",
@@ -643,15 +657,20 @@ class WorkloadReconciler:
                 "AdmissionRejected",
                 "the admission does not cover this placement: " + ", ".join(wrong),
             )
-        if adm.get("allowedBy") == "signature":
-            size = path.stat().st_size
-            keys = list(adm.get("signerKeys") or [])
-            if not any(verify_image(sig, image, size, keys) for sig in adm.get("signatures") or []):
-                raise _Refused(
-                    "ImageSignatureInvalid",
-                    f"no signature of image {image} ({size} bytes) verifies under the keys "
-                    f"policy {adm.get('policy')!r} trusts: nothing was run",
-                )
+        return adm
+
+    def _check_signature(self, adm: Obj, image: str, path: Path) -> None:
+        """Where the image is admitted by signature: verify it over these exact bytes."""
+        if adm.get("allowedBy") != "signature":
+            return
+        size = path.stat().st_size
+        keys = list(adm.get("signerKeys") or [])
+        if not any(verify_image(sig, image, size, keys) for sig in adm.get("signatures") or []):
+            raise _Refused(
+                "SignatureInvalid",
+                f"no signature of image {image} ({size} bytes) verifies under the keys "
+                f"policy {adm.get('policy')!r} trusts: nothing was run",
+            )
 
     # ----------------------------------------------------------- removing
 
@@ -675,7 +694,6 @@ class WorkloadReconciler:
     def _forget(self, name: str) -> None:
         self._pull_backoff.pop(name, None)
         self._retry_at.pop(name, None)
-        self._warned_no_admission.discard(name)
 
     # ----------------------------------------------------------- reporting
 

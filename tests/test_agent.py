@@ -39,7 +39,8 @@ from agent.images import ImageCache
 from agent.workloads import WorkloadReconciler
 from controller.client import ApiError, Client
 from runtimes.native import NativeRuntime
-from specs.identity import load_private_key, node_id, public_key_str
+from specs.identity import generate_key, load_private_key, node_id, public_key_str
+from specs.signing import sign_admission, sign_image
 from tests.conftest import HubProcess
 from tests.helpers import ROOT, wait_for
 
@@ -298,9 +299,14 @@ def sha3(data: bytes) -> str:
 
 
 class FakeHub:
-    """Stands in for the hub at the ``HubPort`` seam: keeps placements, counts writes."""
+    """Stands in for the hub at the ``HubPort`` seam: keeps placements, counts writes.
+
+    Like the hub, it signs an admission (allowed by hash) into every placement
+    it adds, unless the test passes its own ``admission``.
+    """
 
     def __init__(self) -> None:
+        self.key = generate_key()
         self.placements: dict[str, dict[str, Any]] = {}
         self.images: dict[str, bytes] = {}
         self.logs: dict[str, bytes] = {}
@@ -308,7 +314,26 @@ class FakeHub:
         self.pulls = 0
         self.rv = 100
 
+    def admit(self, name: str, image: str, **fields: Any) -> dict[str, Any]:
+        """A hub-signed admission of ``image`` for placement ``name`` on NODE."""
+        adm = {
+            "placement": name,
+            "node": NODE,
+            "app": "a",
+            "imageHash": image,
+            "allowedBy": "hash",
+            "policy": "p",
+            "signerKeys": [],
+            "signatures": [],
+            **fields,
+        }
+        return sign_admission(self.key, adm)
+
     def add(self, name: str, workload: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        if "admission" not in spec:
+            spec["admission"] = self.admit(name, workload["image"]["hash"])
+        elif spec["admission"] is None:
+            del spec["admission"]
         self.rv += 1
         obj = {
             "kind": "Placement",
@@ -360,7 +385,14 @@ def local(tmp_path: Path) -> Iterator[tuple[WorkloadReconciler, FakeHub, NativeR
     fake = FakeHub()
     runtime = NativeRuntime(tmp_path / "runtimes" / "native")
     cache = ImageCache(tmp_path / "images")
-    rec = WorkloadReconciler(NODE, {"native": runtime}, cache, fake, stop_grace=2.0)
+    rec = WorkloadReconciler(
+        NODE,
+        {"native": runtime},
+        cache,
+        fake,
+        hub_public_key=public_key_str(fake.key),
+        stop_grace=2.0,
+    )
     try:
         yield rec, fake, runtime
     finally:
@@ -456,6 +488,123 @@ def test_an_unknown_runtime_is_runtime_unavailable(local: Any) -> None:
     assert "'vm'" in status["message"] and "native" in status["message"]
 
 
+def refused(rec: WorkloadReconciler, fake: FakeHub, runtime: NativeRuntime, name: str) -> Any:
+    """Converge ``name`` to Failed and check that nothing of it was started."""
+    status = converge(rec, fake, name, lambda s: s["state"] == "Failed")
+    assert rec.workload_names() == []
+    assert runtime.adopt() == []
+    return status
+
+
+def test_a_placement_without_an_admission_is_refused_before_anything_is_pulled(
+    local: Any,
+) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add("p-noadm", workload(sha3(data)), admission=None)])
+    status = refused(rec, fake, runtime, "p-noadm")
+    assert status["reason"] == "AdmissionRejected"
+    assert "no hub-signed admission" in status["message"]
+    assert fake.pulls == 0
+
+
+def test_an_admission_signed_by_another_key_is_refused(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    other = FakeHub()  # a hub this agent never enrolled with
+    adm = other.admit("p-forged", sha3(data))
+    rec.replace_all([fake.add("p-forged", workload(sha3(data)), admission=adm)])
+    status = refused(rec, fake, runtime, "p-forged")
+    assert status["reason"] == "AdmissionRejected"
+    assert "not signed by the hub" in status["message"]
+    assert fake.pulls == 0
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("placement", "p-other"),
+        ("node", "0x" + "ab" * 20),
+        ("app", "b"),
+        ("imageHash", "sha3-256:" + "0" * 64),
+    ],
+)
+def test_an_admission_for_something_else_is_refused(local: Any, field: str, value: str) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    adm = fake.admit("p-else", sha3(data), **{field: value})  # validly signed, wrong subject
+    rec.replace_all([fake.add("p-else", workload(sha3(data)), admission=adm)])
+    status = refused(rec, fake, runtime, "p-else")
+    assert status["reason"] == "AdmissionRejected"
+    assert f"{field}={value!r}" in status["message"]
+
+
+def test_an_admission_edited_after_signing_is_refused(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    adm = fake.admit("p-edit", sha3(data))
+    adm["policy"] = "another-policy"
+    rec.replace_all([fake.add("p-edit", workload(sha3(data)), admission=adm)])
+    assert refused(rec, fake, runtime, "p-edit")["reason"] == "AdmissionRejected"
+
+
+def by_signature(fake: FakeHub, name: str, data: bytes, sig: dict[str, Any], key: str) -> Any:
+    """An admission of ``data`` allowed by ``sig`` under the trusted ``key``."""
+    return fake.admit(name, sha3(data), allowedBy="signature", signerKeys=[key], signatures=[sig])
+
+
+def test_an_image_admitted_by_a_valid_signature_runs(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    signer = generate_key()
+    sig = sign_image(signer, sha3(data), len(data))
+    adm = by_signature(fake, "p-signed", data, sig, public_key_str(signer))
+    rec.replace_all([fake.add("p-signed", workload(sha3(data)), admission=adm)])
+    converge(rec, fake, "p-signed", lambda s: s["state"] == "Running")
+    assert runtime.inspect("p-signed").state == "Running"
+
+
+def flip_signature(sig: dict[str, Any]) -> dict[str, Any]:
+    raw = bytearray(sig["signature"].encode())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit of the base64 text
+    return {**sig, "signature": raw.decode()}
+
+
+def test_a_flipped_signature_or_an_untrusted_signer_is_signature_invalid(local: Any) -> None:
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    signer, stranger = generate_key(), generate_key()
+    good = sign_image(signer, sha3(data), len(data))
+    cases = {
+        "p-flip": by_signature(fake, "p-flip", data, flip_signature(good), public_key_str(signer)),
+        "p-stranger": by_signature(
+            fake,
+            "p-stranger",
+            data,
+            sign_image(stranger, sha3(data), len(data)),
+            public_key_str(signer),
+        ),
+        "p-size": by_signature(  # signed for other bytes of the same hash claim
+            fake,
+            "p-size",
+            data,
+            sign_image(signer, sha3(data), len(data) + 1),
+            public_key_str(signer),
+        ),
+    }
+    rec.replace_all([fake.add(n, workload(sha3(data)), admission=a) for n, a in cases.items()])
+    for name in cases:
+        status = refused(rec, fake, runtime, name)
+        assert status["reason"] == "SignatureInvalid", (name, status)
+        assert "nothing was run" in status["message"]
+
+
 def test_exit_zero_succeeds_and_a_failure_stays_failed_with_restart_policy_never(
     local: Any,
 ) -> None:
@@ -541,7 +690,12 @@ def test_adoption_keeps_wanted_workloads_running_and_removes_the_others(
     # A new agent process: new runtime, cache and reconciler over the same state.
     runtime2 = NativeRuntime(tmp_path / "runtimes" / "native")
     rec2 = WorkloadReconciler(
-        NODE, {"native": runtime2}, ImageCache(tmp_path / "images"), fake, stop_grace=2.0
+        NODE,
+        {"native": runtime2},
+        ImageCache(tmp_path / "images"),
+        fake,
+        hub_public_key=public_key_str(fake.key),
+        stop_grace=2.0,
     )
     assert sorted(rec2.adopt()) == ["p-drop", "p-keep"]
     rec2.reconcile("p-drop")  # before the first list: nothing is removed
