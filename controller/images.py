@@ -12,7 +12,9 @@ half-written or unverified image under a final name, and a crash leaves at most
 a temp file (removed at the next start once stale). When the caller names the
 hash it expects (``PUT /v1/images/{hash}``), a mismatch raises
 ``ImageHashMismatch`` and nothing is kept. Two uploads of the same bytes race
-harmlessly: the first link wins and the second one's temp file is dropped.
+harmlessly: the first link wins and the second one's temp file is dropped —
+after a re-hash of the stored file, so that pushing an image again repairs a
+stored copy that was damaged or changed on disk (agents refuse such a copy).
 
 Every hash string is checked by ``specs.images.parse_hash`` before it becomes a
 path, so an API caller cannot name ``sha3-256:../../etc``.
@@ -44,6 +46,7 @@ from specs.images import (
     Hasher,
     ImageHashMismatch,
     hash_bytes,
+    hash_file,
     parse_hash,
 )
 
@@ -155,7 +158,9 @@ class ImageStore:
         The bytes are hashed while written to a temp file, fsynced, then linked
         under their hash. If ``expected`` is given and differs from the hash of
         the bytes, ImageHashMismatch is raised and nothing is kept. Storing an
-        image that is already present keeps the existing file.
+        image that is already present keeps the existing file, unless that
+        file no longer hashes to its name (damaged or changed on disk): then
+        the new, verified bytes replace it.
         """
         if expected is not None:
             parse_hash(expected)
@@ -213,7 +218,9 @@ class ImageStore:
             os.link(upload.path, final)
             stored = True
         except FileExistsError:
-            stored = False
+            # Already stored — unless the stored copy was damaged or changed on
+            # disk: then these verified bytes replace it (an upload repairs).
+            stored = self._repair(final, upload, actual)
         except OSError:
             # A filesystem without hard links: rename is still atomic, and
             # replacing identical bytes is harmless.
@@ -223,6 +230,22 @@ class ImageStore:
             _fsync_dir(self._images)
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
         return self._info(actual, final)
+
+    def _repair(self, final: Path, upload: _Upload, actual: str) -> bool:
+        """Replace ``final`` by the upload when its bytes no longer hash to ``actual``."""
+        try:
+            current = hash_file(final)
+        except OSError:
+            current = None
+        if current == actual:
+            return False
+        log.warning(
+            "event=image_repaired hash=%s found=%s reason=stored copy did not match its name",
+            actual,
+            current,
+        )
+        os.replace(upload.path, final)  # readers of the old inode finish undisturbed
+        return True
 
     # ------------------------------------------------------------- reads
 

@@ -275,6 +275,30 @@ def test_store_existing_image_is_kept_untouched(tmp_path: Path) -> None:
     assert store.path(first.hash).stat().st_ino == inode
 
 
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove-bytes"])
+def test_pushing_again_repairs_a_stored_copy_changed_on_disk(tmp_path: Path, damage: str) -> None:
+    store = ImageStore(tmp_path / "store")
+    data = os.urandom(200_000)
+    info = store.put_stream([data])
+    stored = store.path(info.hash)
+    stored.chmod(0o644)
+    if damage == "flip":
+        changed = bytearray(data)
+        changed[len(data) // 2] ^= 0x01
+        stored.write_bytes(bytes(changed))
+    elif damage == "truncate":
+        stored.write_bytes(data[:1000])
+    else:
+        stored.write_bytes(b"")
+    inode = stored.stat().st_ino
+    again = store.put_stream(chunks_of(data, 65536))
+    assert again.hash == info.hash and again.size == len(data)
+    assert store.path(info.hash).read_bytes() == data
+    assert store.path(info.hash).stat().st_ino != inode
+    assert (store.path(info.hash).stat().st_mode & 0o777) == 0o444
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
 def test_store_put_async(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     data = os.urandom(3_000_000)

@@ -337,6 +337,15 @@ def test_a_byte_flipped_in_the_hubs_stored_image_runs_nothing(pool: Pool) -> Non
     assert "event=image_rejected" in agent.log()
     pool.delete_session("tampered")
 
+    # The fix the README gives: push the image again (the hub replaces the
+    # damaged copy), and the same Session runs.
+    pool.gu("image", "push", str(file))
+    assert stored.read_bytes() == file.read_bytes()
+    assert "event=image_repaired" in pool.hub.logs()
+    pool.gu("apply", "-f", str(pool.session_file("tampered", image, marker)))
+    wait_for(lambda: pool.proof(marker).exists(), timeout=30, what="the repaired image to run")
+    pool.delete_session("tampered")
+
 
 def test_removing_the_hash_from_the_policy_stops_the_running_session(pool: Pool) -> None:
     file, image = pool.build("revoked")
