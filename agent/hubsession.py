@@ -34,7 +34,6 @@ import httpx
 
 from agent import kv
 from controller.client import ApiError, Client, HubUnreachable
-from specs.images import CHUNK_SIZE
 from specs.kinds import Inventory, Usage
 
 log = logging.getLogger("gu.agent.hub")
@@ -176,7 +175,7 @@ class HubSession:
     # --------------------------------------------------------------- images
 
     def fetch_image(self, image_hash: str) -> Iterator[bytes]:
-        """Stream ``GET /v1/images/{hash}`` in 1 MiB chunks (the image cache hashes them)."""
+        """Stream ``GET /v1/images/{hash}`` as it arrives (the image cache hashes and batches it)."""
         headers = {"Authorization": f"Bearer {self.client.token()}"}
         timeout = httpx.Timeout(30.0, read=IMAGE_READ_TIMEOUT)
         try:
@@ -188,7 +187,7 @@ class HubSession:
                     if resp.status_code >= 400:
                         resp.read()
                         raise _error(resp)
-                    yield from resp.iter_bytes(CHUNK_SIZE)
+                    yield from resp.iter_bytes()  # as received: no re-chunking copy
                 finally:
                     self._closed(resp)
         except httpx.TransportError as exc:

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import os
 import resource
+import shutil
 import signal
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.images import ImageCache, ImageNotCached
+from agent.images import ImageCache, ImageNotCached, _hash_cached, _PullPipeline
 from controller.images import ImageNotFound, ImageStore, ImageTooLarge
 from specs.images import (
     HASH_PREFIX,
@@ -467,6 +471,101 @@ def test_cache_write_error_raises_and_leaves_no_file(tmp_path: Path) -> None:
     assert not (root / parse_hash(h)).exists()
     assert list((root / "tmp").iterdir()) == []
     assert cache.ensure(h, Fetcher({h: data})).read_bytes() == data
+
+
+MiB = 1 << 20
+EDGE_SIZES = [0, 1, 4095, 4096, 4097, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 9 * MiB + 123]
+
+
+def cache_roots(tmp_path: Path) -> list[tuple[str, Path]]:
+    """A cache on the test's disk (O_DIRECT) and, where there is one, on tmpfs (buffered)."""
+    roots = [("disk", tmp_path / "disk-cache")]
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        roots.append(("tmpfs", Path(tempfile.mkdtemp(dir=shm, prefix="gu-test-"))))
+    return roots
+
+
+@pytest.mark.parametrize("size", EDGE_SIZES)
+def test_cache_pulls_and_verifies_exact_bytes_at_every_block_edge(
+    tmp_path: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    h = sha3(data)
+    for where, root in cache_roots(tmp_path):
+        try:
+            cache = ImageCache(root / "c")
+            path = cache.ensure(h, lambda _h: chunks_of(data, 70_001))
+            assert path.stat().st_size == size, where
+            assert path.read_bytes() == data, where
+            assert cache.verify(h) == path, where
+            assert (path.stat().st_mode & 0o777) == 0o444
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_cache_writes_with_o_direct(tmp_path: Path) -> None:
+    data = os.urandom(5 * MiB + 7)
+    writer = _PullPipeline(tmp_path / "f")
+    for chunk in chunks_of(data, 1 << 20):
+        writer.feed(chunk)
+    assert writer.close().hash == sha3(data)
+    assert writer.direct is True
+    assert (tmp_path / "f").read_bytes() == data
+    assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))
+
+
+def test_a_file_system_without_o_direct_gets_buffered_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every file system here takes O_DIRECT (tmpfs too, since Linux 6.6), so
+    # the refusal at open (EINVAL, as older tmpfs and some FUSE mounts answer)
+    # is injected.
+    real = os.open
+
+    def open_(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", open_)
+    data = os.urandom(5 * MiB + 7)
+    writer = _PullPipeline(tmp_path / "f")
+    for chunk in chunks_of(data, 1 << 20):
+        writer.feed(chunk)
+    assert writer.close().hash == sha3(data)
+    assert writer.direct is False
+    assert (tmp_path / "f").read_bytes() == data
+    assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))
+    cache = ImageCache(tmp_path / "cache")
+    path = cache.ensure(sha3(data), lambda _h: chunks_of(data, 70_001))
+    assert cache.verify(sha3(data)) == path and path.read_bytes() == data
+
+
+def test_a_direct_write_refused_midway_finishes_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file system that takes O_DIRECT at open but refuses the I/O cannot be
+    # made here; the refusal (EINVAL from the second block write) is injected.
+    data = os.urandom(9 * MiB + 5)
+    real = os.pwrite
+    calls = []
+
+    def pwrite(fd: int, buf: Any, offset: int) -> int:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        calls.append(direct)
+        if direct and len(calls) == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buf, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    writer = _PullPipeline(tmp_path / "f")
+    for chunk in chunks_of(data, 1 << 20):
+        writer.feed(chunk)
+    assert writer.close().hash == sha3(data)
+    assert writer.direct is False
+    assert calls[:2] == [True, True] and not any(calls[2:])
+    assert (tmp_path / "f").read_bytes() == data
 
 
 def test_cache_verify_detects_a_flipped_byte_and_removes_the_file(tmp_path: Path) -> None:

@@ -23,6 +23,12 @@ from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
 from specs.signing import SignatureFormatError, parse_signature
 
 
+class _ImageFile(FileResponse):
+    """A FileResponse read in 1 MiB pieces (Starlette's 64 KiB means 16× the thread hops)."""
+
+    chunk_size = 1 << 20
+
+
 def _info(info: Any) -> dict[str, Any]:
     return {
         "hash": info.hash,
@@ -114,4 +120,4 @@ def register(app: FastAPI, hub: Hub) -> None:
             path = hub.images.path(h)
         except ImageNotFound as exc:
             raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
-        return FileResponse(path, media_type="application/octet-stream")
+        return _ImageFile(path, media_type="application/octet-stream")

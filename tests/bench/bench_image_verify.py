@@ -8,21 +8,25 @@ It writes a file of random bytes to a temp dir, then measures in one run:
   speed limit every other figure is compared with (``ratio_to_hashlib``);
 - ``hash_file``: ``specs.images.hash_file``;
 - ``cache_ensure``: ``ImageCache.ensure`` into an empty cache from a chunk
-  generator reading the file (hash + write + fsync + rename: a pull minus the
-  network);
+  generator reading the file (receive → hash → O_DIRECT write + fsync, in
+  three overlapping stages: a pull minus the network);
 - ``cache_verify``: ``ImageCache.verify`` of the cached file (the check right
-  before a workload starts);
-- ``hub_pull`` (not yet): the hub's HTTP path, see ``bench_hub_pull``.
+  before a workload starts; it reads the disk with O_DIRECT, as the file was
+  written without the page cache).
+
+The pull through the hub's HTTP API is measured by ``bench_security.py``
+(``image_pull_verify``).
 
 Each figure is the median of ``--runs`` runs, in MB/s (10**6 bytes per
-second), printed as one JSON line. Files are in the page cache, so hashing is
-measured, not the disk — except for ``cache_ensure``, whose fsync writes the
-image to disk as a real pull must. Everything is removed afterwards.
+second), printed as one JSON line. The source file is in the page cache, so
+the baseline measures hashing, not the disk; ``cache_ensure`` writes the image
+to the disk and ``cache_verify`` reads it back from there, as a real pull and
+check do. Everything is removed afterwards.
 
-Reading ``cache_ensure``: the pull writes on a second thread, so it costs
-max(hash, write) + what is left of the fsync. Where fresh page-cache pages are
-expensive (a VM whose guest memory is handed back to the host between runs),
-the write is the slower half; compare ``--size-mib 128`` to see it.
+Reading ``cache_ensure``: receiving, hashing and writing overlap, so a pull
+costs about the slowest stage, the hash. The writes bypass the page cache:
+where fresh page-cache pages are expensive (a VM whose guest memory is handed
+back to the host between runs) buffered writes cost more than the hash.
 """
 
 from __future__ import annotations
@@ -105,16 +109,6 @@ def bench_cache_verify(cache: ImageCache, expected: str) -> float:
     return timed(lambda: cache.verify(expected))
 
 
-def bench_hub_pull(path: Path, expected: str, workdir: Path) -> float | None:
-    """Seconds for a pull through the hub's HTTP API into an agent cache — not written yet.
-
-    To be filled in with the hub: store ``path`` in an ImageStore behind a real
-    hub, then ``ImageCache.ensure`` with a fetch that streams
-    ``GET /v1/images/{hash}``. Return None to skip the figure.
-    """
-    return None
-
-
 # ------------------------------------------------------------------ report
 
 
@@ -167,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         for figure, seconds in times.items():
             emit(figure, size, seconds, baseline)
 
-        pulls = [bench_hub_pull(path, expected, workdir) for _ in range(args.runs)]
-        if all(p is not None for p in pulls):
-            emit("hub_pull", size, [p for p in pulls if p is not None], baseline)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

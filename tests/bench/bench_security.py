@@ -163,7 +163,7 @@ def bench_images(hub: HubProcess, workdir: Path, size_mib: int, runs: int) -> No
         def fetch(h: str) -> Iterator[bytes]:
             with http.stream("GET", f"/v1/images/{h}") as resp:
                 resp.raise_for_status()
-                yield from resp.iter_bytes(MiB)
+                yield from resp.iter_bytes()  # as received, like the agent
 
         def pull_into_empty_cache(root: Path) -> float:
             cache = ImageCache(root, max_bytes=1 << 62)
