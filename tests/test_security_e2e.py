@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 import uuid
@@ -29,11 +30,14 @@ import psutil
 import pytest
 from ruamel.yaml import YAML
 
+from agent.identity import KEY_FILE
 from controller.client import Client
+from specs.identity import load_private_key
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import run_gu, wait_for
 from tests.test_agent import AgentProcess
 from tests.test_agent_e2e import marker_pids, workload_pids
+from tests.test_security_secrets import key_forms
 
 RUN_SH = """#!/bin/sh
 # $1: marker; $2: proof file to create before anything else
@@ -56,7 +60,9 @@ class Pool:
     app_env: dict[str, str]
     signer_key: Path
     signer_pub: str
+    join_token: str
     images: dict[str, str] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
 
     def node(self, name: str) -> str:
         return self.agents[name].node_id
@@ -64,6 +70,7 @@ class Pool:
     def gu(self, *args: str, ok: bool = True) -> Any:
         """``gu ARGS`` as the app; with ``ok`` the exit code must be 0."""
         out = run_gu(*args, env=self.app_env, cwd=self.tmp)
+        self.outputs += [out.stdout, out.stderr]
         if ok:
             assert out.returncode == 0, (args, out.stdout, out.stderr)
         return out
@@ -178,7 +185,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             timeout=30,
             what="3 ready peers",
         )
-        yield Pool(tmp, hub, admin, agents, app_env, signer_key, pubs[signer_key])
+        yield Pool(tmp, hub, admin, agents, app_env, signer_key, pubs[signer_key], token)
     finally:
         with contextlib.suppress(Exception):
             for s in admin.list("Session"):
@@ -391,3 +398,26 @@ def test_removing_the_hash_from_the_policy_stops_the_running_session(pool: Pool)
     still = condition(pool.admin.get("Session", "revoked"), "Stalled")
     assert still and still["reason"] == "PolicyViolation"
     pool.delete_session("revoked")
+
+
+TOKEN_SHAPES = re.compile(r"gu1\.[\w-]{16,}|gujt1_[\w-]{8,}")
+
+
+def test_no_secret_reaches_any_log_or_output_of_the_scenario(pool: Pool) -> None:
+    """Runs last: every private key of the scenario, the join token and any bearer token."""
+    texts = {"hub log": pool.hub.logs()}
+    texts.update({f"agent {n} log": a.log() for n, a in pool.agents.items()})
+    texts.update({f"gu output {i}": out for i, out in enumerate(pool.outputs)})
+    texts["app config"] = (pool.tmp / "app-config.yaml").read_text()
+    keys = [pool.tmp / "a.key", pool.signer_key, pool.tmp / "stranger.key"]
+    keys += [a.state_dir / KEY_FILE for a in pool.agents.values()]
+    secrets = {"join token": pool.join_token}
+    for path in keys:
+        for form, value in key_forms(load_private_key(path)).items():
+            secrets[f"{path.name} {form}"] = value
+    assert len(pool.outputs) > 40 and "event=heartbeat_ok" in texts["agent a0 log"]
+    for where, text in texts.items():
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} appears in the {where}"
+        shaped = TOKEN_SHAPES.findall(text)
+        assert not shaped, f"token-shaped strings in the {where}: {[t[:8] for t in shaped]}"
