@@ -73,6 +73,7 @@ class ChangeNotifier:
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.rv = 0
+        self.closed = False
 
     def attach(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -88,9 +89,14 @@ class ChangeNotifier:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def close(self) -> None:
+        """The hub is stopping: wake every waiter now; watch streams see ``closed`` and end."""
+        self.closed = True
+        self._fire(self.rv)
+
     async def wait(self, after: int, timeout: float) -> int:
         """Wait until the store's rv passes ``after`` or ``timeout``; returns the rv seen."""
-        if self.rv > after:
+        if self.rv > after or self.closed:
             return self.rv
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
@@ -205,6 +211,9 @@ class Hub:
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopper, reconcile}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        # End the watch streams (agents hold them open) so uvicorn's graceful
+        # shutdown does not wait its full timeout for them; clients re-watch.
+        self.notifier.close()
         server.should_exit = True
         await asyncio.wait({serving, reconcile}, timeout=10)
         self.store.close()

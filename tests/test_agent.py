@@ -181,6 +181,20 @@ def test_sigterm_stops_the_agent_within_seconds(agents: Any, admin: Client) -> N
     assert "event=agent_stopped" in a.log()
 
 
+def test_the_hub_stops_promptly_while_agents_hold_watch_streams(
+    hub: HubProcess, agents: Any, admin: Client
+) -> None:
+    a = agents().start("--join-token", join_token(admin))
+    wait_for(lambda: "event=heartbeat_ok" in a.log(), timeout=20, what="a first heartbeat")
+    wait_for(lambda: "event=placements_listed" in a.log(), timeout=20, what="the agent's list")
+    time.sleep(0.5)  # the watch stream opens right after the list
+    started = time.monotonic()
+    assert hub.stop() == 0
+    # uvicorn would wait its 10 s graceful timeout for open streams; the hub ends them
+    assert time.monotonic() - started < 5
+    assert "event=hub_stopped" in hub.logs()
+
+
 def test_a_bad_join_token_is_refused_with_a_clear_message(agents: Any, admin: Client) -> None:
     a = agents().start("--join-token", "gujt1_not-a-real-token")
     assert a.wait(timeout=30) == 3

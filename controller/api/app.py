@@ -420,7 +420,7 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """The body of a watch: replay from the log, then follow the notifier."""
     last_bookmark = time.monotonic()
-    while deadline is None or time.monotonic() < deadline:
+    while (deadline is None or time.monotonic() < deadline) and not hub.notifier.closed:
         try:
             changes = await asyncio.to_thread(hub.store.changes, since, 500)
         except StoreError as exc:
