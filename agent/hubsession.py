@@ -106,13 +106,21 @@ class HubSession:
 
     # ------------------------------------------------------------- provider
 
-    def heartbeat(self, inventory: Inventory, usage: Usage) -> dict[str, Any]:
-        """``POST /v1/agents/heartbeat``; the hub stamps the time itself."""
-        body = {
+    def heartbeat(
+        self, inventory: Inventory, usage: Usage, period: float | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/agents/heartbeat``; the hub stamps the time itself.
+
+        ``period`` tells the hub how often to expect the next one: it marks the
+        provider NotReady after three periods of silence.
+        """
+        body: dict[str, Any] = {
             "inventory": inventory.model_dump(mode="json"),
             "usage": usage.model_dump(mode="json"),
             "endpoints": [],
         }
+        if period is not None:
+            body["period"] = period
         return dict(self.client.call("POST", "/v1/agents/heartbeat", json=body))
 
     # ----------------------------------------------------------- placements
@@ -212,7 +220,7 @@ def heartbeat_loop(
     beats = 0
     while not stop.is_set():
         try:
-            session.heartbeat(inventory(), usage())
+            session.heartbeat(inventory(), usage(), period)
         except Exception as exc:  # the loop must outlive anything the hub or psutil does
             delay = backoff.next()
             log.warning(kv("heartbeat_failed", retry_in=f"{delay:g}s", error=_short(exc)))

@@ -296,6 +296,7 @@ class ProviderStatus(Status):
     inventory: Inventory | None = None
     usage: Usage = Field(default_factory=Usage)
     lastHeartbeat: datetime | None = None
+    heartbeatSeconds: float | None = None
     endpoints: list[str] = Field(default_factory=list)
 
 

@@ -260,6 +260,7 @@ def test_heartbeats_fill_inventory_usage_and_last_heartbeat(agents: Any, admin: 
     assert inv["memoryBytes"] == psutil.virtual_memory().total
     assert inv["runtimes"] == ["native"]
     assert prov["status"]["usage"]["workloads"] == 0
+    assert prov["status"]["heartbeatSeconds"] == 0.5  # the hub measures silence by it
     first = datetime.fromisoformat(prov["status"]["lastHeartbeat"])
     wait_for(
         lambda: datetime.fromisoformat(provider(admin, nid)["status"]["lastHeartbeat"]) > first,  # type: ignore[index]

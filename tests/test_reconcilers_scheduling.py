@@ -94,11 +94,15 @@ def add_provider(
     return node
 
 
-def heartbeat(store: Store, node: str, when: datetime | None = None) -> None:
-    """What the hub's heartbeat route writes."""
+def heartbeat(
+    store: Store, node: str, when: datetime | None = None, period: float | None = None
+) -> None:
+    """What the hub's heartbeat route writes (``period``: what the agent said it beats at)."""
     with store.transaction():
         status = dict(store.get("Provider", node)["status"])
         status["lastHeartbeat"] = iso(when or datetime.now(UTC))
+        if period is not None:
+            status["heartbeatSeconds"] = period
         store.update_status("Provider", node, status)
 
 
@@ -363,6 +367,27 @@ def test_a_provider_is_ready_while_it_beats_and_not_ready_three_beats_after_it_s
     controller.reconcile("Provider", node)
     back = condition(store, "Provider", node, "Ready")
     assert back is not None and back["status"] == "True"
+
+
+def test_the_period_an_agent_reports_is_the_one_its_silence_is_measured_by(
+    store: Store,
+) -> None:
+    controller = make_controller(store, heartbeat=30.0)  # the hub's default would wait 90 s
+    node = add_provider(store, 1)
+    heartbeat(store, node, period=0.2)
+    last = datetime.fromisoformat(store.get("Provider", node)["status"]["lastHeartbeat"])
+    controller.reconcile("Provider", node)
+
+    def not_ready() -> bool:
+        cond = condition(store, "Provider", node, "Ready")
+        return cond is not None and cond["status"] == "False"
+
+    run_until(controller, not_ready, "the provider to turn NotReady", timeout=5)
+    cond = condition(store, "Provider", node, "Ready")
+    assert cond is not None
+    assert re.fullmatch(r"no heartbeat for \d+s \(agents beat every 0.2s\)", cond["message"])
+    silence = (datetime.fromisoformat(cond["lastTransitionTime"]) - last).total_seconds()
+    assert 0.6 <= silence < 1.6, f"flipped {silence:.2f}s after the last beat (3 × 0.2s)"
 
 
 def test_a_provider_that_never_beat_is_not_ready(store: Store, controller: Controller) -> None:

@@ -58,6 +58,12 @@ class Heartbeat(BaseModel):
     inventory: Inventory
     usage: Usage
     endpoints: list[str] = Field(default_factory=list, max_length=16)
+    period: float | None = Field(
+        default=None,
+        ge=0.1,
+        le=3600,
+        description="Seconds until the agent's next heartbeat (default: the hub's setting).",
+    )
 
 
 def log_path(hub: Hub, placement: str) -> Path:
@@ -122,6 +128,7 @@ def register(app: FastAPI, hub: Hub) -> None:
             status["usage"] = req.usage.model_dump(mode="json")
             status["endpoints"] = req.endpoints
             status["lastHeartbeat"] = utcnow().isoformat().replace("+00:00", "Z")
+            status["heartbeatSeconds"] = req.period or hub.settings.heartbeat
             hub.store.update_status("Provider", who.name, status)
         return {"ok": True, "heartbeat": hub.settings.heartbeat, "time": time.time()}
 

@@ -1,6 +1,8 @@
 """The Provider reconciler: a provider is Ready while its agent keeps heartbeating.
 
-Agents heartbeat every ``heartbeat`` seconds; the hub stamps
+Each agent says in its heartbeats how often it beats (``gu agent
+--heartbeat``), kept as ``status.heartbeatSeconds``; ``heartbeat`` below is
+that period (the hub's setting for an agent that did not say). The hub stamps
 ``status.lastHeartbeat`` with its own clock (``controller/api/agents.py``), so
 agents' clocks do not matter. A provider is:
 
@@ -58,6 +60,10 @@ def provider_status(
 
     Pure: the reconciler writes the status only if it differs.
     """
+    # the period the agent said it beats at, else the hub's setting
+    reported = status.get("heartbeatSeconds")
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and reported > 0:
+        heartbeat = float(reported)
     limit = MISSED_BEATS * heartbeat
     last = _parse_time(status.get("lastHeartbeat"))
     conditions = [Condition.model_validate(c) for c in status.get("conditions") or []]
