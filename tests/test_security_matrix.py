@@ -25,8 +25,8 @@ naming the missing permission, or 404 where the route hides what exists
 
 Path parameters are real objects made by the ``world`` fixture. A Placement
 exists only once the scheduler has placed a Session on the agent, so the
-Placement rows come in two variants (``needs="placement"`` and
-``needs="no placement"``) and the one that does not apply is skipped.
+Placement rows (``needs="placement"``) need that Placement: the world waits
+for it, and fails rather than skip a row when the scheduler did not place it.
 
 A route served in ``/openapi.json`` that has no row here fails
 ``test_every_route_has_an_entry_in_the_table``: a new route cannot slip in
@@ -166,7 +166,7 @@ class World:
     agent_node: str
     other_node: str
     doomed_nodes: dict[str, str]
-    placement: str | None
+    placement: str
     tokens: dict[str, str | None] = field(default_factory=dict)
     spare_agent_key: Ed25519PrivateKey = field(default_factory=generate_key)
     signer: Ed25519PrivateKey = field(default_factory=generate_key)
@@ -181,7 +181,8 @@ class World:
             "other_node": self.other_node,
             "image": self.image,
             "stray_image": self.stray_image,
-            "placement": self.placement or "no-such-placement",
+            "placement": self.placement,
+            "missing_placement": "no-such-placement",
         }
 
     def headers(self, principal: str) -> dict[str, str]:
@@ -247,13 +248,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 *[session_object(f"doomed-{p.replace('_', '-')}", "a", image) for p in PRINCIPALS],
             ]
         )
-        # a Placement exists only once a scheduler places a-session on the agent
-        try:
-            placement = wait_for(
-                lambda: placement_on(admin, agent_node, "a-session"), timeout=5, what="placement"
-            )
-        except AssertionError:
-            placement = None
+        # a Placement exists once the scheduler places a-session on the agent
+        placement = wait_for(
+            lambda: placement_on(admin, agent_node, "a-session"), timeout=20, what="placement"
+        )
 
         expired = Client(hub.url, admin.key, token_ttl=1).login()
         expired_at = time.monotonic() + 1.2
@@ -404,7 +402,7 @@ class Row:
     """One status per principal, in the order of PRINCIPALS."""
     body: Body | None = None
     needs: str | None = None
-    """"placement" / "no placement": the row applies only in that world."""
+    """"placement": the row's path names the world's Placement."""
 
     def status(self, principal: str) -> int:
         return int(self.expect.split()[PRINCIPALS.index(principal)])
@@ -453,13 +451,11 @@ ROWS: tuple[Row, ...] = (
         heartbeat_body),
     Row("PUT", "/v1/placements/{name}/logs", "/v1/placements/{placement}/logs", AGENT_AND_ADMIN,
         logs_body, "placement"),
-    Row("PUT", "/v1/placements/{name}/logs", "/v1/placements/{placement}/logs", UNKNOWN,
-        logs_body, "no placement"),
+    # permission on the kind first: an app cannot probe which placements exist
+    Row("PUT", "/v1/placements/{name}/logs", "/v1/placements/{missing_placement}/logs",
+        "401 401 401 403 404 403 404", logs_body),
     Row("GET", "/v1/sessions/{name}/logs", "/v1/sessions/{session}/logs", HIDDEN_SESSION,
         needs="placement"),
-    # without placements there are no logs: 404 to whoever may read the Session
-    Row("GET", "/v1/sessions/{name}/logs", "/v1/sessions/{session}/logs",
-        "401 401 401 403 403 404 404", needs="no placement"),
     # Provider Information API: every app reads it; an agent sees only its own node
     Row("GET", "/peers", "/peers", SIGNED_IN),
     Row("GET", "/peers/{nodeId}", "/peers/{own_node}", SIGNED_IN),
@@ -479,11 +475,8 @@ ROWS: tuple[Row, ...] = (
         APPS_AND_ADMIN),
     Row("GET", "/v1/images/{hash}/signatures", "/v1/images/{image}/signatures", SIGNED_IN,
         needs="placement"),
-    Row("GET", "/v1/images/{hash}/signatures", "/v1/images/{image}/signatures", APPS_AND_ADMIN,
-        needs="no placement"),
     Row("GET", "/v1/images/{hash}", "/v1/images/{stray_image}", APPS_AND_ADMIN),
     Row("GET", "/v1/images/{hash}", "/v1/images/{image}", SIGNED_IN, needs="placement"),
-    Row("GET", "/v1/images/{hash}", "/v1/images/{image}", APPS_AND_ADMIN, needs="no placement"),
     # watch: without a kind everyone gets a stream filtered to what it may see
     Row("GET", W, f"{W}?{WT}", SIGNED_IN),
     Row("GET", W, f"{W}?kind=Session&{WT}", "401 401 401 200 403 200 200"),
@@ -504,7 +497,6 @@ ROWS: tuple[Row, ...] = (
     Row("GET", ON, "/v1/providers/{own_node}", SIGNED_IN),
     Row("GET", ON, "/v1/providers/{other_node}", "401 401 401 200 404 200 200"),
     Row("GET", ON, "/v1/placements/{placement}", AGENT_AND_ADMIN, needs="placement"),
-    Row("GET", ON, "/v1/placements/{placement}", UNKNOWN, needs="no placement"),
     Row("GET", ON, "/v1/apps/a", ADMIN_ONLY),
     Row("GET", ON, "/v1/imagepolicies/a-may-run", ADMIN_ONLY),
     Row("GET", ON, "/v1/priorities/{doomed}", ADMIN_ONLY),
@@ -515,7 +507,6 @@ ROWS: tuple[Row, ...] = (
     Row("GET", ONE, "/v1/providers/{own_node}/events", SIGNED_IN),
     Row("GET", ONE, "/v1/providers/{other_node}/events", "401 401 401 200 404 200 200"),
     Row("GET", ONE, "/v1/placements/{placement}/events", AGENT_AND_ADMIN, needs="placement"),
-    Row("GET", ONE, "/v1/placements/{placement}/events", UNKNOWN, needs="no placement"),
     Row("GET", ONE, "/v1/apps/a/events", ADMIN_ONLY),
     Row("GET", ONE, "/v1/imagepolicies/a-may-run/events", ADMIN_ONLY),
     # status writes: the admin (controllers), and an agent for its own Provider/Placements
@@ -527,8 +518,6 @@ ROWS: tuple[Row, ...] = (
         current_status("Provider", "other_node")),
     Row("PUT", ONS, "/v1/placements/{placement}/status", AGENT_AND_ADMIN,
         current_status("Placement", "placement"), "placement"),
-    Row("PUT", ONS, "/v1/placements/{placement}/status", UNKNOWN,
-        current_status("Placement", "placement"), "no placement"),
     Row("PUT", ONS, "/v1/priorities/{doomed}/status", ADMIN_ONLY,
         current_status("Priority", "doomed")),
     # deletes: each principal aims at an object of its own (see World.names)
@@ -541,7 +530,6 @@ ROWS: tuple[Row, ...] = (
     # the agent may not delete its own Placement (only the hub ends one)
     Row("DELETE", ON, "/v1/placements/{placement}", "401 401 401 403 403 403 404",
         needs="placement"),
-    Row("DELETE", ON, "/v1/placements/{placement}", UNKNOWN, needs="no placement"),
     # apply: an app only its own Sessions; no one but the admin anything else
     Row("POST", A, A, OWN_SESSION, apply_session),
     Row("POST", A, A, ADMIN_ONLY, apply_self_grant),
@@ -585,10 +573,8 @@ def test_every_row_has_one_status_per_principal() -> None:
 def test_route_answers_each_principal_as_the_table_says(
     world: World, row: Row, principal: str
 ) -> None:
-    if row.needs == "placement" and world.placement is None:
-        pytest.skip("no Placement exists (no scheduler placed a-session yet)")
-    if row.needs == "no placement" and world.placement is not None:
-        pytest.skip("a Placement exists")
+    if row.needs == "placement":
+        assert world.placement, "the world's Placement is gone"
     path = _row_path(row, world, principal)
     kwargs = row.body(world, principal) if row.body else {}
     resp = httpx.request(

@@ -135,7 +135,11 @@ def register(app: FastAPI, hub: Hub) -> None:
     @app.put("/v1/placements/{name}/logs", tags=["agents"], openapi_extra=raw_body("text/plain"))
     async def put_logs(name: str, request: Request, who: Caller) -> dict[str, Any]:
         """The agent uploads the tail of a workload's output (at most 1 MiB)."""
-        placement = hub.store.get("Placement", name)
+        # permission on the kind first, so a caller without it cannot probe names
+        authz.check(who, "status", "Placement")
+        placement = hub.store.try_get("Placement", name)
+        if placement is None or not authz.visible(who, "Placement", placement):
+            raise NotFound(f"Placement/{name} not found")
         authz.check(who, "status", "Placement", placement)
         body = await request.body()
         if len(body) > MAX_LOG_BYTES:
