@@ -33,12 +33,11 @@ from typing import Any, Final, Protocol
 import httpx
 
 from agent import kv
-from controller.client import ApiError, Client, HubUnreachable
+from controller.client import WATCH_READ_TIMEOUT, ApiError, Client, HubUnreachable
 from specs.kinds import Inventory, Usage
 
 log = logging.getLogger("gu.agent.hub")
 
-WATCH_READ_TIMEOUT: Final = 35.0
 WATCH_SERVER_TIMEOUT: Final = 300.0
 IMAGE_READ_TIMEOUT: Final = 60.0
 
@@ -127,8 +126,7 @@ class HubSession:
 
     def list_placements(self) -> tuple[list[dict[str, Any]], int]:
         """This node's Placements (the hub shows an agent only its own) and the list's rv."""
-        answer = self.client.call("GET", "/v1/placements")
-        return list(answer["items"]), int(answer["resourceVersion"])
+        return self.client.list_at("Placement")
 
     def get_placement(self, name: str) -> dict[str, Any] | None:
         """One Placement as the hub has it now, or None when it is gone."""

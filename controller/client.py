@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controller.config import load_config
 from specs.identity import LOGIN_PAYLOAD_TYPE, load_private_key, login_body, public_key_str, sign
 from specs.kinds import plural, resolve_kind
+
+WATCH_READ_TIMEOUT: Final = 35.0
+"""Seconds of silence after which a watch counts the hub as gone (it sends a BOOKMARK every 10 s)."""
 
 
 class ApiError(Exception):
@@ -177,8 +180,16 @@ class Client:
         return dict(self.call("GET", path_for(kind, name)))
 
     def list(self, kind: str, selector: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Objects of ``kind`` (``selector``: ``k=v,k2`` labels)."""
+        return self.list_at(kind, selector)[0]
+
+    def list_at(
+        self, kind: str, selector: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """Objects of ``kind`` and the resourceVersion the list was taken at (to watch from)."""
         params = {"labelSelector": selector} if selector else None
-        return list(self.call("GET", path_for(kind), params=params)["items"])
+        answer = self.call("GET", path_for(kind), params=params)
+        return list(answer["items"]), int(answer.get("resourceVersion") or 0)
 
     def apply(
         self,
@@ -210,11 +221,14 @@ class Client:
         *,
         kinds: builtins.list[str] | None = None,
         timeout: float | None = None,
+        read_timeout: float = WATCH_READ_TIMEOUT,
     ) -> Iterator[dict[str, Any]]:
         """Stream change events after ``resource_version`` (``{type, object, resourceVersion}``).
 
         ``timeout`` ends the stream server-side after that many seconds; BOOKMARK
-        events (``object`` None) carry the rv reached while nothing changed.
+        events (``object`` None) carry the rv reached while nothing changed. A
+        hub silent for ``read_timeout`` seconds (no event, no bookmark) raises
+        ``HubUnreachable``, so a dead connection never hangs the caller.
         """
         params: dict[str, Any] = {"resourceVersion": resource_version}
         if kinds:
@@ -224,7 +238,11 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token()}"}
         try:
             with self.http.stream(
-                "GET", "/v1/watch", params=params, headers=headers, timeout=None
+                "GET",
+                "/v1/watch",
+                params=params,
+                headers=headers,
+                timeout=httpx.Timeout(30.0, read=read_timeout),
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()

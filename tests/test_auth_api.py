@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 
 import httpx
+import pytest
 
-from controller.client import ApiError, Client
+from controller.client import ApiError, Client, HubUnreachable
 from specs.identity import LOGIN_PAYLOAD_TYPE, generate_key, login_body, public_key_str, sign
 from tests.conftest import HubProcess
 
@@ -156,3 +158,29 @@ def test_watch_streams_changes_after_a_resource_version(hub: HubProcess) -> None
     assert (events[0]["type"], events[0]["object"]["spec"]["value"]) == ("MODIFIED", 9)
     assert all(e["resourceVersion"] > rv for e in events)
     assert {e["object"]["metadata"]["generation"] for e in events} == {2}
+
+
+def test_list_at_gives_the_rv_a_watch_continues_from(hub: HubProcess) -> None:
+    client = hub.client()
+    client.apply([PRIO])
+    items, rv = client.list_at("Priority")
+    assert [o["metadata"]["name"] for o in items] == ["p"]
+    assert rv >= items[0]["metadata"]["resourceVersion"]
+    client.apply([{**PRIO, "spec": {"value": 7}}])
+    events = [e for e in client.watch(rv, kinds=["Priority"], timeout=1) if e["object"]]
+    assert events and all(e["resourceVersion"] > rv for e in events)
+    assert events[0]["object"]["spec"]["value"] == 7
+
+
+def test_a_watch_on_a_frozen_hub_gives_up_after_its_read_timeout(hub: HubProcess) -> None:
+    client = hub.client()
+    rv = client.list_at("Priority")[1]
+    stream = client.watch(rv, read_timeout=1.0)
+    assert hub.proc is not None
+    hub.proc.send_signal(signal.SIGSTOP)  # alive, connected, silent: no bookmark comes
+    try:
+        with pytest.raises(HubUnreachable, match="watch: lost the hub"):
+            next(stream)
+    finally:
+        hub.proc.send_signal(signal.SIGCONT)
+    assert client.list("Priority") == []  # the hub itself is fine again

@@ -32,7 +32,7 @@ from controller.cli.output import (
     row_for,
 )
 from controller.cli.state import CliState, pass_state
-from controller.client import ApiError, Client, path_for
+from controller.client import ApiError, Client
 from controller.store import match_labels, parse_selector
 from specs.kinds import plural, resolve_kind
 from specs.loader import load_paths
@@ -53,15 +53,6 @@ def get_or_not_found(client: Client, kind: str, name: str) -> dict[str, Any]:
         if exc.status == 404:
             raise not_found(kind, name) from None
         raise
-
-
-def _list_with_rv(
-    client: Client, kind: str, selector: str | None
-) -> tuple[list[dict[str, Any]], int]:
-    """Objects of ``kind`` and the resourceVersion the list was taken at."""
-    params = {"labelSelector": selector} if selector else None
-    answer = client.call("GET", path_for(kind), params=params)
-    return list(answer["items"]), int(answer.get("resourceVersion") or 0)
 
 
 def _render(objects: Sequence[dict[str, Any]], output: str, single: bool, kind: str) -> str:
@@ -132,7 +123,7 @@ def _get_and_watch(
 ) -> None:
     """List, then print a row (or document) per change until Ctrl-C."""
     wanted = parse_selector(selector)
-    items, rv = _list_with_rv(client, kind, selector)
+    items, rv = client.list_at(kind, selector)
     items = [o for o in items if _matches(o, name, wanted)]
     if name and not items:
         raise not_found(kind, name)
@@ -157,7 +148,7 @@ def _get_and_watch(
         while True:
             resume = _follow(client, kind, rv, lambda o: _matches(o, name, wanted), show)
             if resume is None:  # fell behind the change log: list again, show it all
-                items, rv = _list_with_rv(client, kind, selector)
+                items, rv = client.list_at(kind, selector)
                 for obj in items:
                     if _matches(obj, name, wanted):
                         show("ADDED", obj)
