@@ -504,12 +504,18 @@ def test_cache_pulls_and_verifies_exact_bytes_at_every_block_edge(
             shutil.rmtree(root, ignore_errors=True)
 
 
+def pipe_through(path: Path, data: bytes) -> _PullPipeline:
+    """Pull ``data`` into ``path`` through the pipeline, in 1 MiB chunks; checks the hash."""
+    pipeline = _PullPipeline(path)
+    for chunk in chunks_of(data, 1 << 20):
+        pipeline.feed(chunk)
+    assert pipeline.close().hash == sha3(data)
+    return pipeline
+
+
 def test_the_cache_writes_with_o_direct(tmp_path: Path) -> None:
     data = os.urandom(5 * MiB + 7)
-    writer = _PullPipeline(tmp_path / "f")
-    for chunk in chunks_of(data, 1 << 20):
-        writer.feed(chunk)
-    assert writer.close().hash == sha3(data)
+    writer = pipe_through(tmp_path / "f", data)
     assert writer.direct is True
     assert (tmp_path / "f").read_bytes() == data
     assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))
@@ -530,10 +536,7 @@ def test_a_file_system_without_o_direct_gets_buffered_io(
 
     monkeypatch.setattr(os, "open", open_)
     data = os.urandom(5 * MiB + 7)
-    writer = _PullPipeline(tmp_path / "f")
-    for chunk in chunks_of(data, 1 << 20):
-        writer.feed(chunk)
-    assert writer.close().hash == sha3(data)
+    writer = pipe_through(tmp_path / "f", data)
     assert writer.direct is False
     assert (tmp_path / "f").read_bytes() == data
     assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))

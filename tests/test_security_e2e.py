@@ -129,6 +129,18 @@ class Pool:
     def placements(self, session: str) -> list[dict[str, Any]]:
         return self.admin.list("Placement", selector=f"gu/session={session}")
 
+    def only_placement(self, session: str, state: str) -> dict[str, Any]:
+        """Wait (30 s at most) for the session's one placement to reach ``state``."""
+        placements = wait_for(
+            lambda: (
+                (ps := self.placements(session)) and ps[0]["status"].get("state") == state and ps
+            ),
+            timeout=30,
+            what=f"{session}'s placement to be {state}",
+        )
+        assert len(placements) == 1
+        return placements[0]
+
     def delete_session(self, name: str) -> None:
         self.gu("delete", "session", name)
         wait_for(lambda: not self.placements(name), timeout=30, what=f"{name}'s placements gone")
@@ -260,13 +272,7 @@ def test_an_image_allowed_only_by_signature_runs(pool: Pool) -> None:
     pool.policy("a-signed", allowImagesSignedBy=[pool.signer_pub])
     marker = f"{MARK_PREFIX}-signed"
     pool.gu("apply", "-f", str(pool.session_file("signed", image, marker)))
-    (p,) = wait_for(
-        lambda: (
-            (ps := pool.placements("signed")) and ps[0]["status"].get("state") == "Running" and ps
-        ),
-        timeout=30,
-        what="the signed image's placement to run",
-    )
+    p = pool.only_placement("signed", "Running")
     assert p["spec"]["admission"]["allowedBy"] == "signature"
     assert p["spec"]["admission"]["signerKeys"] == [pool.signer_pub]
     wait_for(lambda: pool.proof(marker).exists(), timeout=10, what="the proof file")
@@ -316,13 +322,7 @@ def test_a_byte_flipped_in_the_hubs_stored_image_runs_nothing(pool: Pool) -> Non
 
     marker = f"{MARK_PREFIX}-tampered"
     pool.gu("apply", "-f", str(pool.session_file("tampered", image, marker)))
-    (p,) = wait_for(
-        lambda: (
-            (ps := pool.placements("tampered")) and ps[0]["status"].get("state") == "Failed" and ps
-        ),
-        timeout=30,
-        what="the placement to fail",
-    )
+    p = pool.only_placement("tampered", "Failed")
     assert p["status"]["reason"] == "ImageHashMismatch", p["status"]
     session = wait_for(
         lambda: (
