@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.auth import Authenticator, Principal
 from controller.config import Context, config_path, load_config
+from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
 from controller.store import Store
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
@@ -130,6 +131,7 @@ class Hub:
         self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.notifier = ChangeNotifier()
+        self.heartbeats = HeartbeatBatcher(self.store)
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
         from controller.reconcile.engine import Controller
@@ -199,6 +201,7 @@ class Hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         reconcile = asyncio.create_task(self.controller.run(stop), name="reconcile")
+        beats = asyncio.create_task(self.heartbeats.run(stop), name="heartbeats")
         serving = asyncio.create_task(server.serve(), name="api")
         log.info(
             "event=hub_started hub_id=%s url=%s state_dir=%s",
@@ -215,7 +218,7 @@ class Hub:
         # shutdown does not wait its full timeout for them; clients re-watch.
         self.notifier.close()
         server.should_exit = True
-        await asyncio.wait({serving, reconcile}, timeout=10)
+        await asyncio.wait({serving, reconcile, beats}, timeout=10)
         self.store.close()
         log.info("event=hub_stopped")
 

@@ -3,6 +3,9 @@
 Run: ``python tests/bench/bench_pool.py [--agents 1000] [--sessions 1000] [--count 10]
 [--heartbeat-seconds 20]``. Prints one JSON line per figure.
 
+0. Heartbeat writes, in process: the store's cost of 1,000 heartbeats batched
+   the way the hub writes them (``controller.heartbeats``), against one
+   transaction per beat in the same run.
 1. Enrolment: ``--agents`` simulated agents, each with its own Ed25519 key, enrol
    through the real API (challenge, signed join) and send one heartbeat with an
    inventory, so the hub sees that many Ready providers.
@@ -266,6 +269,41 @@ async def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) 
         emit("hub_cpu_percent_under_heartbeats", cpu, "% of one core")
 
 
+def bench_heartbeat_writes(directory: Path, beats: int = 1000) -> None:
+    """The store's cost of ``beats`` heartbeats: batched as the hub writes them, against
+    one transaction (one fsync) per beat, the baseline, in the same run."""
+    from controller.heartbeats import HeartbeatBatcher
+    from controller.store import Store
+    from tests.test_reconcilers_scheduling import add_provider
+
+    store = Store(directory / "beats.db")
+    try:
+        nodes = [add_provider(store, i + 1) for i in range(min(beats, 250))]
+
+        def fields(n: int) -> dict[str, Any]:
+            return {"lastHeartbeat": f"2026-01-01T00:00:{n % 60:02d}Z", "usage": {"workloads": n}}
+
+        started = time.perf_counter()
+        for n in range(beats):
+            node = nodes[n % len(nodes)]
+            with store.transaction():
+                cur = store.get("Provider", node)
+                store.update_status("Provider", node, {**cur["status"], **fields(n)})
+        each = beats / (time.perf_counter() - started)
+        batcher = HeartbeatBatcher(store)
+        started = time.perf_counter()
+        for n in range(beats):  # 200 beats per flush: 1,000 agents' beats of one second
+            batcher.record(nodes[n % len(nodes)], fields(n + 1))
+            if n % 200 == 199:
+                batcher.flush()
+        batcher.flush()
+        batched = beats / (time.perf_counter() - started)
+    finally:
+        store.close()
+    emit("heartbeat_store_writes_one_transaction_each_baseline", each, "beats/s", beats=beats)
+    emit("heartbeat_store_writes_batched", batched, "beats/s", ratio=round(batched / each, 2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000)
@@ -274,6 +312,7 @@ def main() -> None:
     ap.add_argument("--heartbeat-seconds", type=float, default=20.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
+        bench_heartbeat_writes(Path(d))
         proc, url, cfg = start_hub(Path(d))
         try:
             client = Client.from_config(cfg)
