@@ -6,6 +6,7 @@ import base64
 import json
 import signal
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from controller.client import ApiError, Client, HubUnreachable
 from specs.identity import LOGIN_PAYLOAD_TYPE, generate_key, login_body, public_key_str, sign
 from tests.conftest import HubProcess
+from tests.helpers import wait_for
 
 PRIO = {"apiVersion": "gu/v1", "kind": "Priority", "metadata": {"name": "p"}, "spec": {"value": 1}}
 
@@ -148,10 +150,23 @@ def test_stale_status_write_is_a_conflict(hub: HubProcess) -> None:
         raise AssertionError("stale write accepted")
 
 
+def reconciled(client: Client, kind: str, name: str) -> dict[str, Any]:
+    """The object once the hub's reconciler has written its status for this generation."""
+    return wait_for(
+        lambda: (
+            (o := client.get(kind, name))["status"].get("observedGeneration")
+            == o["metadata"]["generation"]
+            and o
+        ),
+        timeout=10,
+        what=f"{kind}/{name} reconciled",
+    )
+
+
 def test_watch_streams_changes_after_a_resource_version(hub: HubProcess) -> None:
     client = hub.client()
     client.apply([PRIO])
-    rv = client.get("Priority", "p")["metadata"]["resourceVersion"]
+    rv = reconciled(client, "Priority", "p")["metadata"]["resourceVersion"]
     client.apply([{**PRIO, "spec": {"value": 9}}])
     events = [e for e in client.watch(rv, kinds=["Priority"], timeout=1) if e["object"]]
     # the spec change first; status writes by the reconciler may follow it
@@ -163,6 +178,7 @@ def test_watch_streams_changes_after_a_resource_version(hub: HubProcess) -> None
 def test_list_at_gives_the_rv_a_watch_continues_from(hub: HubProcess) -> None:
     client = hub.client()
     client.apply([PRIO])
+    reconciled(client, "Priority", "p")  # its status write comes before the list
     items, rv = client.list_at("Priority")
     assert [o["metadata"]["name"] for o in items] == ["p"]
     assert rv >= items[0]["metadata"]["resourceVersion"]
