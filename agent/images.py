@@ -160,7 +160,7 @@ _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
 def _open_direct(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
-    """Open with O_DIRECT where the file system takes it (not tmpfs); (fd, direct)."""
+    """Open with O_DIRECT where the file system takes it (old tmpfs, some FUSE mounts do not)."""
     if _O_DIRECT:
         try:
             return os.open(path, flags | _O_DIRECT, mode), True
