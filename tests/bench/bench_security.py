@@ -45,6 +45,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from agent.hubsession import tune_http_reads  # noqa: E402
 from agent.images import ImageCache  # noqa: E402
 from controller.auth import Authenticator, Principal  # noqa: E402
 from controller.client import Client  # noqa: E402
@@ -152,6 +153,7 @@ def bench_images(hub: HubProcess, workdir: Path, size_mib: int, runs: int) -> No
     admin = hub.client()
     headers = {"Authorization": f"Bearer {admin.token()}"}
 
+    tune_http_reads()  # as the agent's HubSession does
     with httpx.Client(base_url=hub.url, headers=headers, timeout=600) as http:
         push_s = timed(
             lambda: http.post(
