@@ -196,9 +196,12 @@ class HubSession:
         """Replace a placement's status (409 when it changed since ``resource_version``)."""
         return self.client.update_status("Placement", name, status, resource_version)
 
-    def put_logs(self, name: str, data: bytes) -> None:
-        """Upload the tail of a workload's output (the hub keeps the last 1 MiB)."""
-        self.client.request("PUT", f"/v1/placements/{name}/logs", content=data)
+    def put_logs(self, name: str, data: bytes, run: int = 0) -> None:
+        """Upload the tail of a workload's output (the hub keeps the last 1 MiB).
+
+        ``run`` counts restarts in place; the hub keeps the previous run's copy.
+        """
+        self.client.request("PUT", f"/v1/placements/{name}/logs", content=data, params={"run": run})
 
     # --------------------------------------------------------------- images
 

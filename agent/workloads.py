@@ -103,8 +103,8 @@ class HubPort(Protocol):
         """Replace a placement's status; returns the updated placement."""
         ...
 
-    def put_logs(self, name: str, data: bytes) -> None:
-        """Upload a placement's log tail."""
+    def put_logs(self, name: str, data: bytes, run: int) -> None:
+        """Upload a placement's log tail; ``run`` counts its restarts in place."""
         ...
 
     def get_placement(self, name: str) -> dict[str, Any] | None:
@@ -721,7 +721,7 @@ class WorkloadReconciler:
         digest = hashlib.sha256(data).digest()
         if digest != work.logs_digest:
             try:
-                self.hub.put_logs(name, data)
+                self.hub.put_logs(name, data, work.restarts)
             except ApiError as exc:
                 log.warning(kv("logs_upload_failed", name=name, status=exc.status, error=exc))
                 return  # state not recorded: the next pass tries again

@@ -325,6 +325,7 @@ class FakeHub:
         self.placements: dict[str, dict[str, Any]] = {}
         self.images: dict[str, bytes] = {}
         self.logs: dict[str, bytes] = {}
+        self.log_runs: dict[str, list[int]] = {}
         self.writes: list[tuple[str, dict[str, Any]]] = []
         self.pulls = 0
         self.rv = 100
@@ -379,8 +380,9 @@ class FakeHub:
         self.writes.append((name, copy.deepcopy(status)))
         return copy.deepcopy(obj)
 
-    def put_logs(self, name: str, data: bytes) -> None:
+    def put_logs(self, name: str, data: bytes, run: int) -> None:
         self.logs[name] = data
+        self.log_runs.setdefault(name, []).append(run)
 
     def get_placement(self, name: str) -> dict[str, Any] | None:
         obj = self.placements.get(name)
@@ -650,6 +652,8 @@ def test_on_failure_restarts_in_place_with_a_doubling_backoff(local: Any) -> Non
     assert "restart 1 in 1s" in backoffs[0]["message"]
     assert any("in 2s" in w["message"] for w in backoffs)  # 1 s, then 2 s
     assert fake.pulls == 1  # restarts reuse the cached (and re-verified) image
+    runs = fake.log_runs["p-crash"]
+    assert runs == sorted(runs) and runs[0] == 0 and runs[-1] >= 1  # each run's output named
 
 
 def test_suspend_resume_and_stop_follow_desired_state(local: Any) -> None:

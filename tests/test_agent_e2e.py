@@ -27,7 +27,7 @@ import pytest
 from controller.client import ApiError, Client
 from specs.images import pack_native
 from tests.conftest import HubProcess, make_hub
-from tests.helpers import wait_for
+from tests.helpers import run_gu, wait_for
 from tests.test_agent import AgentProcess
 
 RUN_SH = """#!/bin/sh
@@ -39,6 +39,14 @@ while [ "$2" = 0 ] || [ "$i" -lt "$2" ]; do
   sleep 0.2
 done
 echo "done $1"
+"""
+CRASH_SH = """#!/bin/sh
+# $1: a marker; $2: a file counting the runs (each run has a fresh folder)
+n=$(cat "$2" 2>/dev/null || echo 0)
+n=$((n + 1))
+echo "$n" > "$2"
+echo "run $n $1"
+exit 1
 """
 MARK_PREFIX = f"gu-e2e-{uuid.uuid4().hex[:8]}"
 
@@ -295,3 +303,56 @@ def test_deleting_a_session_leaves_no_workload_processes(pool: Pool) -> None:
     for a in pool.agents:
         runtime_dir = Path(a.state_dir) / "runtimes" / "native"
         assert not any(d.name.startswith("del-") for d in runtime_dir.iterdir())
+
+
+def run_number(text: str, marker: str) -> int:
+    runs = [int(line.split()[1]) for line in text.splitlines() if line.endswith(marker)]
+    assert len(runs) == 1, text
+    return runs[0]
+
+
+def test_a_restarted_workload_keeps_the_previous_runs_output(pool: Pool, tmp_path: Path) -> None:
+    wait_for(lambda: all_ready(pool), timeout=30, what="3 ready peers")
+    folder = tmp_path / "crash"
+    folder.mkdir()
+    (folder / "run.sh").write_text(CRASH_SH)
+    (folder / "run.sh").chmod(0o755)
+    crash = pack_native(folder, tmp_path / "crash.tar.gz")
+    with open(tmp_path / "crash.tar.gz", "rb") as f:
+        pool.admin.request("POST", "/v1/images", content=f)
+    policy = pool.admin.get("ImagePolicy", "e2e")
+    pool.admin.apply([{**policy, "spec": {**policy["spec"], "allowImages": [pool.image, crash]}}])
+    marker = f"{MARK_PREFIX}-crash"
+    session = {
+        "apiVersion": "gu/v1",
+        "kind": "Session",
+        "metadata": {"name": "crash"},
+        "spec": {
+            "app": "e2e",
+            "workload": {
+                "runtime": "native",
+                "image": {"hash": crash},
+                "command": ["./run.sh"],
+                "args": [marker, str(tmp_path / "runs")],
+                "resources": {"cpu": 0.1, "memoryMiB": 16},
+            },
+            "restartPolicy": "OnFailure",
+        },
+    }
+    pool.admin.apply([session])
+    logs = "/v1/sessions/crash/logs"
+    # the previous copy first: a restart between the two reads only widens the gap
+    previous, current = wait_for(
+        lambda: (
+            (prev := pool.admin.request("GET", logs, params={"previous": "true"}).text)
+            and (cur := pool.admin.request("GET", logs).text)
+            and (prev, cur)
+        ),
+        timeout=30,
+        what="a restart in place with both runs' output on the hub",
+    )
+    assert run_number(previous, marker) < run_number(current, marker)
+    shown = run_gu("logs", "crash", "--previous", env=pool.hub.env)
+    assert shown.returncode == 0 and f" {marker}" in shown.stdout, shown.stderr
+    pool.admin.delete("Session", "crash")
+    wait_for(lambda: session_gone(pool, "crash"), timeout=30, what="Session crash to go")

@@ -8,6 +8,7 @@ stamps ``lastHeartbeat`` with its own clock, so agents' clocks do not matter.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,29 @@ class Heartbeat(BaseModel):
     )
 
 
-def log_path(hub: Hub, placement: str) -> Path:
-    return hub.settings.state_dir / "logs" / f"{placement}.log"
+def log_path(hub: Hub, placement: str, previous: bool = False) -> Path:
+    """The hub's copy of a placement's output: the current run's, or the run before it."""
+    suffix = ".previous.log" if previous else ".log"
+    return hub.settings.state_dir / "logs" / f"{placement}{suffix}"
+
+
+def _store_logs(hub: Hub, name: str, body: bytes, run: int | None) -> None:
+    """Replace the current run's copy; when ``run`` moves on, keep the old one as previous."""
+    path = log_path(hub, name)
+    run_file = path.with_suffix(".run")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if run is not None:
+        try:
+            stored = int(run_file.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if stored is not None and stored != run and path.exists():
+            path.replace(log_path(hub, name, previous=True))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(body)
+    tmp.replace(path)
+    if run is not None:
+        run_file.write_text(str(run))
 
 
 def register(app: FastAPI, hub: Hub) -> None:
@@ -137,8 +159,17 @@ def register(app: FastAPI, hub: Hub) -> None:
         return {"ok": True, "heartbeat": hub.settings.heartbeat, "time": time.time()}
 
     @app.put("/v1/placements/{name}/logs", tags=["agents"], openapi_extra=raw_body("text/plain"))
-    async def put_logs(name: str, request: Request, who: Caller) -> dict[str, Any]:
-        """The agent uploads the tail of a workload's output (at most 1 MiB)."""
+    async def put_logs(
+        name: str,
+        request: Request,
+        who: Caller,
+        run: int | None = Query(default=None, ge=0, le=1_000_000),
+    ) -> dict[str, Any]:
+        """The agent uploads the tail of a workload's output (at most 1 MiB).
+
+        ``run`` counts the workload's restarts in place: the first upload of a
+        new run keeps the previous run's copy (``GET …/logs?previous=true``).
+        """
         # permission on the kind first, so a caller without it cannot probe names
         authz.check(who, "status", "Placement")
         placement = hub.store.try_get("Placement", name)
@@ -148,11 +179,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         body = await request.body()
         if len(body) > MAX_LOG_BYTES:
             body = body[-MAX_LOG_BYTES:]
-        path = log_path(hub, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(body)
-        tmp.replace(path)
+        await asyncio.to_thread(_store_logs, hub, name, body, run)
         return {"bytes": len(body)}
 
     @app.get("/v1/sessions/{name}/logs", response_class=PlainTextResponse, tags=["objects"])
@@ -160,8 +187,10 @@ def register(app: FastAPI, hub: Hub) -> None:
         name: str,
         who: Caller,
         node: str | None = Query(default=None, max_length=64),
+        previous: bool = Query(default=False),
     ) -> str:
-        """Output of a session's workloads, one section per placement."""
+        """Output of a session's workloads, one section per placement (``previous``: the
+        run before the last restart in place)."""
         authz.check(who, "get", "Session")
         session = hub.store.try_get("Session", name)
         if session is None or not authz.visible(who, "Session", session):
@@ -178,7 +207,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         parts = []
         for p in placements:
             pname = p["metadata"]["name"]
-            path = log_path(hub, pname)
+            path = log_path(hub, pname, previous)
             text = path.read_text(errors="replace") if path.exists() else ""
             if len(placements) > 1:
                 parts.append(f"==> {pname} on {p['spec'].get('node')} <==\n")

@@ -96,10 +96,15 @@ def peer_command(state: CliState, node: str, output: str) -> None:
 @click.command("logs")
 @click.argument("session")
 @click.option("--node", metavar="NODE", help="Only the placement on this node (id or name).")
+@click.option(
+    "--previous", is_flag=True, help="The run before the last restart in place (OnFailure/Always)."
+)
 @pass_state
-def logs_command(state: CliState, session: str, node: str | None) -> None:
+def logs_command(state: CliState, session: str, node: str | None, previous: bool) -> None:
     """Print the output of a session's workloads (the latest tail the agents uploaded)."""
-    params = {"node": node} if node else None
+    params: dict[str, str] = {"node": node} if node else {}
+    if previous:
+        params["previous"] = "true"
     resp = state.client().request("GET", f"/v1/sessions/{session}/logs", params=params)
     click.echo(resp.text, nl=False)
 
