@@ -69,8 +69,8 @@ class Heartbeat(BaseModel):
 
 def log_path(hub: Hub, placement: str, previous: bool = False) -> Path:
     """The hub's copy of a placement's output: the current run's, or the run before it."""
-    suffix = ".previous.log" if previous else ".log"
-    return hub.settings.state_dir / "logs" / f"{placement}{suffix}"
+    logs = hub.settings.state_dir / "logs"
+    return (logs / "previous" if previous else logs) / f"{placement}.log"
 
 
 def _store_logs(hub: Hub, name: str, body: bytes, run: int | None) -> None:
@@ -84,7 +84,9 @@ def _store_logs(hub: Hub, name: str, body: bytes, run: int | None) -> None:
         except (OSError, ValueError):
             stored = None
         if stored is not None and stored != run and path.exists():
-            path.replace(log_path(hub, name, previous=True))
+            kept = log_path(hub, name, previous=True)
+            kept.parent.mkdir(exist_ok=True)
+            path.replace(kept)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(body)
     tmp.replace(path)
