@@ -88,6 +88,19 @@ def workload_pids(marker: str) -> set[int]:
     return out
 
 
+def push_script_image(admin: Client, tmp: Path, name: str, script: str) -> str:
+    """Pack ``script`` as ``run.sh`` of a native image, push it, and return its hash."""
+    folder = tmp / name
+    folder.mkdir()
+    (folder / "run.sh").write_text(script)
+    (folder / "run.sh").chmod(0o755)
+    image = pack_native(folder, tmp / f"{name}.tar.gz")
+    with open(tmp / f"{name}.tar.gz", "rb") as f:
+        pushed = admin.request("POST", "/v1/images", content=f).json()
+    assert pushed["hash"] == image
+    return image
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     tmp = tmp_path_factory.mktemp("pool")
@@ -101,14 +114,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             a = AgentProcess(hub, tmp / f"agent-{i}", tmp / f"agent-{i}.log")
             a.start("--join-token", token, "--name", f"box-{i}", "--heartbeat", "1")
             agents.append(a)
-        folder = tmp / "loop"
-        folder.mkdir()
-        (folder / "run.sh").write_text(RUN_SH)
-        (folder / "run.sh").chmod(0o755)
-        image = pack_native(folder, tmp / "loop.tar.gz")
-        with open(tmp / "loop.tar.gz", "rb") as f:
-            pushed = admin.request("POST", "/v1/images", content=f).json()
-        assert pushed["hash"] == image
+        image = push_script_image(admin, tmp, "loop", RUN_SH)
         admin.apply(
             [
                 {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "e2e"}, "spec": {}},
@@ -313,13 +319,7 @@ def run_number(text: str, marker: str) -> int:
 
 def test_a_restarted_workload_keeps_the_previous_runs_output(pool: Pool, tmp_path: Path) -> None:
     wait_for(lambda: all_ready(pool), timeout=30, what="3 ready peers")
-    folder = tmp_path / "crash"
-    folder.mkdir()
-    (folder / "run.sh").write_text(CRASH_SH)
-    (folder / "run.sh").chmod(0o755)
-    crash = pack_native(folder, tmp_path / "crash.tar.gz")
-    with open(tmp_path / "crash.tar.gz", "rb") as f:
-        pool.admin.request("POST", "/v1/images", content=f)
+    crash = push_script_image(pool.admin, tmp_path, "crash", CRASH_SH)
     policy = pool.admin.get("ImagePolicy", "e2e")
     pool.admin.apply([{**policy, "spec": {**policy["spec"], "allowImages": [pool.image, crash]}}])
     marker = f"{MARK_PREFIX}-crash"
