@@ -156,6 +156,7 @@ _WRITEBACK_EVERY: Final = 32 << 20
 
 _DIRECT_BLOCK: Final = 4096  # O_DIRECT alignment that suits 512-byte and 4 KiB devices
 _DIRECT_BUFFER: Final = 4 << 20
+_BUFFERS: Final = 6  # per pull or verify: 24 MiB in flight at most
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
@@ -201,7 +202,7 @@ class _PullPipeline:
     by ``close``; ``abort`` stops without raising (the caller deletes the file).
     """
 
-    def __init__(self, path: Path, buffers: int = 6) -> None:
+    def __init__(self, path: Path, buffers: int = _BUFFERS) -> None:
         self._fd, self._direct = _open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         self._hasher = Hasher()
         self._pool = [mmap.mmap(-1, _DIRECT_BUFFER) for _ in range(buffers)]
@@ -338,7 +339,7 @@ def _hash_cached(path: Path) -> tuple[str, int]:
     hasher = Hasher()
     free: queue.Queue[mmap.mmap] = queue.Queue()
     full: queue.Queue[tuple[mmap.mmap, int] | BaseException | None] = queue.Queue()
-    buffers = [mmap.mmap(-1, _DIRECT_BUFFER) for _ in range(6)]
+    buffers = [mmap.mmap(-1, _DIRECT_BUFFER) for _ in range(_BUFFERS)]
     for b in buffers:
         free.put(b)
     stop = threading.Event()

@@ -42,6 +42,14 @@ def run_gu(
     )
 
 
+def condition_of(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The condition of ``type_`` in an object's ``status.conditions``, or None."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
 def wait_for(
     check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
 ) -> T:

@@ -14,6 +14,7 @@ import pytest
 from controller.reconcile import Controller
 from controller.reconcilers import SESSION_FINALIZER, register_all
 from controller.store import Store
+from tests.helpers import condition_of
 
 IMAGE = "sha3-256:" + "ab" * 32
 
@@ -42,10 +43,7 @@ def session(name: str, app: str = "demo", **spec: Any) -> dict[str, Any]:
 
 
 def condition(store: Store, kind: str, name: str, type_: str) -> dict[str, Any] | None:
-    for cond in store.get(kind, name)["status"].get("conditions", []):
-        if cond["type"] == type_:
-            return dict(cond)
-    return None
+    return condition_of(store.get(kind, name), type_)
 
 
 def reconcile_everything(controller: Controller, store: Store) -> None:

@@ -23,6 +23,7 @@ import pytest
 from controller.reconcile import Controller
 from controller.reconcilers import SESSION_FINALIZER, register_all
 from controller.store import Store
+from tests.helpers import condition_of
 
 IMAGE = "sha3-256:" + "ab" * 32
 OTHER_IMAGE = "sha3-256:" + "cd" * 32
@@ -129,10 +130,7 @@ def agent_reports(store: Store, placement: str, state: str, **extra: Any) -> Non
 
 
 def condition(store: Store, kind: str, name: str, type_: str) -> dict[str, Any] | None:
-    for cond in store.get(kind, name)["status"].get("conditions", []):
-        if cond["type"] == type_:
-            return dict(cond)
-    return None
+    return condition_of(store.get(kind, name), type_)
 
 
 def reconcile_everything(controller: Controller, store: Store) -> None:

@@ -34,7 +34,7 @@ from agent.identity import KEY_FILE
 from controller.client import Client
 from specs.identity import load_private_key
 from tests.conftest import HubProcess, make_hub
-from tests.helpers import run_gu, wait_for
+from tests.helpers import condition_of, run_gu, wait_for
 from tests.test_agent import AgentProcess
 from tests.test_agent_e2e import marker_pids, workload_pids
 from tests.test_security_secrets import key_forms
@@ -144,13 +144,6 @@ class Pool:
     def delete_session(self, name: str) -> None:
         self.gu("delete", "session", name)
         wait_for(lambda: not self.placements(name), timeout=30, what=f"{name}'s placements gone")
-
-
-def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == ctype:
-            return dict(c)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +324,7 @@ def test_a_byte_flipped_in_the_hubs_stored_image_runs_nothing(pool: Pool) -> Non
         timeout=15,
         what="the Session to show the failure",
     )
-    stalled = condition(session, "Stalled")
+    stalled = condition_of(session, "Stalled")
     assert stalled and stalled["reason"] == "PlacementFailed"
     assert "ImageHashMismatch" in stalled["message"] or image in stalled["message"], stalled
     assert [s["reason"] for s in session["status"]["placements"]] == ["ImageHashMismatch"]
@@ -376,7 +369,7 @@ def test_removing_the_hash_from_the_policy_stops_the_running_session(pool: Pool)
     session = wait_for(
         lambda: (
             (s := pool.admin.get("Session", "revoked"))
-            and (c := condition(s, "Stalled"))
+            and (c := condition_of(s, "Stalled"))
             and c["reason"] == "PolicyViolation"
             and s
         ),
@@ -389,13 +382,13 @@ def test_removing_the_hash_from_the_policy_stops_the_running_session(pool: Pool)
     assert elapsed < RESYNC
     print(f"policy revoked → process stopped in {elapsed:.2f}s")
     assert not any(psutil.pid_exists(pid) for pid in pids)
-    message = condition(session, "Stalled")["message"]  # type: ignore[index]
+    message = condition_of(session, "Stalled")["message"]  # type: ignore[index]
     assert "allowImages" in message and "a-revoked" in message, message
     # Stopped placements are retired (deleted) and none replaces them while the policy says no.
     wait_for(lambda: not pool.placements("revoked"), timeout=10, what="the placement retired")
     time.sleep(2.0)
     assert not pool.placements("revoked") and not workload_pids(marker)
-    still = condition(pool.admin.get("Session", "revoked"), "Stalled")
+    still = condition_of(pool.admin.get("Session", "revoked"), "Stalled")
     assert still and still["reason"] == "PolicyViolation"
     pool.delete_session("revoked")
 
