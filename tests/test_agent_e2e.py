@@ -88,6 +88,23 @@ def workload_pids(marker: str) -> set[int]:
     return out
 
 
+def tear_down(hub: HubProcess, admin: Client, agents: list[AgentProcess], prefix: str) -> None:
+    """Delete every Session, stop the agents and the hub, kill what carries ``prefix``."""
+    try:
+        for s in admin.list("Session"):
+            admin.delete("Session", s["metadata"]["name"])
+        wait_for(lambda: not admin.list("Placement"), timeout=30, what="placements to go")
+    except Exception:
+        pass  # the processes are killed below whatever the hub did
+    for a in agents:
+        a.stop(signal.SIGKILL)
+    admin.close()
+    hub.stop()
+    for pid in marker_pids(prefix):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+
+
 def push_script_image(admin: Client, tmp: Path, name: str, script: str) -> str:
     """Pack ``script`` as ``run.sh`` of a native image, push it, and return its hash."""
     folder = tmp / name
@@ -128,19 +145,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         )
         yield Pool(hub, admin, agents, image)
     finally:
-        try:
-            for s in admin.list("Session"):
-                admin.delete("Session", s["metadata"]["name"])
-            wait_for(lambda: not admin.list("Placement"), timeout=30, what="placements to go")
-        except Exception:
-            pass  # the processes are killed below whatever the hub did
-        for a in agents:
-            a.stop(signal.SIGKILL)
-        admin.close()
-        hub.stop()
-        for pid in marker_pids(MARK_PREFIX):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
+        tear_down(hub, admin, agents, MARK_PREFIX)
 
 
 def run_session(

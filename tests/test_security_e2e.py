@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from specs.identity import load_private_key
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import condition_of, run_gu, wait_for
 from tests.test_agent import AgentProcess
-from tests.test_agent_e2e import marker_pids, workload_pids
+from tests.test_agent_e2e import marker_pids, tear_down, workload_pids
 from tests.test_security_secrets import key_forms
 
 RUN_SH = """#!/bin/sh
@@ -192,17 +191,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         )
         yield Pool(tmp, hub, admin, agents, app_env, signer_key, pubs[signer_key], token)
     finally:
-        with contextlib.suppress(Exception):
-            for s in admin.list("Session"):
-                admin.delete("Session", s["metadata"]["name"])
-            wait_for(lambda: not admin.list("Placement"), timeout=30, what="placements to go")
-        for agent in agents.values():
-            agent.stop(signal.SIGKILL)
-        admin.close()
-        hub.stop()
-        for pid in marker_pids(MARK_PREFIX):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
+        tear_down(hub, admin, list(agents.values()), MARK_PREFIX)
 
 
 # --------------------------------------------------------------------- tests
