@@ -69,7 +69,12 @@ class HeartbeatBatcher:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
-            try:
-                await asyncio.to_thread(self.flush)
-            except Exception:  # the next beats bring fresh values: log and go on
-                log.exception("event=heartbeat_flush_failed")
+            await self._flush_logged()
+        # beats recorded while the last flush ran (stop was set meanwhile) are written here
+        await self._flush_logged()
+
+    async def _flush_logged(self) -> None:
+        try:
+            await asyncio.to_thread(self.flush)
+        except Exception:  # the next beats bring fresh values: log and go on
+            log.exception("event=heartbeat_flush_failed")

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 GU = [sys.executable, "-m", "controller.cli.main"]
 T = TypeVar("T")
@@ -48,6 +50,14 @@ def condition_of(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if cond["type"] == type_:
             return dict(cond)
     return None
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for(

@@ -42,7 +42,7 @@ from runtimes.native import NativeRuntime
 from specs.identity import generate_key, load_private_key, node_id, public_key_str
 from specs.signing import sign_admission, sign_image
 from tests.conftest import HubProcess
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, process_running, wait_for
 
 AGENT = [sys.executable, "-m", "agent.main"]
 
@@ -673,7 +673,7 @@ def test_suspend_resume_and_stop_follow_desired_state(local: Any) -> None:
 
     rec.apply_event("MODIFIED", fake.change("p-sus", desiredState="Stopped"))
     status = converge(rec, fake, "p-sus", lambda s: s["state"] == "Stopped")
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not process_running(pid)
 
 
 def test_a_placement_gone_from_the_hub_is_removed(local: Any) -> None:

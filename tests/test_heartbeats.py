@@ -83,3 +83,33 @@ def test_the_flusher_writes_within_its_interval_and_once_more_on_stop(store: Sto
     first, last = asyncio.run(scenario())
     assert first == beat(1)["lastHeartbeat"]
     assert last == beat(2)["lastHeartbeat"]
+
+
+def test_a_beat_that_arrives_while_the_last_flush_runs_is_written_on_stop(store: Store) -> None:
+    """The hub stops while a flush is writing and a beat comes in: that beat is not lost.
+
+    The beat and the stop are made inside the flush itself (on its worker thread), so the
+    order is certain: the loop sees ``stop`` set right after that flush returns.
+    """
+    node = add_provider(store, 1)
+    batcher = HeartbeatBatcher(store, interval=0.01)
+    flush = batcher.flush
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def flush_then_beat_and_stop() -> int:
+            written = flush()
+            if written and not stop.is_set():  # the flush that wrote beat 1
+                batcher.record(node, beat(2))
+                loop.call_soon_threadsafe(stop.set)
+            return written
+
+        batcher.flush = flush_then_beat_and_stop  # type: ignore[method-assign]
+        batcher.record(node, beat(1))
+        await asyncio.wait_for(batcher.run(stop), 5)
+
+    asyncio.run(scenario())
+    assert store.get("Provider", node)["status"]["lastHeartbeat"] == beat(2)["lastHeartbeat"]
+    assert batcher.pending() == 0

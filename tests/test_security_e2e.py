@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from ruamel.yaml import YAML
 
@@ -33,7 +32,7 @@ from agent.identity import KEY_FILE
 from controller.client import Client
 from specs.identity import load_private_key
 from tests.conftest import HubProcess, make_hub
-from tests.helpers import condition_of, run_gu, wait_for
+from tests.helpers import condition_of, process_running, run_gu, wait_for
 from tests.test_agent import AgentProcess
 from tests.test_agent_e2e import marker_pids, tear_down, workload_pids
 from tests.test_security_secrets import key_forms
@@ -370,7 +369,7 @@ def test_removing_the_hash_from_the_policy_stops_the_running_session(pool: Pool)
     elapsed = time.monotonic() - started
     assert elapsed < RESYNC
     print(f"policy revoked → process stopped in {elapsed:.2f}s")
-    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert not any(process_running(pid) for pid in pids)
     message = condition_of(session, "Stalled")["message"]  # type: ignore[index]
     assert "allowImages" in message and "a-revoked" in message, message
     # Stopped placements are retired (deleted) and none replaces them while the policy says no.
