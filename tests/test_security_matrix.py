@@ -237,21 +237,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         beat.start()
 
-        # Sessions last, once everything else has settled: a Session reconcile that records
-        # an event inside its store transaction can deadlock with another kind's reconciler
-        # recording one at the same time (see the report of the Security issue).
+        # Sessions last, once everything else has settled (the world is easier to read so)
         admin.apply([policy_object("a-may-run", ["a"], [image]), *_doomed_objects()])
         wait_for(lambda: settled(admin), timeout=20, what="objects reconciled")
         admin.apply(
             [
                 session_object("a-session", "a", image, [agent_node]),
-                *[session_object(f"doomed-{p.replace('_', '-')}", "a", image) for p in PRINCIPALS],
+                # pinned to a node that never beats: they take none of the agent's capacity
+                # (unpinned, a slow hub could fill the agent with them before a-session)
+                *[
+                    session_object(f"doomed-{p.replace('_', '-')}", "a", image, [other_node])
+                    for p in PRINCIPALS
+                ],
             ]
         )
         # a Placement exists once the scheduler places a-session on the agent
-        placement = wait_for(
-            lambda: placement_on(admin, agent_node, "a-session"), timeout=20, what="placement"
-        )
+        try:
+            placement = wait_for(
+                lambda: placement_on(admin, agent_node, "a-session"), timeout=30, what="placement"
+            )
+        except AssertionError as exc:  # say why: the Session, the Provider and the hub's log
+            raise AssertionError(
+                f"{exc}\nSession status: {json.dumps(admin.get('Session', 'a-session')['status'])}"
+                f"\nProvider status: {json.dumps(admin.get('Provider', agent_node)['status'])}"
+                f"\nhub log (tail):\n{hub.logs()[-6000:]}"
+            ) from None
 
         expired = Client(hub.url, admin.key, token_ttl=1).login()
         expired_at = time.monotonic() + 1.2
