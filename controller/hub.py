@@ -26,6 +26,7 @@ from controller.auth import Authenticator, Principal
 from controller.config import Context, config_path, load_config
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
+from controller.logs import PlacementLogs
 from controller.store import Store
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 
@@ -132,6 +133,7 @@ class Hub:
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.notifier = ChangeNotifier()
         self.heartbeats = HeartbeatBatcher(self.store)
+        self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
         from controller.reconcile.engine import Controller
@@ -163,6 +165,9 @@ class Hub:
             if public_key in (app["spec"].get("publicKeys") or []):
                 return Principal("app", app["metadata"]["name"], public_key)
         return None
+
+    def _placement_exists(self, name: str) -> bool:
+        return self.store.try_get("Placement", name) is not None
 
     def _write_client_configs(self, admin_key: Path) -> Path:
         """admin-config.yaml in the state dir, and the user's config if it has none."""
@@ -202,6 +207,9 @@ class Hub:
             loop.add_signal_handler(sig, stop.set)
         reconcile = asyncio.create_task(self.controller.run(stop), name="reconcile")
         beats = asyncio.create_task(self.heartbeats.run(stop), name="heartbeats")
+        sweeper = asyncio.create_task(
+            self.logs.sweep_every(self._placement_exists, stop), name="log-sweep"
+        )
         serving = asyncio.create_task(server.serve(), name="api")
         log.info(
             "event=hub_started hub_id=%s url=%s state_dir=%s",
@@ -218,7 +226,7 @@ class Hub:
         # shutdown does not wait its full timeout for them; clients re-watch.
         self.notifier.close()
         server.should_exit = True
-        await asyncio.wait({serving, reconcile, beats}, timeout=10)
+        await asyncio.wait({serving, reconcile, beats, sweeper}, timeout=10)
         self.store.close()
         log.info("event=hub_stopped")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -65,33 +64,6 @@ class Heartbeat(BaseModel):
         le=3600,
         description="Seconds until the agent's next heartbeat (default: the hub's setting).",
     )
-
-
-def log_path(hub: Hub, placement: str, previous: bool = False) -> Path:
-    """The hub's copy of a placement's output: the current run's, or the run before it."""
-    logs = hub.settings.state_dir / "logs"
-    return (logs / "previous" if previous else logs) / f"{placement}.log"
-
-
-def _store_logs(hub: Hub, name: str, body: bytes, run: int | None) -> None:
-    """Replace the current run's copy; when ``run`` moves on, keep the old one as previous."""
-    path = log_path(hub, name)
-    run_file = path.with_suffix(".run")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if run is not None:
-        try:
-            stored = int(run_file.read_text())
-        except (OSError, ValueError):
-            stored = None
-        if stored is not None and stored != run and path.exists():
-            kept = log_path(hub, name, previous=True)
-            kept.parent.mkdir(exist_ok=True)
-            path.replace(kept)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(body)
-    tmp.replace(path)
-    if run is not None:
-        run_file.write_text(str(run))
 
 
 def register(app: FastAPI, hub: Hub) -> None:
@@ -181,7 +153,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         body = await request.body()
         if len(body) > MAX_LOG_BYTES:
             body = body[-MAX_LOG_BYTES:]
-        await asyncio.to_thread(_store_logs, hub, name, body, run)
+        await asyncio.to_thread(hub.logs.store, name, body, run)
         return {"bytes": len(body)}
 
     @app.get("/v1/sessions/{name}/logs", response_class=PlainTextResponse, tags=["objects"])
@@ -209,8 +181,7 @@ def register(app: FastAPI, hub: Hub) -> None:
         parts = []
         for p in placements:
             pname = p["metadata"]["name"]
-            path = log_path(hub, pname, previous)
-            text = path.read_text(errors="replace") if path.exists() else ""
+            text = hub.logs.read(pname, previous)
             if len(placements) > 1:
                 parts.append(f"==> {pname} on {p['spec'].get('node')} <==\n")
             parts.append(text if text.endswith("\n") or not text else text + "\n")
