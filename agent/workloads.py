@@ -40,7 +40,10 @@ while running, only when they changed.
 Adoption: ``adopt()`` asks every runtime for the workloads a previous agent
 process left, before the first list from the hub. Nothing is removed until
 that list has arrived, so adopted workloads the hub still wants keep running
-(same PID, never started twice); the ones it no longer has are removed.
+(same PID, never started twice); the ones it no longer has are removed. An
+adopted workload's admission is checked again on its first pass, as at a
+start: refused, it is stopped and removed and its placement Failed
+``AdmissionRejected``.
 
 Concurrency: a few workers share the queue, which never hands one name to two
 workers at once (the runtimes are not thread-safe per workload), so a slow
@@ -176,6 +179,7 @@ class _Workload:
     image: str | None = None  # the pinned image hash
     restarts: int = 0
     restarts_known: bool = True  # False for adopted ones until the hub's count is read
+    admitted: bool = True  # False for adopted ones until their admission is checked again
     crashes: int = 0  # quick deaths in a row: the restart backoff's exponent
     restart_at: float | None = None
     restart_delay: float = 0.0
@@ -321,7 +325,9 @@ class WorkloadReconciler:
                 continue
             with self._lock:
                 for name in names:
-                    self._workloads[name] = _Workload(runtime=rt, restarts_known=False)
+                    self._workloads[name] = _Workload(
+                        runtime=rt, restarts_known=False, admitted=False
+                    )
             adopted.extend(names)
         log.info(kv("adopted", count=len(adopted), names=",".join(adopted) or "-"))
         return adopted
@@ -431,6 +437,10 @@ class WorkloadReconciler:
             if image:
                 self.cache.pin(image)
                 work.image = image
+        if not work.admitted:
+            refused = self._readmit(name, placement, work)
+            if refused is not None:
+                return refused
         rt = work.runtime
         try:
             st = rt.inspect(name)
@@ -459,6 +469,28 @@ class WorkloadReconciler:
         self._set_status(work, st)
         self._sync_logs(name, work, st)
         return _from_runtime(st, work.restarts)
+
+    def _readmit(self, name: str, placement: Obj, work: _Workload) -> Obj | None:
+        """An adopted workload's admission, checked as at its start (a previous agent process
+        started it; the placement or this agent's hub key may have changed since).
+
+        Refused: the workload is stopped and removed, and the placement Failed with the
+        reason (None when admitted).
+        """
+        image = ((placement.get("spec") or {}).get("workload") or {}).get("image") or {}
+        try:
+            self._admission(name, placement, str(image.get("hash") or ""))
+        except _Refused as exc:
+            log.error(kv("adopted_refused", name=name, reason=exc.reason, error=exc.message))
+            try:
+                work.runtime.stop(name, grace=self.stop_grace)
+                work.runtime.remove(name)
+            except RuntimeFailure as err:  # WorkloadNotFound included: gone is fine
+                log.error(kv("workload_remove_failed", name=name, error=err))
+            self._drop(name, work)
+            return _fields("Failed", exc.reason, exc.message, restarts=work.restarts)
+        work.admitted = True
+        return None
 
     def _should_restart(self, spec: Obj, st: WorkloadStatus) -> bool:
         if st.state == "Stopped":

@@ -38,6 +38,7 @@ from agent.identity import KEY_FILE, RECORD_FILE
 from agent.images import ImageCache
 from agent.workloads import WorkloadReconciler
 from controller.client import ApiError, Client
+from runtimes.base import WorkloadNotFound
 from runtimes.native import NativeRuntime
 from specs.identity import generate_key, load_private_key, node_id, public_key_str
 from specs.signing import sign_admission, sign_image
@@ -690,6 +691,49 @@ def test_a_placement_gone_from_the_hub_is_removed(local: Any) -> None:
     assert rec.workload_names() == []
     assert runtime.adopt() == []
     wait_for(lambda: not psutil.pid_exists(pid), timeout=5, what="the shim to be gone")
+
+
+def test_an_adopted_workload_whose_admission_no_longer_holds_is_stopped(
+    local: Any, tmp_path: Path
+) -> None:
+    """A new agent process checks an adopted workload's admission as at a start."""
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all(
+        [fake.add("p-ok", workload(sha3(data))), fake.add("p-forged", workload(sha3(data)))]
+    )
+    for name in ("p-ok", "p-forged"):
+        converge(rec, fake, name, lambda s: s["state"] == "Running")
+    pids = {n: runtime.inspect(n).pid for n in ("p-ok", "p-forged")}
+    # while the agent was away, p-forged's admission was replaced by one another key signed
+    forged = sign_admission(generate_key(), fake.admit("p-forged", sha3(data)))
+    fake.change("p-forged", admission=forged)
+
+    runtime2 = NativeRuntime(tmp_path / "runtimes" / "native")
+    rec2 = WorkloadReconciler(
+        NODE,
+        {"native": runtime2},
+        ImageCache(tmp_path / "images"),
+        fake,
+        hub_public_key=public_key_str(fake.key),
+        stop_grace=2.0,
+    )
+    assert sorted(rec2.adopt()) == ["p-forged", "p-ok"]
+    rec2.replace_all(list(fake.placements.values()))
+    for name in ("p-ok", "p-forged"):
+        rec2.reconcile(name)
+    assert runtime2.inspect("p-ok").pid == pids["p-ok"]  # still admitted: kept, same PID
+    assert fake.state("p-ok")["state"] == "Running"
+    status = fake.state("p-forged")
+    assert (status["state"], status["reason"]) == ("Failed", "AdmissionRejected"), status
+    assert "not signed by the hub" in status["message"]
+    assert rec2.workload_names() == ["p-ok"]
+    with pytest.raises(WorkloadNotFound):
+        runtime2.inspect("p-forged")
+    wait_for(lambda: not process_running(pids["p-forged"]), timeout=5, what="p-forged gone")
+    rec2.reconcile("p-forged")  # Failed is final: nothing starts it again
+    assert fake.state("p-forged")["state"] == "Failed" and fake.pulls == 1
 
 
 def test_adoption_keeps_wanted_workloads_running_and_removes_the_others(
