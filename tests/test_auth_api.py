@@ -13,6 +13,7 @@ import pytest
 
 from controller.client import ApiError, Client, HubUnreachable
 from specs.identity import LOGIN_PAYLOAD_TYPE, generate_key, login_body, public_key_str, sign
+from specs.signing import sign_image
 from tests.conftest import HubProcess
 from tests.helpers import wait_for
 
@@ -200,3 +201,28 @@ def test_a_watch_on_a_frozen_hub_gives_up_after_its_read_timeout(hub: HubProcess
     finally:
         hub.proc.send_signal(signal.SIGCONT)
     assert client.list("Priority") == []  # the hub itself is fine again
+
+
+def test_a_signature_that_cannot_verify_is_refused_at_upload(hub: HubProcess) -> None:
+    """Whether a key is trusted is each policy's call, but a signature that does not verify
+    even under the key it names, or is for another size, is refused when uploaded."""
+    admin = hub.client()
+    data = b"#!/bin/sh\necho signed\n"
+    image = admin.call("POST", "/v1/images", content=data)["hash"]
+    key = generate_key()
+    good = sign_image(key, image, len(data))
+    flipped = dict(good, signature=good["signature"][:10] + "AAAA" + good["signature"][14:])
+    if flipped["signature"] == good["signature"]:
+        flipped["signature"] = good["signature"][:10] + "BBBB" + good["signature"][14:]
+    other_size = sign_image(key, image, len(data) + 1)
+    url = f"/v1/images/{image}/signatures"
+    for doc, words in (
+        (flipped, "does not verify under the key it names"),
+        (other_size, f"is for {len(data) + 1} bytes, but image {image} has {len(data)}"),
+    ):
+        with pytest.raises(ApiError) as err:
+            admin.call("PUT", url, content=json.dumps(doc).encode())
+        assert err.value.status == 422 and words in err.value.message, err.value.message
+    assert admin.call("GET", url)["items"] == []  # nothing of them stored
+    assert admin.call("PUT", url, content=json.dumps(good).encode())["signer"] == good["publicKey"]
+    assert admin.call("GET", url)["items"] == [good]

@@ -277,8 +277,11 @@ def test_an_untrusted_signer_or_a_flipped_signature_byte_is_refused_at_admission
     text = sig_file.read_text()
     at = text.index('"signature"') + len('"signature": "') + 10
     sig_file.write_text(text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :])
-    pushed = pool.gu("image", "push", str(flipped))  # uploads FLIPPED.sig beside it
-    assert "signature" in pushed.stdout + pushed.stderr
+    # `gu image push` uploads the image, then FLIPPED.sig beside it: the hub refuses that
+    pushed = pool.gu("image", "push", str(flipped), ok=False)
+    assert pushed.returncode != 0
+    assert "does not verify under the key it names" in pushed.stderr, pushed.stderr
+    assert pool.admin.call("GET", f"/v1/images/{flipped_image}/signatures")["items"] == []
 
     for name, img in (("stranger", image), ("flipped", flipped_image)):
         marker = f"{MARK_PREFIX}-{name}"

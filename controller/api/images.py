@@ -20,7 +20,7 @@ from controller.hub import Hub
 from controller.images import ImageNotFound, ImageTooLarge
 from specs.identity import canonical_json
 from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
-from specs.signing import SignatureFormatError, parse_signature
+from specs.signing import SignatureFormatError, parse_signature, verify_image
 
 
 class _ImageFile(FileResponse):
@@ -91,8 +91,25 @@ def register(app: FastAPI, hub: Hub) -> None:
         if doc["hash"] != h:
             raise ApiProblem(422, f"the signature is for {doc['hash']}, not {h}")
         try:
-            hub.images.put_signature(h, canonical_json(doc))
+            size = hub.images.info(h).size
         except ImageNotFound:
+            raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
+        if doc["size"] != size:
+            raise ApiProblem(
+                422, f"the signature is for {doc['size']} bytes, but image {h} has {size}"
+            )
+        # Only a consistency check (whether the key is trusted is each ImagePolicy's call): a
+        # signature that does not verify even under the key it names can never admit anything.
+        if verify_image(doc, h, size, [doc["publicKey"]]) is None:
+            raise ApiProblem(
+                422,
+                f"the signature does not verify under the key it names ({doc['publicKey']}): "
+                "it was changed after signing; sign the image again (`gu image sign FILE --key "
+                "KEY`)",
+            )
+        try:
+            hub.images.put_signature(h, canonical_json(doc))
+        except ImageNotFound:  # deleted meanwhile
             raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
         return {"hash": h, "signer": doc["publicKey"]}
 
