@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import kv
 from controller.client import ApiError, Client, HubUnreachable
+from specs.fileio import write_atomic
 from specs.identity import (
     LOGIN_PAYLOAD_TYPE,
     generate_key,
@@ -158,15 +159,7 @@ def read_record(state_dir: Path) -> AgentRecord | None:
 def write_record(state_dir: Path, record: AgentRecord) -> None:
     """Write ``agent.json`` atomically (tmp + fsync + rename), 0600."""
     path = state_dir / RECORD_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(asdict(record), indent=1, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(record), indent=1, sort_keys=True).encode() + b"\n")
 
 
 def _error_message(resp: httpx.Response) -> str:

@@ -59,6 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from specs.fileio import fsync_dir
 from specs.images import (
     HASH_PREFIX,
     BytesLike,
@@ -387,18 +388,6 @@ def _hash_cached(path: Path) -> tuple[str, int]:
     return hasher.hash, hasher.size
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (best effort where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ImageCache:
     """The agent's LRU cache of images under ``root``, at most ``max_bytes`` unpinned."""
 
@@ -630,7 +619,7 @@ class ImageCache:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         with self._lock:
             self._entries[hex_part] = _Entry(hasher.size, self._tick())
             self._save()

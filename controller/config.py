@@ -15,12 +15,15 @@ shared or printed safely.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+
+from specs.fileio import write_atomic
 
 DEFAULT_CONFIG = Path("~/.config/gu/config.yaml")
 
@@ -70,11 +73,9 @@ class ClientConfig:
             "current-context": self.current,
             "contexts": [asdict(c) for c in self.contexts],
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            YAML().dump(data, fh)
-        os.replace(tmp, self.path)
+        text = io.StringIO()
+        YAML().dump(data, text)
+        write_atomic(self.path, text.getvalue().encode(), 0o600)
 
 
 def config_path(explicit: str | Path | None = None) -> Path:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, TypeVar
 
+from specs.fileio import fsync_dir
 from specs.images import (
     CHUNK_SIZE,
     HASH_PREFIX,
@@ -123,18 +124,6 @@ class _Upload:
             fd, self._fd = self._fd, None
             os.close(fd)
         self.path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or link in ``path`` durable (best effort where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ImageStore:
@@ -227,7 +216,7 @@ class ImageStore:
             os.replace(upload.path, final)
             stored = True
         if stored:
-            _fsync_dir(self._images)
+            fsync_dir(self._images)
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
         return self._info(actual, final)
 
@@ -345,7 +334,7 @@ class ImageStore:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(sig_dir)
+        fsync_dir(sig_dir)
         log.info("event=signature_stored hash=%s size=%d", hash, len(sig_bytes))
 
     def signatures(self, hash: str) -> builtins.list[bytes]:

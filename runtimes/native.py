@@ -76,6 +76,7 @@ from runtimes.base import (
     WorkloadStatus,
     check_name,
 )
+from specs.fileio import write_atomic
 
 if TYPE_CHECKING:
     from specs.kinds import Workload
@@ -138,29 +139,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` so that a reader sees the old file or the whole new one, even after a crash.
-
-    tmp file + fsync + rename + fsync of the folder: the rename is atomic and
-    the two fsyncs make it durable across a power cut.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -729,7 +709,7 @@ def shim_main(workdir: str) -> int:
     if child is not None:
         rc = child.wait()
         code = 128 - rc if rc < 0 else rc
-    _write_atomic(wd / EXIT_FILE, f"{code}\n".encode(), mode=0o644)
+    write_atomic(wd / EXIT_FILE, f"{code}\n".encode(), mode=0o644)
     say("shim.exited", exit_code=code)
     # Nothing may outlive the program: background children left in the group or cgroup.
     leftovers = set(_group_members(me)) | {
