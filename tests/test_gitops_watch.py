@@ -140,14 +140,14 @@ def test_an_edited_file_is_on_the_hub_within_two_seconds(
     started = time.monotonic()
     (deploy / "priority.yaml").write_text(PRIORITY.format(value=250))
 
-    wait_for(lambda: priority_value(hub) == 250, timeout=5, interval=0.02, what="the edit")
+    wait_for(lambda: priority_value(hub) == 250, timeout=15, interval=0.02, what="the edit")
     latency = time.monotonic() - started
 
     record_property("edit_to_hub_seconds", round(latency, 3))
     print(f"edit reached the hub after {latency:.2f}s")
     assert latency < 5
     watching.wait_for_line(
-        lambda line: line == "priority/batch configured", timeout=5, what="the configured line"
+        lambda line: line == "priority/batch configured", timeout=15, what="the configured line"
     )
     assert watching.stop() == 0
 
@@ -159,13 +159,13 @@ def test_an_object_deleted_on_the_hub_is_restored_within_one_interval(
         client.delete("VirtualNetwork", "lan")
         wait_for(
             lambda: client.list("VirtualNetwork"),
-            timeout=INTERVAL + 3,
+            timeout=INTERVAL + 8,
             interval=0.05,
             what="the deleted network to come back",
         )
     watching.wait_for_line(
         lambda line: line == "drift corrected: virtualnetwork/lan created",
-        timeout=5,
+        timeout=15,
         what="the drift report",
     )
     assert watching.stop() == 0
@@ -181,10 +181,10 @@ def test_an_object_edited_on_the_hub_is_put_back(hub: HubProcess, watching: Watc
         }
         client.apply([changed])  # no apply set: someone else's hand edit
     assert priority_value(hub) == 7
-    wait_for(lambda: priority_value(hub) == 100, timeout=INTERVAL + 3, what="the value put back")
+    wait_for(lambda: priority_value(hub) == 100, timeout=INTERVAL + 8, what="the value put back")
     watching.wait_for_line(
         lambda line: line == "drift corrected: priority/batch configured",
-        timeout=5,
+        timeout=15,
         what="the drift report",
     )
     assert watching.stop() == 0
@@ -196,7 +196,7 @@ def test_a_broken_file_is_reported_and_the_previous_object_stays(
     (deploy / "priority.yaml").write_text(PRIORITY.format(value="lots"))
 
     report = watching.wait_for_line(
-        lambda line: "deploy/priority.yaml:6:" in line, timeout=5, what="the error report"
+        lambda line: "deploy/priority.yaml:6:" in line, timeout=15, what="the error report"
     )
     assert "spec.value" in report
     # a few periodic passes later the last good state is still there
@@ -206,7 +206,7 @@ def test_a_broken_file_is_reported_and_the_previous_object_stays(
         assert client.list("VirtualNetwork"), "a broken load must not prune"
 
     (deploy / "priority.yaml").write_text(PRIORITY.format(value=300))
-    wait_for(lambda: priority_value(hub) == 300, timeout=5, what="the fixed file applied")
+    wait_for(lambda: priority_value(hub) == 300, timeout=15, what="the fixed file applied")
     assert "Traceback" not in watching.output()
     assert watching.stop() == 0
 
@@ -214,9 +214,9 @@ def test_a_broken_file_is_reported_and_the_previous_object_stays(
 def test_a_deleted_file_is_pruned(hub: HubProcess, deploy: Path, watching: WatchProcess) -> None:
     (deploy / "network.yaml").unlink()
     with hub.client() as client:
-        wait_for(lambda: client.list("VirtualNetwork") == [], timeout=5, what="the network pruned")
+        wait_for(lambda: client.list("VirtualNetwork") == [], timeout=15, what="the network pruned")
     watching.wait_for_line(
-        lambda line: line == "virtualnetwork/lan pruned", timeout=5, what="the prune line"
+        lambda line: line == "virtualnetwork/lan pruned", timeout=15, what="the prune line"
     )
     assert watching.stop() == 0
 
@@ -282,7 +282,7 @@ def test_run_stops_when_the_stop_event_is_set(hub: HubProcess, deploy: Path) -> 
         try:
             wait_for(lambda: "priority/batch created" in printed, timeout=10, what="first pass")
             (deploy / "priority.yaml").write_text(PRIORITY.format(value=42))
-            wait_for(lambda: priority_value(hub) == 42, timeout=5, what="the edit applied")
+            wait_for(lambda: priority_value(hub) == 42, timeout=15, what="the edit applied")
         finally:
             stop.set()
             thread.join(timeout=5)

@@ -106,7 +106,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         )
         admin.apply([session_object("s1", "fuzz", image, [node])])
         try:
-            placement = wait_for(lambda: placement_on(admin, node, "s1"), timeout=5)
+            placement = wait_for(lambda: placement_on(admin, node, "s1"), timeout=20)
         except AssertionError:
             placement = "no-such-placement"  # no scheduler: the 404 path is fuzzed instead
         objects = {
