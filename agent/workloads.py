@@ -477,9 +477,8 @@ class WorkloadReconciler:
         Refused: the workload is stopped and removed, and the placement Failed with the
         reason (None when admitted).
         """
-        image = ((placement.get("spec") or {}).get("workload") or {}).get("image") or {}
         try:
-            self._admission(name, placement, str(image.get("hash") or ""))
+            self._admission(name, placement, work.image or "")  # pinned just before, from spec
         except _Refused as exc:
             log.error(kv("adopted_refused", name=name, reason=exc.reason, error=exc.message))
             try:

@@ -397,20 +397,26 @@ class FakeHub:
         return dict(self.placements[name]["status"])
 
 
-@pytest.fixture
-def local(tmp_path: Path) -> Iterator[tuple[WorkloadReconciler, FakeHub, NativeRuntime]]:
-    """A reconciler over a real native runtime and image cache; workloads removed after."""
-    fake = FakeHub()
+def agent_process(fake: FakeHub, tmp_path: Path) -> tuple[WorkloadReconciler, NativeRuntime]:
+    """What one agent process holds: a reconciler over a real native runtime and image cache
+    in ``tmp_path`` (a second call is a restarted agent over the same state)."""
     runtime = NativeRuntime(tmp_path / "runtimes" / "native")
-    cache = ImageCache(tmp_path / "images")
     rec = WorkloadReconciler(
         NODE,
         {"native": runtime},
-        cache,
+        ImageCache(tmp_path / "images"),
         fake,
         hub_public_key=public_key_str(fake.key),
         stop_grace=2.0,
     )
+    return rec, runtime
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[tuple[WorkloadReconciler, FakeHub, NativeRuntime]]:
+    """A reconciler over a real native runtime and image cache; workloads removed after."""
+    fake = FakeHub()
+    rec, runtime = agent_process(fake, tmp_path)
     try:
         yield rec, fake, runtime
     finally:
@@ -693,32 +699,28 @@ def test_a_placement_gone_from_the_hub_is_removed(local: Any) -> None:
     wait_for(lambda: not psutil.pid_exists(pid), timeout=5, what="the shim to be gone")
 
 
+def running_placements(local: Any, *names: str) -> tuple[bytes, dict[str, int]]:
+    """Placements ``names`` of one looping image, Running; (the image, their PIDs)."""
+    rec, fake, runtime = local
+    data = tar_image({"run.sh": LOOP})
+    fake.images[sha3(data)] = data
+    rec.replace_all([fake.add(n, workload(sha3(data))) for n in names])
+    for name in names:
+        converge(rec, fake, name, lambda s: s["state"] == "Running")
+    return data, {n: runtime.inspect(n).pid for n in names}
+
+
 def test_an_adopted_workload_whose_admission_no_longer_holds_is_stopped(
     local: Any, tmp_path: Path
 ) -> None:
     """A new agent process checks an adopted workload's admission as at a start."""
-    rec, fake, runtime = local
-    data = tar_image({"run.sh": LOOP})
-    fake.images[sha3(data)] = data
-    rec.replace_all(
-        [fake.add("p-ok", workload(sha3(data))), fake.add("p-forged", workload(sha3(data)))]
-    )
-    for name in ("p-ok", "p-forged"):
-        converge(rec, fake, name, lambda s: s["state"] == "Running")
-    pids = {n: runtime.inspect(n).pid for n in ("p-ok", "p-forged")}
+    data, pids = running_placements(local, "p-ok", "p-forged")
+    fake = local[1]
     # while the agent was away, p-forged's admission was replaced by one another key signed
     forged = sign_admission(generate_key(), fake.admit("p-forged", sha3(data)))
     fake.change("p-forged", admission=forged)
 
-    runtime2 = NativeRuntime(tmp_path / "runtimes" / "native")
-    rec2 = WorkloadReconciler(
-        NODE,
-        {"native": runtime2},
-        ImageCache(tmp_path / "images"),
-        fake,
-        hub_public_key=public_key_str(fake.key),
-        stop_grace=2.0,
-    )
+    rec2, runtime2 = agent_process(fake, tmp_path)
     assert sorted(rec2.adopt()) == ["p-forged", "p-ok"]
     rec2.replace_all(list(fake.placements.values()))
     for name in ("p-ok", "p-forged"):
@@ -739,27 +741,12 @@ def test_an_adopted_workload_whose_admission_no_longer_holds_is_stopped(
 def test_adoption_keeps_wanted_workloads_running_and_removes_the_others(
     local: Any, tmp_path: Path
 ) -> None:
-    rec, fake, runtime = local
-    data = tar_image({"run.sh": LOOP})
-    fake.images[sha3(data)] = data
-    rec.replace_all(
-        [fake.add("p-keep", workload(sha3(data))), fake.add("p-drop", workload(sha3(data)))]
-    )
-    converge(rec, fake, "p-keep", lambda s: s["state"] == "Running")
-    converge(rec, fake, "p-drop", lambda s: s["state"] == "Running")
-    pids = {n: runtime.inspect(n).pid for n in ("p-keep", "p-drop")}
+    _, pids = running_placements(local, "p-keep", "p-drop")
+    fake = local[1]
     del fake.placements["p-drop"]  # deleted while the agent was away
 
     # A new agent process: new runtime, cache and reconciler over the same state.
-    runtime2 = NativeRuntime(tmp_path / "runtimes" / "native")
-    rec2 = WorkloadReconciler(
-        NODE,
-        {"native": runtime2},
-        ImageCache(tmp_path / "images"),
-        fake,
-        hub_public_key=public_key_str(fake.key),
-        stop_grace=2.0,
-    )
+    rec2, runtime2 = agent_process(fake, tmp_path)
     assert sorted(rec2.adopt()) == ["p-drop", "p-keep"]
     rec2.reconcile("p-drop")  # before the first list: nothing is removed
     assert runtime2.inspect("p-drop").state == "Running"
