@@ -26,27 +26,10 @@ are imported from the rest of gu.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.main import AgentConfig, run_agent
-
-
-def kv(event: str, **fields: object) -> str:
-    """One structured log line: ``event=NAME key=value …``; values with spaces are quoted.
-
-    Never pass a token or a key: log lines are meant to be shared.
-    """
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        if value is None:
-            continue
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def __getattr__(name: str) -> Any:
@@ -58,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'agent' has no attribute {name!r}")
 
 
-__all__ = ["AgentConfig", "kv", "run_agent"]
+__all__ = ["AgentConfig", "run_agent"]

@@ -32,9 +32,9 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from agent import kv
 from controller.client import WATCH_READ_TIMEOUT, ApiError, Client, HubUnreachable
 from specs.kinds import Inventory, Usage
+from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent.hub")
 

@@ -45,7 +45,6 @@ from typing import Any, Final, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import kv
 from controller.client import ApiError, Client, HubUnreachable
 from specs.fileio import write_atomic
 from specs.identity import (
@@ -58,6 +57,7 @@ from specs.identity import (
     save_private_key,
     sign,
 )
+from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent.identity")
 T = TypeVar("T")

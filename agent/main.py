@@ -35,7 +35,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from agent import kv
 from agent.hubsession import HubSession, PlacementInformer, heartbeat_loop
 from agent.identity import DEFAULT_STATE_DIR, ensure_enrolled
 from agent.images import ImageCache
@@ -43,6 +42,7 @@ from agent.inventory import collect_inventory, collect_usage
 from agent.workloads import WorkloadReconciler
 from controller.client import Client
 from runtimes.base import Runtime
+from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent")
 

@@ -65,7 +65,6 @@ from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
-from agent import kv
 from agent.hubsession import Backoff
 from agent.images import ImageCache, ImageNotCached
 from controller.client import ApiError
@@ -80,6 +79,7 @@ from runtimes.base import (
 )
 from specs.images import BytesLike, ImageHashMismatch
 from specs.kinds import Workload
+from specs.logfmt import kv
 from specs.signing import verify_admission, verify_image
 
 log = logging.getLogger("gu.agent.workloads")

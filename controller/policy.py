@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from specs.kinds import ImagePolicy
+from specs.selectors import format_selector, match_labels
 from specs.signing import verify_image
 
 
@@ -83,9 +84,9 @@ def provider_reason(policy: ImagePolicy, node_id: str, labels: Mapping[str, str]
         return None
     if node_id in allow.nodes:
         return None
-    if allow.selector and all(labels.get(k) == v for k, v in allow.selector.items()):
+    if allow.selector and match_labels(labels, allow.selector):
         return None
-    sel = ",".join(f"{k}={v}" for k, v in sorted(allow.selector.items())) or "<none>"
+    sel = format_selector(allow.selector)
     return (
         f'ImagePolicy "{policy.metadata.name}": provider {node_id} is not in '
         f"allowProviders (nodes: {len(allow.nodes)} listed, selector: {sel})"

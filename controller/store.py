@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from specs.selectors import match_labels
+
 log = logging.getLogger("gu.store")
 
 APPLY_SET_ANNOTATION = "gu/apply-set"
@@ -147,29 +149,6 @@ def _now() -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def match_labels(labels: dict[str, str], selector: dict[str, str | None]) -> bool:
-    """Equality selector: every key must be present; a None value means "exists"."""
-    for key, want in selector.items():
-        have = labels.get(key)
-        if have is None or (want is not None and have != want):
-            return False
-    return True
-
-
-def parse_selector(text: str | None) -> dict[str, str | None]:
-    """Parse ``k=v,k2=v2,k3`` into a selector (``k3`` = label exists)."""
-    out: dict[str, str | None] = {}
-    if not text:
-        return out
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        out[key.strip()] = value.strip() if sep else None
-    return out
 
 
 class Store:

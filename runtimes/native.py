@@ -77,6 +77,7 @@ from runtimes.base import (
     check_name,
 )
 from specs.fileio import write_atomic
+from specs.logfmt import kv
 
 if TYPE_CHECKING:
     from specs.kinds import Workload
@@ -122,17 +123,6 @@ _SHIM_BOOT = (
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _kv(event: str, **fields: object) -> str:
-    """One structured log line: ``event=... key=value ...`` (values with spaces quoted)."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def _now() -> datetime:
@@ -416,7 +406,7 @@ class _Cgroups:
                     break
                 except OSError as exc:
                     if time.monotonic() > deadline:
-                        log.warning(_kv("cgroup.remove_failed", path=d, error=exc))
+                        log.warning(kv("cgroup.remove_failed", path=d, error=exc))
                         break
                     _signal_pids(_cg_pids(d), signal.SIGKILL)
                     time.sleep(_POLL)
@@ -434,7 +424,7 @@ class _CgroupLayout:
     def detect(cls, mode: CgroupMode) -> _CgroupLayout | None:
         """Find writable cgroup hierarchies; None (with a log line why) when there are none."""
         if mode == "none":
-            log.info(_kv("cgroups.off", reason="disabled by configuration", limits="none"))
+            log.info(kv("cgroups.off", reason="disabled by configuration", limits="none"))
             return None
         if not sys.platform.startswith("linux"):
             return None
@@ -450,11 +440,11 @@ class _CgroupLayout:
             layout = cls._v2(v2[0], own)
         if layout is None or not layout.parents:
             log.warning(
-                _kv("cgroups.unavailable", mode=mode, reason="no writable cgroup", limits="none")
+                kv("cgroups.unavailable", mode=mode, reason="no writable cgroup", limits="none")
             )
             return None
         log.info(
-            _kv(
+            kv(
                 "cgroups.found",
                 version=layout.version,
                 controllers=",".join(layout.controllers()) or "none",
@@ -503,7 +493,7 @@ class _CgroupLayout:
                         " ".join(f"+{c}" for c in sorted(wanted & available)),
                     )
             except OSError as exc:
-                log.info(_kv("cgroups.v2_controllers", path=d, error=exc))
+                log.info(kv("cgroups.v2_controllers", path=d, error=exc))
         return cls("v2", {"unified": parent}, {"unified": point / rel.lstrip("/")})
 
     def controllers(self) -> list[str]:
@@ -530,14 +520,14 @@ class _CgroupLayout:
                     _apply_v2_limits(d, cpu, memory_mib)
             except OSError as exc:
                 log.warning(
-                    _kv("cgroup.limit_failed", cgroup=leaf, controller=controller, error=exc)
+                    kv("cgroup.limit_failed", cgroup=leaf, controller=controller, error=exc)
                 )
                 with contextlib.suppress(OSError):
                     d.rmdir()
                 continue
             dirs[controller] = d
         if not dirs:
-            log.warning(_kv("cgroup.none", cgroup=leaf, limits="none"))
+            log.warning(kv("cgroup.none", cgroup=leaf, limits="none"))
             return None
         return _Cgroups(self.version, dirs, dict(self.own))
 
@@ -567,11 +557,11 @@ def _apply_v2_limits(d: Path, cpu: float, memory_mib: int) -> None:
         if (d / "memory.swap.max").exists():
             _cg_write(d / "memory.swap.max", "0")
     else:
-        log.warning(_kv("cgroup.no_controller", path=d, controller="memory", limits="none"))
+        log.warning(kv("cgroup.no_controller", path=d, controller="memory", limits="none"))
     if (d / "cpu.max").exists():
         _cg_write(d / "cpu.max", f"{max(1000, int(cpu * _CFS_PERIOD_US))} {_CFS_PERIOD_US}")
     else:
-        log.warning(_kv("cgroup.no_controller", path=d, controller="cpu", limits="none"))
+        log.warning(kv("cgroup.no_controller", path=d, controller="cpu", limits="none"))
 
 
 def _make_writable_dir(path: Path) -> bool:
@@ -626,7 +616,7 @@ def shim_main(workdir: str) -> int:
     wd = Path(workdir)
 
     def say(event: str, **fields: object) -> None:
-        print(f"{_now().isoformat()} {_kv(event, **fields)}", file=sys.stderr, flush=True)
+        print(f"{_now().isoformat()} {kv(event, **fields)}", file=sys.stderr, flush=True)
 
     me = os.getpid()
     # Run nothing until the agent has recorded us: a program whose shim has no
@@ -794,7 +784,7 @@ class NativeRuntime:
         tar, members = _open_checked(Path(image_path))
         tar.close()
         self._prepared.add(image_hash)
-        log.info(_kv("image.checked", hash=image_hash, members=len(members)))
+        log.info(kv("image.checked", hash=image_hash, members=len(members)))
 
     def start(self, name: str, workload: Workload, image_path: Path) -> WorkloadStatus:
         """Unpack the image, start the shim and wait (bounded) until the program runs.
@@ -825,7 +815,7 @@ class NativeRuntime:
                 res = workload.resources
                 cgroups = self._layout.create(self._cgroup_leaf(name), res.cpu, res.memoryMiB)
             else:
-                log.info(_kv("workload.no_limits", name=name, reason="no writable cgroup"))
+                log.info(kv("workload.no_limits", name=name, reason="no writable cgroup"))
             dirs = list(cgroups.dirs.values()) if cgroups else []
             leave = list(cgroups.leave.values()) if cgroups else []
             launch = {
@@ -847,7 +837,7 @@ class NativeRuntime:
             raise
         status = self._wait_started(name, wd, record)
         log.info(
-            _kv(
+            kv(
                 "workload.started",
                 name=name,
                 pid=record.pid,
@@ -875,20 +865,20 @@ class NativeRuntime:
                 cg.set_frozen(True)
                 how = "freezer"
             except OSError as exc:
-                log.warning(_kv("workload.freeze_failed", name=name, error=exc))
+                log.warning(kv("workload.freeze_failed", name=name, error=exc))
         if how == "freezer" and cg is not None:
             ok = self._wait(lambda: cg.freezer_state() == "FROZEN", _FREEZE_TIMEOUT)
         else:
             self._signal_group(rec, signal.SIGSTOP, include_shim=True)
             ok = self._wait(lambda: self._sigstopped(rec), _FREEZE_TIMEOUT)
-        log.info(_kv("workload.suspended", name=name, pid=rec.pid, method=how, complete=ok))
+        log.info(kv("workload.suspended", name=name, pid=rec.pid, method=how, complete=ok))
         return self._status(rec)
 
     def resume(self, name: str) -> WorkloadStatus:
         """Thaw the freezer and SIGCONT what was stopped; a running workload is left as is."""
         rec = self._load(name)
         self._thaw(rec)
-        log.info(_kv("workload.resumed", name=name, pid=rec.pid))
+        log.info(kv("workload.resumed", name=name, pid=rec.pid))
         return self._status(rec)
 
     def stop(self, name: str, grace: float = 10.0) -> WorkloadStatus:
@@ -922,11 +912,11 @@ class NativeRuntime:
                 p for p in rec.cgroups.pids() if getattr(_proc_stat(p), "pgid", 0) != rec.pgid
             ]
             _signal_pids(strays, signal.SIGTERM)
-        log.info(_kv("workload.stopping", name=name, pid=rec.pid, grace=grace))
+        log.info(kv("workload.stopping", name=name, pid=rec.pid, grace=grace))
         if not self._wait(lambda: not self._anything_alive(rec), max(grace, 0.0)):
             marker["signal"] = "SIGKILL"
             _write_json(wd / STOP_FILE, marker)
-            log.info(_kv("workload.kill", name=name, pid=rec.pid, after=grace))
+            log.info(kv("workload.kill", name=name, pid=rec.pid, after=grace))
 
             def spare_shim() -> bool:
                 self._kill_all(rec, include_shim=False)
@@ -936,12 +926,12 @@ class NativeRuntime:
             self._wait(spare_shim, _KILL_TIMEOUT)
 
             if not self._kill_until_gone(rec):
-                log.error(_kv("workload.kill_incomplete", name=name, pid=rec.pid))
+                log.error(kv("workload.kill_incomplete", name=name, pid=rec.pid))
         marker["finished_at"] = _now().isoformat()
         _write_json(wd / STOP_FILE, marker)
         status = self._status(rec)
         log.info(
-            _kv(
+            kv(
                 "workload.stopped",
                 name=name,
                 pid=rec.pid,
@@ -984,7 +974,7 @@ class NativeRuntime:
             self._children.pop(rec.pid, None)
         if wd.exists():
             shutil.rmtree(wd, ignore_errors=True)
-            log.info(_kv("workload.removed", name=name))
+            log.info(kv("workload.removed", name=name))
 
     def adopt(self) -> list[str]:
         """Names of the workloads in ``state_dir`` with a valid ``proc.json``.
@@ -1000,11 +990,11 @@ class NativeRuntime:
                 continue
             rec = _Record.load(wd / PROC_FILE)
             if rec is None or rec.name != wd.name:
-                log.warning(_kv("workload.adopt_skipped", dir=wd, reason="no valid proc.json"))
+                log.warning(kv("workload.adopt_skipped", dir=wd, reason="no valid proc.json"))
                 continue
             status = self._status(rec)
             names.append(rec.name)
-            log.info(_kv("workload.adopted", name=rec.name, pid=rec.pid, state=status.state))
+            log.info(kv("workload.adopted", name=rec.name, pid=rec.pid, state=status.state))
         return names
 
     # -------------------------------------------------------------- internals
@@ -1205,7 +1195,7 @@ class NativeRuntime:
                 cg.set_frozen(False)
                 self._wait(lambda: cg.freezer_state() == "THAWED", _FREEZE_TIMEOUT)
             except OSError as exc:
-                log.warning(_kv("workload.thaw_failed", name=rec.name, error=exc))
+                log.warning(kv("workload.thaw_failed", name=rec.name, error=exc))
         stopped = [
             p
             for p in self._processes(rec, include_shim=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import Conflict, Gone, NotFound, Store, parse_selector
+from controller.store import Conflict, Gone, NotFound, Store
+from specs.selectors import parse_selector
 
 
 def prio(name: str, value: int = 1, **labels: str) -> dict:

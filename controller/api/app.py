@@ -24,8 +24,9 @@ from controller import authz
 from controller.admission import admit
 from controller.api.common import ApiProblem, Caller
 from controller.auth import AuthError, Forbidden, Principal
-from controller.store import StoreError, parse_selector
+from controller.store import StoreError
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS, UnknownKindError, plural, resolve_kind
+from specs.selectors import parse_selector
 
 if TYPE_CHECKING:
     from controller.hub import Hub

@@ -33,9 +33,9 @@ from controller.cli.output import (
 )
 from controller.cli.state import CliState, pass_state
 from controller.client import ApiError, Client
-from controller.store import match_labels, parse_selector
 from specs.kinds import plural, resolve_kind
 from specs.loader import load_paths
+from specs.selectors import match_labels, parse_selector
 
 OUTPUT_FORMATS = ("table", "wide", "yaml", "json")
 

@@ -11,7 +11,6 @@ from controller.reconcile.engine import (
     KeyValueLogAdapter,
     Mapper,
     Result,
-    logfmt,
 )
 from controller.reconcile.queue import QueueShutDown, TokenBucket, WorkQueue
 
@@ -25,5 +24,4 @@ __all__ = [
     "Result",
     "TokenBucket",
     "WorkQueue",
-    "logfmt",
 ]

@@ -47,23 +47,13 @@ from typing import Any
 
 from controller.reconcile.queue import QueueShutDown, WorkQueue
 from controller.store import Change, Conflict, Gone, Store
+from specs.logfmt import logfmt
 
 log = logging.getLogger("gu.reconcile")
 
 Obj = dict[str, Any]
 
 _ERROR_MAX_CHARS = 300
-
-
-def logfmt(**fields: object) -> str:
-    """Render ``fields`` as one ``key=value`` line, quoting values with spaces or quotes."""
-    parts: list[str] = []
-    for key, value in fields.items():
-        text = " ".join(str(value).split()) if value is not None else ""
-        if text == "" or any(c in text for c in ' ="'):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 class KeyValueLogAdapter(logging.LoggerAdapter[logging.Logger]):
