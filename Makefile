@@ -26,6 +26,7 @@ lint: setup
 	$(BIN)/ruff check $(PACKAGES) tests
 	$(BIN)/ruff format --check $(PACKAGES) tests
 	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/lint-imports --no-cache
 
 pytest: setup system
 	$(BIN)/pytest -q $(PYTEST_ARGS)

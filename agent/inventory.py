@@ -29,12 +29,14 @@ Choices worth knowing:
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import psutil
 
-from specs.kinds import CpuInfo, Inventory, OsInfo, Usage
+from runtimes.base import Capabilities
+from specs.kinds import CpuInfo, Inventory, OsInfo, RuntimeInfo, Usage
 
 # Lower-cased machine strings (uname -m, Windows PROCESSOR_ARCHITECTURE) → (family, bits).
 _MACHINES: Final[dict[str, tuple[str, list[int]]]] = {
@@ -99,11 +101,22 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def collect_inventory(runtimes: list[str], storage_path: Path) -> Inventory:
+def runtime_info(name: str, caps: Capabilities) -> RuntimeInfo:
+    """The inventory entry of one driver's fingerprint."""
+    return RuntimeInfo(
+        name=name,
+        version=caps.version,
+        accel=caps.accel,
+        suspendKeepsMemory=caps.suspend_keeps_memory,
+        details=dict(caps.details),
+    )
+
+
+def collect_inventory(runtimes: Mapping[str, Capabilities], storage_path: Path) -> Inventory:
     """This machine's inventory: OS, CPU, total memory, the storage at ``storage_path``.
 
-    ``runtimes`` (e.g. ``["native", "docker"]``) is what the agent's runtime
-    drivers detected; it is reported as given.
+    ``runtimes`` maps the agent's runtime drivers (e.g. ``native``, ``docker``)
+    to their fingerprints, taken once at start; both are reported as given.
     """
     family, bits = normalize_arch(platform.machine())
     threads = psutil.cpu_count(logical=True) or 1
@@ -114,6 +127,7 @@ def collect_inventory(runtimes: list[str], storage_path: Path) -> Inventory:
         memoryBytes=psutil.virtual_memory().total,
         storageBytes=psutil.disk_usage(str(_existing(storage_path))).total,
         runtimes=list(runtimes),
+        runtimeInfo=[runtime_info(name, caps) for name, caps in runtimes.items()],
     )
 
 

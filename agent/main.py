@@ -3,9 +3,10 @@
 ``run_agent(config)`` does, in order:
 
 1. ``ensure_enrolled`` (``agent.identity``): key, enrolment or log-in.
-2. Build the runtime drivers (``--runtimes``, default every available one),
-   each with its own folder ``<state>/runtimes/<name>``, and the image cache
-   ``<state>/images``.
+2. Build the runtime drivers from ``runtimes.registry`` (``--runtimes``,
+   default every available one), each with its own folder
+   ``<state>/runtimes/<name>``, fingerprint each once (its capabilities go into
+   the inventory of every heartbeat), and the image cache ``<state>/images``.
 3. Adopt what a previous agent process left running — before anything is
    read from the hub, so no placement is ever started twice.
 4. Start the threads (all daemon, all bounded):
@@ -41,7 +42,8 @@ from agent.images import ImageCache
 from agent.inventory import collect_inventory, collect_usage
 from agent.workloads import WorkloadReconciler
 from controller.client import Client
-from runtimes.base import Runtime
+from runtimes import registry
+from runtimes.base import Capabilities, Runtime
 from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent")
@@ -49,16 +51,6 @@ log = logging.getLogger("gu.agent")
 DEFAULT_HEARTBEAT: Final = 5.0
 DEFAULT_WORKERS: Final = 4
 SHUTDOWN_TIMEOUT: Final = 3.0
-
-
-def _native(state_dir: Path) -> Runtime:
-    from runtimes.native import NativeRuntime
-
-    return NativeRuntime(state_dir)
-
-
-#: Runtime drivers by name; each is built as ``factory(<state>/runtimes/<name>)``.
-DRIVERS: Final[dict[str, Callable[[Path], Runtime]]] = {"native": _native}
 
 
 class AgentConfigError(ValueError):
@@ -79,24 +71,37 @@ class AgentConfig:
     workers: int = DEFAULT_WORKERS
 
 
-def build_runtimes(state_dir: Path, wanted: list[str] | None) -> dict[str, Runtime]:
+@dataclass(frozen=True)
+class RuntimeSet:
+    """The agent's drivers by name, with the fingerprint each gave at start."""
+
+    drivers: dict[str, Runtime]
+    capabilities: dict[str, Capabilities]
+
+
+def build_runtimes(state_dir: Path, wanted: list[str] | None) -> RuntimeSet:
     """The runtime drivers to use: ``wanted`` (each must be available), else every available one."""
-    names = wanted or list(DRIVERS)
-    unknown = [n for n in names if n not in DRIVERS]
+    names = wanted or registry.known()
+    unknown = [n for n in names if n not in registry.DRIVERS]
     if unknown:
-        raise AgentConfigError(
-            f"unknown runtime(s) {', '.join(unknown)}; this agent knows: {', '.join(DRIVERS)}"
-        )
-    out: dict[str, Runtime] = {}
+        raise AgentConfigError(str(registry.UnknownRuntime(unknown)))
+    drivers: dict[str, Runtime] = {}
+    capabilities: dict[str, Capabilities] = {}
     for name in names:
-        driver = DRIVERS[name](state_dir / "runtimes" / name)
-        if driver.available():
-            out[name] = driver
+        driver = registry.create(name, state_dir / "runtimes" / name)
+        caps = driver.fingerprint()
+        if caps.available:
+            drivers[name] = driver
+            capabilities[name] = caps
+            log.info(kv("runtime_ready", runtime=name, version=caps.version, accel=caps.accel))
         elif wanted:
-            raise AgentConfigError(f"runtime {name!r} is not available on this machine")
+            raise AgentConfigError(
+                f"runtime {name!r} is not available on this machine"
+                + (f": {caps.reason}" if caps.reason else "")
+            )
         else:
-            log.info(kv("runtime_unavailable", runtime=name))
-    return out
+            log.info(kv("runtime_unavailable", runtime=name, reason=caps.reason or None))
+    return RuntimeSet(drivers, capabilities)
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None]:
@@ -148,7 +153,8 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         log.info(kv("agent_stopped", reason="signal before the hub answered"))
         return
     state = identity.state_dir
-    runtimes = build_runtimes(state, config.runtimes)
+    runtime_set = build_runtimes(state, config.runtimes)
+    runtimes = runtime_set.drivers
     cache = ImageCache(state / "images")
     session = HubSession(Client(hub, identity.key), identity.node_id)
     reconciler = WorkloadReconciler(
@@ -168,7 +174,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
                 session,
                 stop,
                 config.heartbeat,
-                lambda: collect_inventory(runtime_names, state),
+                lambda: collect_inventory(runtime_set.capabilities, state),
                 lambda: collect_usage(state, reconciler.running_count()),
             ),
             name="gu-agent-heartbeat",
@@ -226,4 +232,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DRIVERS", "AgentConfig", "AgentConfigError", "build_runtimes", "run_agent"]
+__all__ = ["AgentConfig", "AgentConfigError", "RuntimeSet", "build_runtimes", "run_agent"]

@@ -8,8 +8,12 @@ stored ones, overlaid with the ImagePolicies in the same batch, so a folder
 holding both the policy and the session applies in one go.
 
 A refusal writes nothing and names the policy rule that failed. The same
-evaluation runs again at every reconcile (a policy may tighten later) and, in
-the form of a hub-signed admission, on the agent right before start.
+evaluation runs again at every reconcile (a policy may tighten later:
+:func:`session_policy`, the Session reconciler's hook) and, in the form of a
+hub-signed admission, on the agent right before start.
+
+Everything this module needs comes in as arguments (the store, the image
+store, the hub's signing key): it knows nothing of the ``Hub`` that wires them.
 """
 
 from __future__ import annotations
@@ -17,18 +21,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from controller.images import ImageNotFound
-from controller.policy import check, check_image, provider_predicate
-from controller.reconcilers.session import PolicyCheck
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.images import ImageNotFound, ImageStore
+from controller.policy import PolicyCheck, check, check_image, provider_predicate
 from controller.scheduler import NodeView
 from controller.store import Store
 from specs.kinds import ImagePolicy, Session
 from specs.signing import SignatureFormatError, parse_signature, sign_admission
-
-if TYPE_CHECKING:
-    from controller.hub import Hub
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,14 @@ class ImageFacts:
     signatures: list[dict[str, Any]]
 
 
-def image_facts(hub: Hub, image_hash: str) -> ImageFacts:
+def image_facts(images: ImageStore, image_hash: str) -> ImageFacts:
     """Size and parsed signatures of an image in the hub's store (unknown → None, [])."""
     try:
-        size: int | None = hub.images.info(image_hash).size
+        size: int | None = images.info(image_hash).size
     except ImageNotFound:
         size = None
     sigs = []
-    for raw in hub.images.signatures(image_hash) if size is not None else []:
+    for raw in images.signatures(image_hash) if size is not None else []:
         try:
             sigs.append(parse_signature(json.loads(raw)))
         except (SignatureFormatError, ValueError):
@@ -54,27 +56,27 @@ def image_facts(hub: Hub, image_hash: str) -> ImageFacts:
     return ImageFacts(size, sigs)
 
 
-def effective_policies(hub: Hub, batch: list[dict[str, Any]]) -> list[ImagePolicy]:
+def effective_policies(store: Store, batch: list[dict[str, Any]]) -> list[ImagePolicy]:
     """Stored ImagePolicies overlaid with the ones in this apply batch."""
-    by_name = {o["metadata"]["name"]: o for o in hub.store.list("ImagePolicy")}
+    by_name = {o["metadata"]["name"]: o for o in store.list("ImagePolicy")}
     for obj in batch:
         if obj["kind"] == "ImagePolicy":
             by_name[obj["metadata"]["name"]] = obj
     return [ImagePolicy.model_validate(o) for o in by_name.values()]
 
 
-def admit(hub: Hub, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def admit(store: Store, images: ImageStore, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Policy errors for the Sessions of ``batch`` (``[{index, path, message}]``; empty = ok)."""
     sessions = [(i, o) for i, o in enumerate(batch) if o["kind"] == "Session"]
     if not sessions:
         return []
-    policies = effective_policies(hub, batch)
+    policies = effective_policies(store, batch)
     errors: list[dict[str, Any]] = []
     for index, obj in sessions:
         session = Session.model_validate(obj)
         app = session.spec.app
         image = session.spec.workload.image.hash
-        facts = image_facts(hub, image)
+        facts = image_facts(images, image)
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         if not verdict.allowed:
             errors.append(
@@ -86,7 +88,7 @@ def admit(hub: Hub, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             continue
         for j, node in enumerate(session.spec.providers.nodes or []):
-            prov = hub.store.try_get("Provider", node)
+            prov = store.try_get("Provider", node)
             labels = prov["metadata"]["labels"] if prov else {}
             node_verdict = check(app, image, facts.size, facts.signatures, policies, node, labels)
             if not node_verdict.allowed:
@@ -100,20 +102,23 @@ def admit(hub: Hub, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return errors
 
 
-def session_policy(hub: Hub) -> Callable[[Session, Store], PolicyCheck]:
-    """The reconcile-time ImagePolicy check of the hub (the Session reconciler's hook).
+def session_policy(
+    images: ImageStore, signer: Ed25519PrivateKey
+) -> Callable[[Session, Store], PolicyCheck]:
+    """The reconcile-time ImagePolicy check (the Session reconciler's hook).
 
     Per pass it reads the stored policies and what the hub knows of the image,
     and answers: the image is not allowed at all (``violation``: stop
     everything), or which providers are allowed (``allowed``), and how to sign
-    the admission an agent checks before start (``admit``).
+    the admission an agent checks before start (``admit``, signed by ``signer``,
+    the hub's key).
     """
 
     def hook(session: Session, store: Store) -> PolicyCheck:
         app = session.spec.app
         image = session.spec.workload.image.hash
         policies = [ImagePolicy.model_validate(o) for o in store.list("ImagePolicy")]
-        facts = image_facts(hub, image)
+        facts = image_facts(images, image)
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         if not verdict.allowed:
             return PolicyCheck(violation=verdict.reason)
@@ -138,7 +143,7 @@ def session_policy(hub: Hub) -> Callable[[Session, Store], PolicyCheck]:
                 "signerKeys": [v.signer] if v.signer else [],
                 "signatures": [v.signature] if v.signature else [],
             }
-            return sign_admission(hub.key, admission)
+            return sign_admission(signer, admission)
 
         return PolicyCheck(allowed=allowed, violation=None, admit=admit)
 

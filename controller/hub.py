@@ -22,11 +22,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controller.admission import session_policy
+from controller.api.app import create_app
+from controller.api.deps import ApiDeps
 from controller.auth import Authenticator, Principal
 from controller.config import Context, config_path, load_config
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
 from controller.logs import PlacementLogs
+from controller.notifier import ChangeNotifier
+from controller.reconcile.engine import Controller
+from controller.reconcilers import register_all
 from controller.store import Store
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 
@@ -64,47 +70,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class ChangeNotifier:
-    """Wakes asyncio waiters (watch streams) when the store commits.
-
-    The store calls back on the writer's thread; we hop onto the loop and swap
-    in a fresh Event, so every waiter wakes once per commit batch.
-    """
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.rv = 0
-        self.closed = False
-
-    def attach(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.rv = store.resource_version
-        store.subscribe(self._from_thread)
-
-    def _from_thread(self, rv: int) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._fire, rv)
-
-    def _fire(self, rv: int) -> None:
-        self.rv = max(self.rv, rv)
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    def close(self) -> None:
-        """The hub is stopping: wake every waiter now; watch streams see ``closed`` and end."""
-        self.closed = True
-        self._fire(self.rv)
-
-    async def wait(self, after: int, timeout: float) -> int:
-        """Wait until the store's rv passes ``after`` or ``timeout``; returns the rv seen."""
-        if self.rv > after or self.closed:
-            return self.rv
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
-        return self.rv
-
-
 def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
     if path.exists():
         return load_private_key(path)
@@ -114,7 +79,12 @@ def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 
 class Hub:
-    """Everything one hub holds, wired together (the API reads it from ``app.state``)."""
+    """Everything one hub holds, wired together: the composition root.
+
+    Nothing imports this module but the ``gu hub`` command (and tests): the API
+    gets the parts it serves from as an ``ApiDeps``, the reconcilers get the
+    store and the policy hook, so no module reaches back into the ``Hub``.
+    """
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
@@ -136,17 +106,12 @@ class Hub:
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
-        from controller.reconcile.engine import Controller
-        from controller.reconcilers import register_all
-
         self.controller = Controller(self.store, resync_period=settings.resync_period)
-        from controller.admission import session_policy
-
         register_all(
             self.controller,
             node_grace=settings.node_grace,
             heartbeat=settings.heartbeat,
-            policy=session_policy(self),
+            policy=session_policy(self.images, self.key),
         )
 
     @property
@@ -192,13 +157,21 @@ class Hub:
         """Serve the API and run the reconcile loop until SIGINT/SIGTERM."""
         import uvicorn
 
-        from controller.api.app import create_app
-
         host, port = parse_listen(self.settings.listen)
         loop = asyncio.get_running_loop()
         self.notifier.attach(self.store, loop)
         stop = asyncio.Event()
-        app = create_app(self)
+        app = create_app(
+            ApiDeps(
+                store=self.store,
+                images=self.images,
+                auth=self.auth,
+                notifier=self.notifier,
+                heartbeats=self.heartbeats,
+                logs=self.logs,
+                heartbeat_seconds=self.settings.heartbeat,
+            )
+        )
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )

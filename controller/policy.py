@@ -17,16 +17,25 @@ Rules (default deny):
   ``selector`` (a non-empty selector; every key equal).
 - Several policies naming one app: the placement is allowed if any ONE policy
   allows both the image and the provider.
+
+The reconcile-time seam lives here too: a ``PolicyHook`` answers a
+``PolicyCheck`` per Session pass (``controller.admission.session_policy``
+builds the hub's), so the Session reconciler and the admission code both
+depend on this module and not on each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from specs.kinds import ImagePolicy
+from specs.kinds import ImagePolicy, Session
 from specs.selectors import format_selector, match_labels
+
+if TYPE_CHECKING:
+    from controller.scheduler import Allowed
+    from controller.store import Store
 from specs.signing import verify_image
 
 
@@ -167,3 +176,29 @@ def provider_predicate(
         return "; ".join(reasons)
 
     return allowed
+
+
+# ------------------------------------------------------ the reconcile-time seam
+
+Admit = Callable[[str, str], dict[str, Any] | None]
+"""``admit(placement_name, node)``: the hub-signed ``spec.admission`` of a bound placement
+(None when no policy allows that node: the placement is then being stopped anyway)."""
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """What the ImagePolicy says about one Session right now.
+
+    ``violation``: why its image is not allowed at all (every placement must
+    stop, nothing is scheduled); ``allowed``: the per-provider predicate for
+    the scheduler and for placements already bound; ``admit``: signs the
+    admission an agent checks before it runs anything.
+    """
+
+    allowed: Allowed | None = None
+    violation: str | None = None
+    admit: Admit | None = None
+
+
+PolicyHook = Callable[[Session, "Store"], PolicyCheck | None]
+"""``hook(session, store)``: the ImagePolicy verdict for this session (None: no policy checks)."""

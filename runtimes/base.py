@@ -4,10 +4,15 @@ Modelled on Nomad's task-driver plugins. The agent's local reconcile loop only
 ever talks to a :class:`Runtime`; everything specific to processes, containers
 or VMs stays behind it. The short list of verbs:
 
-- ``available()`` — fingerprint: can this driver run anything on this machine?
+- ``fingerprint()`` — what this driver can do on this machine
+  (:class:`Capabilities`: available or why not, version, accelerator, whether
+  a suspended workload keeps its memory); the agent reports it in the
+  Provider's inventory, so the scheduler and a user see it.
 - ``prepare(image)`` — check (and, where useful, pre-load) an image before any
   workload needs it, so a bad image fails early with a clear reason.
-- ``start(name, workload, image)`` — run one placement's workload.
+- ``start(name, workload, image, attachments)`` — run one placement's
+  workload, with what the placement brings besides its image
+  (:class:`Attachments`: a virtual-network attachment, exposed folders).
 - ``inspect(name)`` — the observed state, read from the world every time.
 - ``suspend`` / ``resume`` — freeze and thaw without losing state.
 - ``stop(name, grace)`` — polite signal, then force after ``grace`` seconds.
@@ -32,7 +37,7 @@ driver may use it as a file, cgroup or container name without escaping.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
@@ -77,6 +82,64 @@ class WorkloadStatus:
     def finished(self) -> bool:
         """True when nothing of the workload runs any more."""
         return self.state in FINISHED_STATES
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A driver's fingerprint: what it can do here (Nomad's driver ``Fingerprint``).
+
+    ``available`` False comes with ``reason`` (what is missing, what to
+    install). ``accel`` names the accelerator a VM driver uses (``kvm``,
+    ``tcg``, ``hvf``, ``whpx``), None for others. ``suspend_keeps_memory``: a
+    suspended workload still holds its memory (a frozen process, a paused
+    container, a stopped VM), so preemption by suspension frees CPU only.
+    ``details`` holds driver-specific facts as short strings (e.g. the cgroup
+    version).
+    """
+
+    available: bool
+    version: str = ""
+    accel: str | None = None
+    suspend_keeps_memory: bool = True
+    reason: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """The placement's member address on a VirtualNetwork, as the hub assigned it."""
+
+    network: str
+    address: str
+    mac: str
+    mtu: int
+    #: the per-host bus the workload's NIC joins (``GROUP:PORT``)
+    bus: str
+
+
+@dataclass(frozen=True)
+class FolderMount:
+    """A host folder exposed inside the workload at ``path`` (read-only unless said)."""
+
+    source: Path
+    path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Attachments:
+    """What a placement brings besides its image; empty for a plain workload."""
+
+    network: NetworkAttachment | None = None
+    folders: tuple[FolderMount, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to attach."""
+        return self.network is None and not self.folders
+
+
+NO_ATTACHMENTS: Final = Attachments()
 
 
 class RuntimeFailure(Exception):
@@ -140,8 +203,8 @@ class Runtime(Protocol):
 
     name: str
 
-    def available(self) -> bool:
-        """Fingerprint: True when this driver can run workloads on this machine."""
+    def fingerprint(self) -> Capabilities:
+        """What this driver can do on this machine (see :class:`Capabilities`)."""
         ...
 
     def prepare(self, image_path: Path, image_hash: str) -> None:
@@ -151,9 +214,17 @@ class Runtime(Protocol):
         """
         ...
 
-    def start(self, name: str, workload: Workload, image_path: Path) -> WorkloadStatus:
+    def start(
+        self,
+        name: str,
+        workload: Workload,
+        image_path: Path,
+        attachments: Attachments = NO_ATTACHMENTS,
+    ) -> WorkloadStatus:
         """Start ``workload`` from ``image_path`` as ``name``; return its first status.
 
+        ``attachments`` are what the placement brings besides its image; a
+        driver that cannot provide one raises :class:`StartFailed` saying so.
         Raises :class:`WorkloadExists`, :class:`ImageRejected` or
         :class:`StartFailed`; nothing of the workload is left behind then.
         """
@@ -202,9 +273,14 @@ class Runtime(Protocol):
 
 __all__ = [
     "FINISHED_STATES",
+    "NO_ATTACHMENTS",
     "WORKLOAD_STATES",
+    "Attachments",
+    "Capabilities",
+    "FolderMount",
     "ImageRejected",
     "InvalidName",
+    "NetworkAttachment",
     "Runtime",
     "RuntimeFailure",
     "StartFailed",

@@ -266,6 +266,20 @@ class CpuInfo(Model):
     threads: int
 
 
+class RuntimeInfo(Model):
+    """One runtime driver of a provider, as its fingerprint found it."""
+
+    name: str = Field(max_length=40)
+    version: str = Field(default="", max_length=200)
+    accel: str | None = Field(
+        default=None, max_length=20, description="the VM accelerator in use: kvm, tcg, hvf, whpx"
+    )
+    suspendKeepsMemory: bool = Field(
+        default=True, description="a suspended workload still holds its memory"
+    )
+    details: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
 class Inventory(Model):
     """What a provider has, reported by its agent at every heartbeat."""
 
@@ -274,6 +288,7 @@ class Inventory(Model):
     memoryBytes: int
     storageBytes: int
     runtimes: list[str] = Field(default_factory=list)
+    runtimeInfo: list[RuntimeInfo] = Field(default_factory=list, max_length=16)
 
 
 class Usage(Model):

@@ -9,12 +9,14 @@ import psutil
 import pytest
 
 from agent.inventory import collect_inventory, collect_usage, normalize_arch
+from runtimes.base import Capabilities
 from specs.kinds import CpuInfo, Inventory, OsInfo, Usage
 from specs.peerinfo import GIB, VIEWS, inf_cpu, inf_mem, inf_os, inf_storage
 
 
 def test_inventory_agrees_with_psutil(tmp_path: Path) -> None:
-    inv = collect_inventory(["native", "docker"], tmp_path)
+    caps = {"native": Capabilities(True, version="v1"), "docker": Capabilities(True, accel=None)}
+    inv = collect_inventory(caps, tmp_path)
     threads = psutil.cpu_count(logical=True)
     assert inv.cpu.threads == threads
     assert inv.cpu.cores == (psutil.cpu_count(logical=False) or threads)
@@ -23,10 +25,11 @@ def test_inventory_agrees_with_psutil(tmp_path: Path) -> None:
     assert inv.os.name == platform.system()
     assert inv.os.version == platform.release()
     assert inv.runtimes == ["native", "docker"]
+    assert [(r.name, r.version) for r in inv.runtimeInfo] == [("native", "v1"), ("docker", "")]
 
 
 def test_inventory_architecture_is_normalised() -> None:
-    inv = collect_inventory([], Path("/"))
+    inv = collect_inventory({}, Path("/"))
     family, bits = normalize_arch(platform.machine())
     assert (inv.cpu.architecture, inv.cpu.bit) == (family, bits)
     assert inv.cpu.architecture in {"x86", "arm", "riscv", "ppc", "s390"}
@@ -62,7 +65,7 @@ def test_normalize_arch_arm64_is_64_bit_at_least() -> None:
 
 
 def test_inventory_of_a_storage_folder_not_created_yet(tmp_path: Path) -> None:
-    inv = collect_inventory([], tmp_path / "not" / "yet")
+    inv = collect_inventory({}, tmp_path / "not" / "yet")
     assert inv.storageBytes == psutil.disk_usage(str(tmp_path)).total
 
 
@@ -107,7 +110,7 @@ def test_inf_views_have_exactly_the_gu_fields() -> None:
 
 
 def test_inf_views_of_this_host(tmp_path: Path) -> None:
-    inv = collect_inventory([], tmp_path)
+    inv = collect_inventory({}, tmp_path)
     usage = collect_usage(tmp_path, 0)
     mem = inf_mem(inv, usage)
     assert mem["total"] == round(psutil.virtual_memory().total / 2**30, 2)

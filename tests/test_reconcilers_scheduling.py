@@ -701,17 +701,18 @@ def test_with_no_provider_at_all_the_session_waits_unschedulable(
 
 @pytest.mark.usefixtures("app")
 def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> None:
+    from controller.policy import PolicyCheck
     from controller.reconcilers import session as session_reconciler
     from controller.scheduler import NodeView
     from specs.kinds import Session
 
-    def policy(s: Session, st: Store) -> session_reconciler.PolicyCheck:
+    def policy(s: Session, st: Store) -> PolicyCheck:
         assert s.spec.app == "demo"
 
         def allowed(node: NodeView) -> str | None:
             return None if node.labels.get("trusted") == "yes" else "not trusted"
 
-        return session_reconciler.PolicyCheck(allowed=allowed)
+        return PolicyCheck(allowed=allowed)
 
     controller = Controller(store)
     session_reconciler.register(controller, policy=policy)

@@ -29,8 +29,8 @@ from runtimes import (
     WorkloadExists,
     WorkloadNotFound,
     WorkloadStatus,
-    native,
 )
+from runtimes.native.shim import SHIM_BOOT
 from specs.kinds import Workload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,10 @@ def runtime(state_dir: Path) -> NativeRuntime:
 def test_native_runtime_is_a_runtime(runtime: NativeRuntime) -> None:
     assert isinstance(runtime, Runtime)
     assert runtime.name == "native"
-    assert runtime.available()
+    caps = runtime.fingerprint()
+    assert caps.available
+    assert caps.suspend_keeps_memory
+    assert caps.details["cgroups"] == (runtime.cgroup_version or "none")
 
 
 def test_exit_zero_succeeds_and_output_reaches_the_logs(runtime, image) -> None:
@@ -497,7 +500,7 @@ def test_a_shim_without_its_record_runs_nothing(tmp_path) -> None:
         )
     )
     (wd / "proc.json").write_text(json.dumps({"pid": 1}))  # somebody else's record
-    boot = native._SHIM_BOOT
+    boot = SHIM_BOOT
     done = subprocess.run(
         [sys.executable, "-I", "-c", boot, str(REPO / "runtimes"), str(wd)],
         capture_output=True,

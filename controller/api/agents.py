@@ -12,19 +12,22 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller, raw_body
+from controller.api.deps import ApiDeps, Deps
 from controller.auth import AuthError, Forbidden, Principal
 from controller.enrollment import check_join_token, create_join_token
-from controller.hub import Hub
 from controller.store import NotFound
 from specs.identity import node_id
 from specs.kinds import Inventory, Usage
 from specs.meta import utcnow
+
+router = APIRouter(tags=["agents"])
+
 
 MAX_LOG_BYTES = 1 << 20
 
@@ -66,130 +69,133 @@ class Heartbeat(BaseModel):
     )
 
 
-def register(app: FastAPI, hub: Hub) -> None:
-    """Add the agent routes to ``app``."""
+@router.post("/v1/jointokens", response_model=JoinTokenResponse)
+def new_join_token(req: JoinTokenRequest, who: Caller, d: Deps) -> dict[str, Any]:
+    """A join token for new agents (admin only); shown once, stored hashed."""
+    authz.check(who, "admin", "JoinToken")
+    token, _ = create_join_token(d.store, req.ttl)
+    return {"token": token, "expiresIn": req.ttl}
 
-    @app.post("/v1/jointokens", response_model=JoinTokenResponse, tags=["agents"])
-    def new_join_token(req: JoinTokenRequest, who: Caller) -> dict[str, Any]:
-        """A join token for new agents (admin only); shown once, stored hashed."""
-        authz.check(who, "admin", "JoinToken")
-        token, _ = create_join_token(hub.store, req.ttl)
-        return {"token": token, "expiresIn": req.ttl}
 
-    @app.post("/v1/agents/enroll", response_model=EnrollResponse, tags=["agents"])
-    def enroll(req: EnrollRequest) -> dict[str, Any]:
-        """Enrol an agent: a signed challenge (purpose ``enroll``) plus a join token."""
-        hub.auth.verify_challenge(req.publicKey, req.nonce, "enroll", req.expiry, req.signature)
-        if not check_join_token(hub.store, req.joinToken):
-            raise AuthError("join token unknown or expired; get one with `gu hub token create`")
-        nid = node_id(req.publicKey)
-        spec = {
-            "nodeId": nid,
-            "displayName": req.name or nid[:10],
-            "publicKey": req.publicKey,
-            "labels": req.labels,
-        }
-        obj = {"kind": "Provider", "metadata": {"name": nid, "labels": req.labels}, "spec": spec}
-        try:
-            from specs.kinds import Provider
+@router.post("/v1/agents/enroll", response_model=EnrollResponse)
+def enroll(req: EnrollRequest, d: Deps) -> dict[str, Any]:
+    """Enrol an agent: a signed challenge (purpose ``enroll``) plus a join token."""
+    d.auth.verify_challenge(req.publicKey, req.nonce, "enroll", req.expiry, req.signature)
+    if not check_join_token(d.store, req.joinToken):
+        raise AuthError("join token unknown or expired; get one with `gu hub token create`")
+    nid = node_id(req.publicKey)
+    spec = {
+        "nodeId": nid,
+        "displayName": req.name or nid[:10],
+        "publicKey": req.publicKey,
+        "labels": req.labels,
+    }
+    obj = {"kind": "Provider", "metadata": {"name": nid, "labels": req.labels}, "spec": spec}
+    try:
+        from specs.kinds import Provider
 
-            Provider.model_validate(obj)
-        except ValueError as exc:
-            raise ApiProblem(422, f"enrolment rejected: {exc}") from None
-        with hub.store.transaction():
-            if hub.store.try_get("Provider", nid) is None:
-                hub.store.create(obj)
-            else:
-                hub.store.replace(obj)
-        hub.store.record_event("Provider", nid, "Enrolled", f"agent {spec['displayName']} enrolled")
-        who = Principal("agent", nid, req.publicKey)
-        return {
-            "nodeId": nid,
-            "token": hub.auth.make_token(who, hub.auth.token_ttl),
-            "expiresIn": hub.auth.token_ttl,
-        }
+        Provider.model_validate(obj)
+    except ValueError as exc:
+        raise ApiProblem(422, f"enrolment rejected: {exc}") from None
+    with d.store.transaction():
+        if d.store.try_get("Provider", nid) is None:
+            d.store.create(obj)
+        else:
+            d.store.replace(obj)
+    d.store.record_event("Provider", nid, "Enrolled", f"agent {spec['displayName']} enrolled")
+    who = Principal("agent", nid, req.publicKey)
+    return {
+        "nodeId": nid,
+        "token": d.auth.make_token(who, d.auth.token_ttl),
+        "expiresIn": d.auth.token_ttl,
+    }
 
-    @app.post("/v1/agents/heartbeat", tags=["agents"])
-    def heartbeat(req: Heartbeat, who: Caller) -> dict[str, Any]:
-        """An agent's inventory and usage; the hub stamps the time."""
-        if who.role != "agent":
-            raise Forbidden(
-                f"{who} lacks permission to heartbeat: only enrolled agents send heartbeats, "
-                "for their own Provider"
-            )
-        if hub.store.try_get("Provider", who.name) is None:
-            raise NotFound(f"Provider/{who.name} not found: enrol again with a join token")
-        # written with the other beats of the next 0.2 s in one transaction
-        hub.heartbeats.record(
-            who.name,
-            {
-                "inventory": req.inventory.model_dump(mode="json"),
-                "usage": req.usage.model_dump(mode="json"),
-                "endpoints": req.endpoints,
-                "lastHeartbeat": utcnow().isoformat().replace("+00:00", "Z"),
-                "heartbeatSeconds": req.period or hub.settings.heartbeat,
-            },
+
+@router.post("/v1/agents/heartbeat")
+def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
+    """An agent's inventory and usage; the hub stamps the time."""
+    if who.role != "agent":
+        raise Forbidden(
+            f"{who} lacks permission to heartbeat: only enrolled agents send heartbeats, "
+            "for their own Provider"
         )
-        return {"ok": True, "heartbeat": hub.settings.heartbeat, "time": time.time()}
-
-    @app.put("/v1/placements/{name}/logs", tags=["agents"], openapi_extra=raw_body("text/plain"))
-    async def put_logs(
-        name: str,
-        request: Request,
-        who: Caller,
-        run: int | None = Query(default=None, ge=0, le=1_000_000),
-    ) -> dict[str, Any]:
-        """The agent uploads the tail of a workload's output (at most 1 MiB).
-
-        ``run`` counts the workload's restarts in place: the first upload of a
-        new run keeps the previous run's copy (``GET …/logs?previous=true``).
-        """
-        # permission on the kind first, so a caller without it cannot probe names
-        authz.check(who, "status", "Placement")
-        placement = hub.store.try_get("Placement", name)
-        if placement is None or not authz.visible(who, "Placement", placement):
-            raise NotFound(f"Placement/{name} not found")
-        authz.check(who, "status", "Placement", placement)
-        body = await request.body()
-        if len(body) > MAX_LOG_BYTES:
-            body = body[-MAX_LOG_BYTES:]
-        await asyncio.to_thread(hub.logs.store, name, body, run)
-        return {"bytes": len(body)}
-
-    @app.get("/v1/sessions/{name}/logs", response_class=PlainTextResponse, tags=["objects"])
-    def session_logs(
-        name: str,
-        who: Caller,
-        node: str | None = Query(default=None, max_length=64),
-        previous: bool = Query(default=False),
-    ) -> str:
-        """Output of a session's workloads, one section per placement (``previous``: the
-        run before the last restart in place)."""
-        authz.check(who, "get", "Session")
-        session = hub.store.try_get("Session", name)
-        if session is None or not authz.visible(who, "Session", session):
-            raise NotFound(f"Session/{name} not found")
-        placements = hub.store.list_where("Placement", "$.session", name)
-        if node:
-            placements = [
-                p
-                for p in placements
-                if p["spec"].get("node") == node or _display(hub, p["spec"].get("node")) == node
-            ]
-        if not placements:
-            raise NotFound(f"Session/{name} has no placements" + (f" on {node}" if node else ""))
-        parts = []
-        for p in placements:
-            pname = p["metadata"]["name"]
-            text = hub.logs.read(pname, previous)
-            if len(placements) > 1:
-                parts.append(f"==> {pname} on {p['spec'].get('node')} <==\n")
-            parts.append(text if text.endswith("\n") or not text else text + "\n")
-        return "".join(parts)
+    if d.store.try_get("Provider", who.name) is None:
+        raise NotFound(f"Provider/{who.name} not found: enrol again with a join token")
+    # written with the other beats of the next 0.2 s in one transaction
+    d.heartbeats.record(
+        who.name,
+        {
+            "inventory": req.inventory.model_dump(mode="json"),
+            "usage": req.usage.model_dump(mode="json"),
+            "endpoints": req.endpoints,
+            "lastHeartbeat": utcnow().isoformat().replace("+00:00", "Z"),
+            "heartbeatSeconds": req.period or d.heartbeat_seconds,
+        },
+    )
+    return {"ok": True, "heartbeat": d.heartbeat_seconds, "time": time.time()}
 
 
-def _display(hub: Hub, nid: str | None) -> str | None:
+@router.put("/v1/placements/{name}/logs", openapi_extra=raw_body("text/plain"))
+async def put_logs(
+    name: str,
+    request: Request,
+    who: Caller,
+    d: Deps,
+    run: int | None = Query(default=None, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    """The agent uploads the tail of a workload's output (at most 1 MiB).
+
+    ``run`` counts the workload's restarts in place: the first upload of a
+    new run keeps the previous run's copy (``GET …/logs?previous=true``).
+    """
+    # permission on the kind first, so a caller without it cannot probe names
+    authz.check(who, "status", "Placement")
+    placement = d.store.try_get("Placement", name)
+    if placement is None or not authz.visible(who, "Placement", placement):
+        raise NotFound(f"Placement/{name} not found")
+    authz.check(who, "status", "Placement", placement)
+    body = await request.body()
+    if len(body) > MAX_LOG_BYTES:
+        body = body[-MAX_LOG_BYTES:]
+    await asyncio.to_thread(d.logs.store, name, body, run)
+    return {"bytes": len(body)}
+
+
+@router.get("/v1/sessions/{name}/logs", response_class=PlainTextResponse, tags=["objects"])
+def session_logs(
+    name: str,
+    who: Caller,
+    d: Deps,
+    node: str | None = Query(default=None, max_length=64),
+    previous: bool = Query(default=False),
+) -> str:
+    """Output of a session's workloads, one section per placement (``previous``: the
+    run before the last restart in place)."""
+    authz.check(who, "get", "Session")
+    session = d.store.try_get("Session", name)
+    if session is None or not authz.visible(who, "Session", session):
+        raise NotFound(f"Session/{name} not found")
+    placements = d.store.list_where("Placement", "$.session", name)
+    if node:
+        placements = [
+            p
+            for p in placements
+            if p["spec"].get("node") == node or _display(d, p["spec"].get("node")) == node
+        ]
+    if not placements:
+        raise NotFound(f"Session/{name} has no placements" + (f" on {node}" if node else ""))
+    parts = []
+    for p in placements:
+        pname = p["metadata"]["name"]
+        text = d.logs.read(pname, previous)
+        if len(placements) > 1:
+            parts.append(f"==> {pname} on {p['spec'].get('node')} <==\n")
+        parts.append(text if text.endswith("\n") or not text else text + "\n")
+    return "".join(parts)
+
+
+def _display(d: ApiDeps, nid: str | None) -> str | None:
     if not nid:
         return None
-    prov = hub.store.try_get("Provider", nid)
+    prov = d.store.try_get("Provider", nid)
     return prov["spec"].get("displayName") if prov else None

@@ -1,15 +1,15 @@
-"""What every API module shares: the error type, the caller dependency, the hub handle."""
+"""What every API module shares: the error type and body, the caller dependency, kinds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from pydantic import BaseModel
 
+from controller.api.deps import deps_of
 from controller.auth import AuthError, Principal
-
-if TYPE_CHECKING:
-    from controller.hub import Hub
+from specs.kinds import UnknownKindError, resolve_kind
 
 
 class ApiProblem(Exception):
@@ -22,6 +22,36 @@ class ApiProblem(Exception):
         self.status = status
         self.message = message
         self.details = details or []
+
+
+class ProblemDetail(BaseModel):
+    path: str
+    message: str
+    index: int | None = None
+
+
+class Problem(BaseModel):
+    message: str
+    details: list[ProblemDetail]
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (FastAPI's own 422 shape is never sent)."""
+
+    error: Problem
+
+
+# Declared on every route, so the OpenAPI document tells clients (and schemathesis)
+# the error body the API really sends instead of FastAPI's default 422 schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (401, "No valid bearer token (log in again)"),
+        (403, "Not allowed: the message names the missing permission, or the policy rule"),
+        (404, "No such object"),
+        (422, "The request does not match the API schema"),
+    )
+}
 
 
 _RAW_BODY_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -37,10 +67,12 @@ def raw_body(media_type: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
 
 
-def hub_of(request: Request) -> Hub:
-    """The Hub this app serves."""
-    hub: Hub = request.app.state.hub
-    return hub
+def kind_of(name: str) -> str:
+    """The canonical kind for a path segment (``sessions`` → ``Session``); 404 if unknown."""
+    try:
+        return resolve_kind(name)
+    except UnknownKindError as exc:
+        raise ApiProblem(404, str(exc)) from None
 
 
 def principal(request: Request) -> Principal:
@@ -51,7 +83,7 @@ def principal(request: Request) -> Principal:
         raise AuthError(
             "missing bearer token; log in (`gu auth token`) and send Authorization: Bearer <token>"
         )
-    return hub_of(request).auth.verify_token(token.strip())
+    return deps_of(request).auth.verify_token(token.strip())
 
 
 Caller = Annotated[Principal, Depends(principal)]

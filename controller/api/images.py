@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller, raw_body
+from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
-from controller.hub import Hub
 from controller.images import ImageNotFound, ImageTooLarge
 from specs.identity import canonical_json
 from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
 from specs.signing import SignatureFormatError, parse_signature, verify_image
+
+router = APIRouter(tags=["images"])
 
 
 class _ImageFile(FileResponse):
@@ -37,104 +39,104 @@ def _info(info: Any) -> dict[str, Any]:
     }
 
 
-def register(app: FastAPI, hub: Hub) -> None:
-    """Add the image routes to ``app``."""
+def valid(hash: str) -> str:
+    try:
+        parse_hash(hash)
+    except InvalidImageHash as exc:
+        raise ApiProblem(422, str(exc)) from None
+    return hash
 
-    def valid(hash: str) -> str:
-        try:
-            parse_hash(hash)
-        except InvalidImageHash as exc:
-            raise ApiProblem(422, str(exc)) from None
-        return hash
 
-    def agent_runs(who: Principal, h: str) -> None:
-        """An agent reaches an image (bytes or signatures) only if one of its Placements runs it."""
-        if who.role != "agent":
+def agent_runs(d: ApiDeps, who: Principal, h: str) -> None:
+    """An agent reaches an image (bytes or signatures) only if one of its Placements runs it."""
+    if who.role != "agent":
+        return
+    for p in d.store.list_where("Placement", "$.workload.image.hash", h):
+        if p["spec"].get("node") == who.name:
             return
-        for p in hub.store.list_where("Placement", "$.workload.image.hash", h):
-            if p["spec"].get("node") == who.name:
-                return
-        raise Forbidden(
-            f"{who} lacks permission to pull Image {h}: none of its placements runs that image"
-        )
-
-    @app.post("/v1/images", tags=["images"], openapi_extra=raw_body("application/octet-stream"))
-    async def push_image(
-        request: Request,
-        who: Caller,
-        expected: str | None = Query(default=None, max_length=80),
-    ) -> dict[str, Any]:
-        """Upload an image as the raw request body; answers its ``sha3-256:`` hash."""
-        authz.check(who, "push", "Image")
-        if expected is not None:
-            valid(expected)
-        try:
-            info = await hub.images.put_async(request.stream(), expected)
-        except ImageHashMismatch as exc:
-            raise ApiProblem(422, str(exc)) from None
-        except ImageTooLarge as exc:
-            raise ApiProblem(413, str(exc)) from None
-        return _info(info)
-
-    @app.put(
-        "/v1/images/{hash}/signatures", tags=["images"], openapi_extra=raw_body("application/json")
+    raise Forbidden(
+        f"{who} lacks permission to pull Image {h}: none of its placements runs that image"
     )
-    async def put_signature(hash: str, request: Request, who: Caller) -> dict[str, Any]:
-        """Store a signature (``FILE.sig`` JSON) beside a stored image."""
-        authz.check(who, "push", "Image")
-        h = valid(hash)
-        body = await request.body()
-        try:
-            doc = parse_signature(body)
-        except SignatureFormatError as exc:
-            raise ApiProblem(422, f"not a gu image signature: {exc}") from None
-        if doc["hash"] != h:
-            raise ApiProblem(422, f"the signature is for {doc['hash']}, not {h}")
-        try:
-            size = hub.images.info(h).size
-        except ImageNotFound:
-            raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
-        if doc["size"] != size:
-            raise ApiProblem(
-                422, f"the signature is for {doc['size']} bytes, but image {h} has {size}"
-            )
-        # Only a consistency check (whether the key is trusted is each ImagePolicy's call): a
-        # signature that does not verify even under the key it names can never admit anything.
-        if verify_image(doc, h, size, [doc["publicKey"]]) is None:
-            raise ApiProblem(
-                422,
-                f"the signature does not verify under the key it names ({doc['publicKey']}): "
-                "it was changed after signing; sign the image again (`gu image sign FILE --key "
-                "KEY`)",
-            )
-        try:
-            hub.images.put_signature(h, canonical_json(doc))
-        except ImageNotFound:  # deleted meanwhile
-            raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
-        return {"hash": h, "signer": doc["publicKey"]}
 
-    @app.get("/v1/images/{hash}/signatures", tags=["images"])
-    def get_signatures(hash: str, who: Caller) -> dict[str, Any]:
-        """The signatures stored for an image."""
-        authz.check(who, "pull", "Image")
-        h = valid(hash)
-        agent_runs(who, h)
-        return {"items": [json.loads(s) for s in hub.images.signatures(h)]}
 
-    @app.get("/v1/images", tags=["images"])
-    def list_images(who: Caller) -> dict[str, Any]:
-        """Every stored image (hash, size, time)."""
-        authz.check(who, "push", "Image")
-        return {"items": [_info(i) for i in hub.images.list()]}
+@router.post("/v1/images", openapi_extra=raw_body("application/octet-stream"))
+async def push_image(
+    request: Request,
+    who: Caller,
+    d: Deps,
+    expected: str | None = Query(default=None, max_length=80),
+) -> dict[str, Any]:
+    """Upload an image as the raw request body; answers its ``sha3-256:`` hash."""
+    authz.check(who, "push", "Image")
+    if expected is not None:
+        valid(expected)
+    try:
+        info = await d.images.put_async(request.stream(), expected)
+    except ImageHashMismatch as exc:
+        raise ApiProblem(422, str(exc)) from None
+    except ImageTooLarge as exc:
+        raise ApiProblem(413, str(exc)) from None
+    return _info(info)
 
-    @app.get("/v1/images/{hash}", tags=["images"])
-    def pull_image(hash: str, who: Caller) -> FileResponse:
-        """The image's bytes (the puller verifies them against the hash)."""
-        authz.check(who, "pull", "Image")
-        h = valid(hash)
-        agent_runs(who, h)
-        try:
-            path = hub.images.path(h)
-        except ImageNotFound as exc:
-            raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
-        return _ImageFile(path, media_type="application/octet-stream")
+
+@router.put("/v1/images/{hash}/signatures", openapi_extra=raw_body("application/json"))
+async def put_signature(hash: str, request: Request, who: Caller, d: Deps) -> dict[str, Any]:
+    """Store a signature (``FILE.sig`` JSON) beside a stored image."""
+    authz.check(who, "push", "Image")
+    h = valid(hash)
+    body = await request.body()
+    try:
+        doc = parse_signature(body)
+    except SignatureFormatError as exc:
+        raise ApiProblem(422, f"not a gu image signature: {exc}") from None
+    if doc["hash"] != h:
+        raise ApiProblem(422, f"the signature is for {doc['hash']}, not {h}")
+    try:
+        size = d.images.info(h).size
+    except ImageNotFound:
+        raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
+    if doc["size"] != size:
+        raise ApiProblem(422, f"the signature is for {doc['size']} bytes, but image {h} has {size}")
+    # Only a consistency check (whether the key is trusted is each ImagePolicy's call): a
+    # signature that does not verify even under the key it names can never admit anything.
+    if verify_image(doc, h, size, [doc["publicKey"]]) is None:
+        raise ApiProblem(
+            422,
+            f"the signature does not verify under the key it names ({doc['publicKey']}): "
+            "it was changed after signing; sign the image again (`gu image sign FILE --key "
+            "KEY`)",
+        )
+    try:
+        d.images.put_signature(h, canonical_json(doc))
+    except ImageNotFound:  # deleted meanwhile
+        raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
+    return {"hash": h, "signer": doc["publicKey"]}
+
+
+@router.get("/v1/images/{hash}/signatures")
+def get_signatures(hash: str, who: Caller, d: Deps) -> dict[str, Any]:
+    """The signatures stored for an image."""
+    authz.check(who, "pull", "Image")
+    h = valid(hash)
+    agent_runs(d, who, h)
+    return {"items": [json.loads(s) for s in d.images.signatures(h)]}
+
+
+@router.get("/v1/images")
+def list_images(who: Caller, d: Deps) -> dict[str, Any]:
+    """Every stored image (hash, size, time)."""
+    authz.check(who, "push", "Image")
+    return {"items": [_info(i) for i in d.images.list()]}
+
+
+@router.get("/v1/images/{hash}")
+def pull_image(hash: str, who: Caller, d: Deps) -> FileResponse:
+    """The image's bytes (the puller verifies them against the hash)."""
+    authz.check(who, "pull", "Image")
+    h = valid(hash)
+    agent_runs(d, who, h)
+    try:
+        path = d.images.path(h)
+    except ImageNotFound as exc:
+        raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
+    return _ImageFile(path, media_type="application/octet-stream")

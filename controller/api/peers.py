@@ -12,14 +12,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller
-from controller.hub import Hub
+from controller.api.deps import ApiDeps, Deps
 from specs import peerinfo
 from specs.kinds import Inventory, Provider, Usage
 from specs.meta import get_condition
+
+router = APIRouter(tags=["peers"])
+
 
 ACTIVE = ("Pending", "Pulling", "Starting", "Running", "Suspended")
 
@@ -37,75 +40,78 @@ def _summary(prov: Provider, sessions: int) -> dict[str, Any]:
     }
 
 
-def register(app: FastAPI, hub: Hub) -> None:
-    """Add the /peers routes to ``app``."""
-
-    def sessions_per_node() -> Counter[str]:
-        pairs = {
-            (p["spec"].get("node"), p["spec"]["session"])
-            for p in hub.store.list("Placement")
-            if p.get("status", {}).get("state", "Pending") in ACTIVE and p["spec"].get("node")
-        }
-        return Counter(node for node, _ in pairs)
-
-    def provider(node_id: str, who: Any) -> Provider:
-        authz.check(who, "get", "Provider")
-        obj = hub.store.try_get("Provider", node_id)
-        if obj is None or not authz.visible(who, "Provider", obj):
-            raise ApiProblem(404, f"no provider with node id {node_id!r}; see GET /peers")
-        return Provider.model_validate(obj)
-
-    def with_inventory(node_id: str, who: Any) -> Provider:
-        prov = provider(node_id, who)
-        if prov.status.inventory is None:
-            raise ApiProblem(
-                404, f"provider {node_id} has not reported its inventory yet; try again shortly"
-            )
-        return prov
-
-    @app.get("/peers", tags=["peers"])
-    def peers(who: Caller) -> list[dict[str, Any]]:
-        """Every provider: node id, name, labels, readiness, last heartbeat, sessions."""
-        authz.check(who, "list", "Provider")
-        counts = sessions_per_node()
-        return [
-            _summary(Provider.model_validate(o), counts[o["metadata"]["name"]])
-            for o in hub.store.list("Provider")
-            if authz.visible(who, "Provider", o)
-        ]
-
-    @app.get("/peers/{nodeId}", tags=["peers"])
-    def peer(nodeId: str, who: Caller) -> dict[str, Any]:
-        """One provider with its inventory and usage."""
-        prov = provider(nodeId, who)
-        out = _summary(prov, sessions_per_node()[nodeId])
-        inv = prov.status.inventory
-        out["inventory"] = inv.model_dump(mode="json") if inv else None
-        out["usage"] = prov.status.usage.model_dump(mode="json")
-        return out
-
-    summaries = {
-        "storage": '``{"gib": free GiB, "totalGib": total GiB}``.',
-        "cpu": '``{"architecture", "bit", "cores", "threads", "usage"}``.',
-        "mem": '``{"gib": available GiB, "total": total GiB}``.',
-        "os": '``{"name", "version"}``.',
+def sessions_per_node(d: ApiDeps) -> Counter[str]:
+    pairs = {
+        (p["spec"].get("node"), p["spec"]["session"])
+        for p in d.store.list("Placement")
+        if p.get("status", {}).get("state", "Pending") in ACTIVE and p["spec"].get("node")
     }
+    return Counter(node for node, _ in pairs)
 
-    def view_route(render: Callable[[Inventory, Usage], object]) -> Callable[..., dict[str, Any]]:
-        # one route per view, same handler shape: the view function is the only difference
-        def inf(nodeId: str, who: Caller) -> dict[str, Any]:
-            prov = with_inventory(nodeId, who)
-            assert prov.status.inventory is not None
-            return dict(render(prov.status.inventory, prov.status.usage))  # type: ignore[call-overload]
 
-        return inf
+def provider(d: ApiDeps, node_id: str, who: Any) -> Provider:
+    authz.check(who, "get", "Provider")
+    obj = d.store.try_get("Provider", node_id)
+    if obj is None or not authz.visible(who, "Provider", obj):
+        raise ApiProblem(404, f"no provider with node id {node_id!r}; see GET /peers")
+    return Provider.model_validate(obj)
 
-    for view, render in peerinfo.VIEWS.items():
-        app.add_api_route(
-            f"/peers/{{nodeId}}/inf/{view}",
-            view_route(render),
-            methods=["GET"],
-            tags=["peers"],
-            name=f"inf_{view}",
-            description=summaries[view],
+
+def with_inventory(d: ApiDeps, node_id: str, who: Any) -> Provider:
+    prov = provider(d, node_id, who)
+    if prov.status.inventory is None:
+        raise ApiProblem(
+            404, f"provider {node_id} has not reported its inventory yet; try again shortly"
         )
+    return prov
+
+
+@router.get("/peers")
+def peers(who: Caller, d: Deps) -> list[dict[str, Any]]:
+    """Every provider: node id, name, labels, readiness, last heartbeat, sessions."""
+    authz.check(who, "list", "Provider")
+    counts = sessions_per_node(d)
+    return [
+        _summary(Provider.model_validate(o), counts[o["metadata"]["name"]])
+        for o in d.store.list("Provider")
+        if authz.visible(who, "Provider", o)
+    ]
+
+
+@router.get("/peers/{nodeId}")
+def peer(nodeId: str, who: Caller, d: Deps) -> dict[str, Any]:
+    """One provider with its inventory and usage."""
+    prov = provider(d, nodeId, who)
+    out = _summary(prov, sessions_per_node(d)[nodeId])
+    inv = prov.status.inventory
+    out["inventory"] = inv.model_dump(mode="json") if inv else None
+    out["usage"] = prov.status.usage.model_dump(mode="json")
+    return out
+
+
+summaries = {
+    "storage": '``{"gib": free GiB, "totalGib": total GiB}``.',
+    "cpu": '``{"architecture", "bit", "cores", "threads", "usage"}``.',
+    "mem": '``{"gib": available GiB, "total": total GiB}``.',
+    "os": '``{"name", "version"}``.',
+}
+
+
+def view_route(render: Callable[[Inventory, Usage], object]) -> Callable[..., dict[str, Any]]:
+    # one route per view, same handler shape: the view function is the only difference
+    def inf(nodeId: str, who: Caller, d: Deps) -> dict[str, Any]:
+        prov = with_inventory(d, nodeId, who)
+        assert prov.status.inventory is not None
+        return dict(render(prov.status.inventory, prov.status.usage))  # type: ignore[call-overload]
+
+    return inf
+
+
+for view, render in peerinfo.VIEWS.items():
+    router.add_api_route(
+        f"/peers/{{nodeId}}/inf/{view}",
+        view_route(render),
+        methods=["GET"],
+        name=f"inf_{view}",
+        description=summaries[view],
+    )

@@ -85,6 +85,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.policy import Admit, PolicyCheck, PolicyHook
 from controller.reconcile import Context, Controller, Mapper, Result
 from controller.reconcilers.placement import (
     NODE_LOST_ANNOTATION,
@@ -130,29 +131,6 @@ REPLACING = "Replacing"
 _TEMPLATE_FIELDS = ("app", "workload", "restartPolicy", "network")
 _EVENT_ITEMS = 10
 _REQUEUE_SLACK = 0.05  # wake just after a deadline, not just before it
-
-Admit = Callable[[str, str], Obj | None]
-"""``admit(placement_name, node)``: the hub-signed ``spec.admission`` of a bound placement
-(None when no policy allows that node: the placement is then being stopped anyway)."""
-
-
-@dataclass(frozen=True)
-class PolicyCheck:
-    """What the ImagePolicy says about one Session right now.
-
-    ``violation``: why its image is not allowed at all (every placement must
-    stop, nothing is scheduled); ``allowed``: the per-provider predicate for
-    the scheduler and for placements already bound; ``admit``: signs the
-    admission an agent checks before it runs anything.
-    """
-
-    allowed: Allowed | None = None
-    violation: str | None = None
-    admit: Admit | None = None
-
-
-PolicyHook = Callable[[Session, Store], PolicyCheck | None]
-"""``hook(session, store)``: the ImagePolicy verdict for this session (None: no policy checks)."""
 
 
 def session_problems(spec: Obj, store: Store) -> list[str]:

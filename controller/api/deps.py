@@ -1,0 +1,54 @@
+"""What the API's routers need from the hub, as one small object (``ApiDeps``).
+
+The hub builds an :class:`ApiDeps` and hands it to ``create_app``; routers get
+it per request through FastAPI's dependency injection (``d: Deps``) and never
+see the ``Hub`` itself. So the API depends on the parts it uses (store, image
+store, authenticator, …) and the hub on the API, never the other way round,
+and a new router (UI, metrics, blobs) declares what it needs the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from controller.auth import Authenticator
+from controller.heartbeats import HeartbeatBatcher
+from controller.images import ImageStore
+from controller.logs import PlacementLogs
+from controller.notifier import ChangeNotifier
+from controller.store import Store
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """The hub's parts the API serves from."""
+
+    store: Store
+    images: ImageStore
+    auth: Authenticator
+    notifier: ChangeNotifier
+    heartbeats: HeartbeatBatcher
+    logs: PlacementLogs
+    #: the heartbeat period the hub asks of agents that report none (seconds)
+    heartbeat_seconds: float = 5.0
+
+    @property
+    def hub_id(self) -> str:
+        """This hub's id (the node id of its key)."""
+        return self.auth.hub_id
+
+
+def deps_of(request: Request) -> ApiDeps:
+    """The ApiDeps of the app serving ``request``."""
+    deps: ApiDeps = request.app.state.deps
+    return deps
+
+
+Deps = Annotated[ApiDeps, Depends(deps_of)]
+"""A route parameter ``d: Deps`` receives the hub's parts."""
+
+
+__all__ = ["ApiDeps", "Deps", "deps_of"]

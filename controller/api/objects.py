@@ -1,0 +1,299 @@
+"""Object routes: list, get, delete, status, events, apply and the watch stream.
+
+Every route asks ``authz.check`` for its verb and kind before it looks
+anything up (403), and an object the caller may not see answers 404 exactly
+like a missing one. ``POST /v1/apply`` validates every object, checks
+permissions and ImagePolicy admission (``controller.admission``) and only then
+writes them in one transaction: one bad object and nothing is written.
+
+``GET /v1/watch`` streams NDJSON changes after a resourceVersion, replayed from
+the store's change log and then followed through the notifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from controller import authz
+from controller.admission import admit
+from controller.api.common import ApiProblem, Caller, kind_of
+from controller.api.deps import ApiDeps, Deps
+from controller.auth import Forbidden, Principal
+from controller.store import StoreError
+from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS
+from specs.selectors import parse_selector
+
+router = APIRouter(tags=["objects"])
+
+MAX_RESOURCE_VERSION = 2**63 - 1
+"""The largest resourceVersion the store can hold (a signed 64-bit SQLite INTEGER)."""
+
+
+class ApplyRequest(BaseModel):
+    objects: list[dict[str, Any]] = Field(max_length=100_000)
+    applySet: str | None = Field(default=None, max_length=512)
+    prune: bool = False
+    dryRun: bool = False
+
+
+class ApplyResultModel(BaseModel):
+    kind: str
+    name: str
+    action: str
+    generation: int
+    resourceVersion: int
+
+
+class ApplyResponse(BaseModel):
+    results: list[ApplyResultModel]
+    resourceVersion: int
+
+
+class StatusRequest(BaseModel):
+    status: dict[str, Any]
+    resourceVersion: int | None = None
+
+
+class ObjectList(BaseModel):
+    items: list[dict[str, Any]]
+    resourceVersion: int
+
+
+class EventList(BaseModel):
+    items: list[dict[str, Any]]
+
+
+# ------------------------------------------------------------------ routes
+
+
+@router.get("/v1/watch")
+async def watch(
+    who: Caller,
+    d: Deps,
+    # bounded like the store's SQLite INTEGER: a bigger number was a 500, not a 422
+    resourceVersion: int = Query(default=0, ge=0, le=MAX_RESOURCE_VERSION),
+    kind: str | None = Query(default=None, max_length=256),
+    timeout: float | None = Query(default=None, gt=0, le=3600),
+) -> StreamingResponse:
+    """NDJSON stream of changes after ``resourceVersion``: ``{type, object, resourceVersion}``.
+
+    A BOOKMARK line (``object`` null) is sent every 10 s of quiet; 410 means the
+    log no longer reaches back that far: list again and watch from its rv.
+    """
+    kinds = {kind_of(k) for k in kind.split(",")} if kind else None
+    for k in kinds or ():
+        authz.check(who, "watch", k)
+    d.store.changes(resourceVersion, limit=1)  # 410 before the stream starts
+    deadline = time.monotonic() + timeout if timeout else None
+    return StreamingResponse(
+        _stream(d, who, resourceVersion, kinds, deadline), media_type="application/x-ndjson"
+    )
+
+
+@router.get("/v1/{kind}", response_model=ObjectList)
+def list_objects(
+    kind: str,
+    who: Caller,
+    d: Deps,
+    labelSelector: str | None = Query(default=None, max_length=1024),
+) -> dict[str, Any]:
+    """Every object of a kind, optionally filtered by labels (``k=v,k2``)."""
+    k = kind_of(kind)
+    authz.check(who, "list", k)
+    rv = d.store.resource_version
+    items = d.store.list(k, parse_selector(labelSelector))
+    return {"items": [o for o in items if authz.visible(who, k, o)], "resourceVersion": rv}
+
+
+def fetch(d: ApiDeps, who: Principal, verb: authz.Verb, kind: str, name: str) -> dict[str, Any]:
+    """The object, if ``who`` may ``verb`` it: permission on the kind is checked before
+    any lookup (403), and an object the caller may not see answers 404 exactly like a
+    missing one, so its existence does not leak."""
+    authz.check(who, verb, kind)
+    obj = d.store.try_get(kind, name)
+    if obj is None or not authz.visible(who, kind, obj):
+        raise ApiProblem(404, f"{kind}/{name} not found")
+    authz.check(who, verb, kind, obj)
+    return obj
+
+
+@router.get("/v1/{kind}/{name}")
+def get_object(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
+    """One object."""
+    return fetch(d, who, "get", kind_of(kind), name)
+
+
+@router.delete("/v1/{kind}/{name}")
+def delete_object(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
+    """Delete an object (finalizers run first; the answer shows deletionTimestamp)."""
+    k = kind_of(kind)
+    if k in SYSTEM_KINDS and who.role != "admin":
+        raise Forbidden(f"{who} lacks permission to delete {k}")
+    fetch(d, who, "delete", k, name)
+    return d.store.delete(k, name)
+
+
+@router.put("/v1/{kind}/{name}/status")
+def put_status(kind: str, name: str, req: StatusRequest, who: Caller, d: Deps) -> dict[str, Any]:
+    """Replace an object's status (controllers and agents); never moves generation."""
+    k = kind_of(kind)
+    obj = fetch(d, who, "status", k, name)
+    model = KINDS[k]
+    try:
+        model.model_validate({**obj, "status": req.status})
+    except ValidationError as exc:
+        raise ApiProblem(422, f"invalid status for {k}/{name}", _details(exc)) from None
+    return d.store.update_status(k, name, req.status, expected_rv=req.resourceVersion)
+
+
+@router.get("/v1/{kind}/{name}/events", response_model=EventList)
+def object_events(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
+    """Recent events of one object, oldest first."""
+    k = kind_of(kind)
+    fetch(d, who, "get", k, name)
+    return {"items": [vars(e) for e in d.store.events(k, name)]}
+
+
+@router.post("/v1/apply", response_model=ApplyResponse)
+def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
+    """Validate every object, then create/update them atomically (all or nothing)."""
+    objects, errors = _validate_for_apply(req.objects)
+    if errors:
+        bad = len({e["index"] for e in errors})  # errors are per field, several per object
+        raise ApiProblem(422, f"{bad} invalid object(s); nothing was applied", errors)
+    for obj in objects:
+        authz.check(who, "apply", obj["kind"], obj)
+    refused = admit(d.store, d.images, objects)
+    if refused:
+        raise ApiProblem(
+            403,
+            f"{len(refused)} object(s) refused by image policy; nothing was applied",
+            refused,
+        )
+    results = d.store.apply(
+        objects,
+        apply_set=req.applySet,
+        prune=req.prune,
+        prune_kinds=USER_KINDS,
+        dry_run=req.dryRun,
+        finalizers=hub_finalizers,
+    )
+    return {
+        "results": [vars(r) for r in results],
+        "resourceVersion": d.store.resource_version,
+    }
+
+
+def hub_finalizers(kind: str) -> list[str]:
+    """Finalizers a newly created object starts with (Sessions wait for their placements)."""
+    return ["gu/placements"] if kind == "Session" else []
+
+
+def _details(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        item: dict[str, Any] = {
+            "path": ".".join(str(p) for p in err["loc"]),
+            "message": err["msg"].removeprefix("Value error, "),
+        }
+        if index is not None:
+            item["index"] = index
+        out.append(item)
+    return out
+
+
+def _validate_for_apply(
+    raw: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Validate each object against its kind; keep only what a user may set."""
+    objects: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, obj in enumerate(raw):
+        kind = obj.get("kind")
+        # any JSON may arrive here: a dict or list is no kind (and unhashable: was a 500)
+        if not isinstance(kind, str) or kind not in USER_KINDS:
+            msg = (
+                f"{kind} is written by the hub and cannot be applied"
+                if isinstance(kind, str) and kind in SYSTEM_KINDS
+                else f"unknown kind {kind!r}; known kinds: {', '.join(sorted(USER_KINDS))}"
+            )
+            errors.append({"index": i, "path": "kind", "message": msg})
+            continue
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            message = "metadata must be an object with a name, e.g. {name: my-object}"
+            errors.append({"index": i, "path": "metadata", "message": message})
+            continue
+        clean = {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": kind,
+            "metadata": {
+                "name": meta.get("name"),
+                "labels": meta.get("labels") or {},
+                "annotations": meta.get("annotations") or {},
+            },
+            "spec": obj.get("spec"),
+        }
+        try:
+            USER_KINDS[kind].model_validate(clean)
+        except ValidationError as exc:
+            errors.extend(_details(exc, i))
+            continue
+        key = (kind, meta["name"])
+        if key in seen:
+            errors.append(
+                {
+                    "index": i,
+                    "path": "metadata.name",
+                    "message": f"{kind}/{meta['name']} is also object #{seen[key]} of this apply",
+                }
+            )
+            continue
+        seen[key] = i
+        objects.append(clean)
+    return objects, errors
+
+
+async def _stream(
+    d: ApiDeps, who: Principal, since: int, kinds: set[str] | None, deadline: float | None
+) -> AsyncIterator[bytes]:
+    """The body of a watch: replay from the log, then follow the notifier."""
+    last_bookmark = time.monotonic()
+    while (deadline is None or time.monotonic() < deadline) and not d.notifier.closed:
+        try:
+            changes = await asyncio.to_thread(d.store.changes, since, 500)
+        except StoreError as exc:
+            yield _line(
+                {"type": "ERROR", "object": None, "message": str(exc), "resourceVersion": since}
+            )
+            return
+        for change in changes:
+            since = change.rv
+            if kinds and change.kind not in kinds:
+                continue
+            if not authz.visible(who, change.kind, change.object):
+                continue
+            yield _line(
+                {"type": change.type, "object": change.object, "resourceVersion": change.rv}
+            )
+        if changes:
+            continue
+        now = time.monotonic()
+        if now - last_bookmark >= 10:
+            last_bookmark = now
+            yield _line({"type": "BOOKMARK", "object": None, "resourceVersion": since})
+        wait = 10.0 if deadline is None else max(0.0, min(10.0, deadline - now))
+        await d.notifier.wait(since, wait)
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
