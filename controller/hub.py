@@ -33,7 +33,7 @@ from controller.logs import PlacementLogs
 from controller.notifier import ChangeNotifier
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
-from controller.store import Store
+from controller.store import Store, open_store
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 
 log = logging.getLogger("gu.hub")
@@ -98,7 +98,7 @@ class Hub:
         if not admins.exists():
             admins.write_text(public_key_str(admin_key) + "\n")
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
-        self.store = Store(state / "hub.db")
+        self.store: Store = open_store(state / "hub.db")
         self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.notifier = ChangeNotifier()

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from controller.heartbeats import HeartbeatBatcher
-from controller.store import Store
+from controller.store import SQLiteStore, Store
 from tests.test_reconcilers_scheduling import add_provider
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "hub.db")
+    s = SQLiteStore(tmp_path / "hub.db")
     yield s
     s.close()
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from controller.reconcile import Context, Controller, Result
-from controller.store import Gone, Store
+from controller.store import Gone, SQLiteStore, Store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "hub.db")
+    s = SQLiteStore(tmp_path / "hub.db")
     yield s
     s.close()
 
@@ -328,7 +328,7 @@ def test_recording_events_inside_and_outside_store_transactions_cannot_deadlock(
     must be safe (they once took two locks in opposite orders and froze the hub)."""
     import threading
 
-    store = Store(tmp_path / "locks.db")
+    store = SQLiteStore(tmp_path / "locks.db")
     controller = Controller(store)
     store.create({"kind": "App", "metadata": {"name": "a"}, "spec": {}})
     obj = store.get("App", "a")

@@ -13,7 +13,7 @@ import pytest
 
 from controller.reconcile import Controller
 from controller.reconcilers import SESSION_FINALIZER, register_all
-from controller.store import Store
+from controller.store import SQLiteStore, Store
 from tests.helpers import condition_of
 
 IMAGE = "sha3-256:" + "ab" * 32
@@ -21,7 +21,7 @@ IMAGE = "sha3-256:" + "ab" * 32
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "hub.db")
+    s = SQLiteStore(tmp_path / "hub.db")
     yield s
     s.close()
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from controller.client import Client  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
-from controller.store import Store  # noqa: E402
+from controller.store import SQLiteStore  # noqa: E402
 from tests.helpers import start_hub_subprocess  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def bench_store_baseline(n: int, batch: int, tmp: Path) -> None:
-    store = Store(tmp / "baseline.db")
+    store = SQLiteStore(tmp / "baseline.db")
     objs = objects(n)
     t = time.perf_counter()
     for i in range(0, n, batch):
@@ -89,7 +89,7 @@ def bench_store_baseline(n: int, batch: int, tmp: Path) -> None:
 
 def bench_resync(n: int, tmp: Path) -> None:
     """Converge n objects with the real reconcilers, then time a full resync and count writes."""
-    store = Store(tmp / "resync.db")
+    store = SQLiteStore(tmp / "resync.db")
     objs = objects(n)
     for i in range(0, n, 500):
         store.apply(objs[i : i + 500], apply_set="bench")

@@ -273,10 +273,10 @@ def bench_heartbeat_writes(directory: Path, beats: int = 1000) -> None:
     """The store's cost of ``beats`` heartbeats: batched as the hub writes them, against
     one transaction (one fsync) per beat, the baseline, in the same run."""
     from controller.heartbeats import HeartbeatBatcher
-    from controller.store import Store
+    from controller.store import SQLiteStore
     from tests.test_reconcilers_scheduling import add_provider
 
-    store = Store(directory / "beats.db")
+    store = SQLiteStore(directory / "beats.db")
     try:
         nodes = [add_provider(store, i + 1) for i in range(min(beats, 250))]
 

@@ -48,7 +48,7 @@ from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
 from controller.reconcilers.placement import new_placement, placement_name  # noqa: E402
 from controller.scheduler import NodeView, RankedNodes, schedule  # noqa: E402
-from controller.store import Store  # noqa: E402
+from controller.store import SQLiteStore, Store  # noqa: E402
 from specs.kinds import CpuInfo, Inventory, OsInfo, Session, Usage  # noqa: E402
 
 IMAGE = "sha3-256:" + "ab" * 32
@@ -87,7 +87,7 @@ def inventory() -> dict[str, Any]:
 
 def world(tmp: Path, providers: int, workers: int = 4) -> tuple[Store, Controller]:
     """A fresh store with Ready providers and an App, and a controller with every reconciler."""
-    store = Store(tmp / "hub.db")
+    store = SQLiteStore(tmp / "hub.db")
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with store.transaction():
         store.create({"kind": "App", "metadata": {"name": "bench"}, "spec": {}})

@@ -1,0 +1,148 @@
+"""The store as the rest of the hub sees it: one typed Protocol, whatever the backend.
+
+Everything above the store (API, reconcilers, heartbeats, enrolment) is written
+against :class:`Store`; a backend is a class that satisfies it. The
+backend-independent rules (generation, no-op writes, finalizers, optimistic
+concurrency, atomic apply and prune) live once in
+``controller.store.objects.ObjectStore``; a backend supplies only the primitive
+reads and writes of its database (``controller.store.sqlite`` today;
+PostgreSQL next, behind the same Protocol).
+
+Objects cross this boundary as JSON-mode dicts (what the API serves); typed
+models live at the edges.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+
+from controller.store.types import ApplyResult, Change, Event
+
+Obj = dict[str, Any]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable, thread-safe object store with a change feed."""
+
+    @property
+    def resource_version(self) -> int:
+        """The rv of the last committed write (0 for an empty store)."""
+        ...
+
+    def close(self) -> None:
+        """Release the database; the store is unusable afterwards."""
+        ...
+
+    def subscribe(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(rv)`` after every commit that wrote something (keep it short)."""
+        ...
+
+    def unsubscribe(self, callback: Callable[[int], None]) -> None:
+        """Stop calling ``callback``."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group writes into one atomic, durable transaction (nests)."""
+        ...
+
+    # reads
+    def get(self, kind: str, name: str) -> Obj:
+        """One object; raises NotFound."""
+        ...
+
+    def try_get(self, kind: str, name: str) -> Obj | None:
+        """One object, or None."""
+        ...
+
+    def list(self, kind: str, selector: dict[str, str | None] | None = None) -> builtins.list[Obj]:
+        """Every object of ``kind`` (sorted by name) whose labels match ``selector``."""
+        ...
+
+    def list_where(self, kind: str, json_path: str, value: Any) -> builtins.list[Obj]:
+        """Objects of ``kind`` whose ``spec`` has ``value`` at ``json_path`` (``$.a.b``)."""
+        ...
+
+    def count(self, kind: str | None = None) -> int:
+        """How many objects (of ``kind``)."""
+        ...
+
+    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
+        ...
+
+    # writes
+    def create(self, obj: Obj, *, apply_set: str | None = None) -> Obj:
+        """Create a new object; raises AlreadyExists."""
+        ...
+
+    def replace(self, obj: Obj, *, expected_rv: int | None = None) -> Obj:
+        """Write labels, annotations and spec of an existing object; keeps status."""
+        ...
+
+    def update_status(
+        self, kind: str, name: str, status: Obj, *, expected_rv: int | None = None
+    ) -> Obj:
+        """Replace ``status``; never moves ``generation``; writes nothing if it is equal."""
+        ...
+
+    def set_finalizers(
+        self,
+        kind: str,
+        name: str,
+        finalizers: builtins.list[str],
+        *,
+        expected_rv: int | None = None,
+    ) -> Obj:
+        """Replace the finalizers; an object being deleted goes once they are empty."""
+        ...
+
+    def delete(self, kind: str, name: str, *, expected_rv: int | None = None) -> Obj:
+        """Delete at once, or mark ``deletionTimestamp`` while finalizers remain."""
+        ...
+
+    def apply(
+        self,
+        objects: Iterable[Obj],
+        *,
+        apply_set: str | None = None,
+        prune: bool = False,
+        prune_kinds: Iterable[str] = (),
+        dry_run: bool = False,
+        finalizers: Callable[[str], builtins.list[str]] | None = None,
+    ) -> builtins.list[ApplyResult]:
+        """Create or update every object atomically: all of them or none."""
+        ...
+
+    # hub-internal values and events
+    def put_meta(self, key: str, value: str) -> None:
+        """Set a small hub-internal value (e.g. a hashed join token), durably."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A hub-internal value, or None."""
+        ...
+
+    def meta_items(self, prefix: str) -> builtins.list[tuple[str, str]]:
+        """Every (key, value) whose key starts with ``prefix``."""
+        ...
+
+    def delete_meta(self, key: str) -> None:
+        """Forget a hub-internal value."""
+        ...
+
+    def record_event(
+        self, kind: str, name: str, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """Append a human-readable event; keeps the newest 20 per object."""
+        ...
+
+    def events(self, kind: str, name: str) -> builtins.list[Event]:
+        """Events of one object, oldest first."""
+        ...
+
+
+__all__ = ["Obj", "Store"]

@@ -1,0 +1,84 @@
+"""The store's vocabulary: errors (each with the HTTP status it maps to) and records.
+
+Shared by every backend and every caller: a Conflict is a 409 whether SQLite
+or PostgreSQL found it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+APPLY_SET_ANNOTATION = "gu/apply-set"
+ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
+ApplyAction = Literal["created", "configured", "unchanged", "pruned"]
+
+
+class StoreError(Exception):
+    """Base of every store failure; ``status`` is the HTTP status it maps to."""
+
+    status = 500
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class AlreadyExists(StoreError):
+    status = 409
+
+
+class Conflict(StoreError):
+    """The object changed since the caller read it: read again and retry."""
+
+    status = 409
+
+
+class Gone(StoreError):
+    """The change log no longer reaches back to the requested resourceVersion: relist."""
+
+    status = 410
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change feed: the object as it was right after the write."""
+
+    rv: int
+    type: ChangeType
+    kind: str
+    name: str
+    object: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: str
+    name: str
+    action: ApplyAction
+    generation: int
+    resourceVersion: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A human-readable event about an object (shown by ``gu describe``)."""
+
+    time: str
+    kind: str
+    name: str
+    type: str
+    reason: str
+    message: str
+
+
+def now() -> str:
+    """The current UTC time as the store writes it (RFC 3339, ``Z``)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON of a stored field (sorted keys, no spaces): equal values, equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
