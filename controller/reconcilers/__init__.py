@@ -9,9 +9,10 @@ siblings), ``refs`` (missing references → Stalled/Ready). ``register_all``
 wires all of them into a ``Controller``.
 """
 
+from controller.policy import PolicyHook
 from controller.reconcile import Controller
 from controller.reconcilers import basic, imagepolicy, provider, session
-from controller.reconcilers.session import SESSION_FINALIZER, PolicyHook, SessionReconciler
+from controller.reconcilers.session import SESSION_FINALIZER, SessionReconciler
 
 
 def register_all(

@@ -1,0 +1,205 @@
+"""The Session reconciler: references, plan, apply — and its watches, registered.
+
+One pass: check the references (App, Priority, VirtualNetwork), ask the
+policy hook, refresh the ``ClusterState`` and plan under its lock
+(``session.plan``), attach admissions, and write the plan in one transaction
+(``session.apply``). The lock is held until commit, so the next pass sees
+these placements.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.policy import PolicyCheck, PolicyHook
+from controller.reconcile import Context, Controller, Result
+from controller.reconcilers.placement import SESSION_LABEL, TERMINAL_STATES, ClusterState, state_of
+from controller.reconcilers.refs import (
+    MISSING_REFERENCE,
+    READY,
+    STALLED,
+    being_deleted,
+    missing_references,
+)
+from controller.reconcilers.session.apply import apply_plan
+from controller.reconcilers.session.plan import (
+    SessionPlan,
+    attach_admissions,
+    plan_deletion,
+    plan_session,
+)
+from controller.reconcilers.session.status import INVALID_SPEC, REFERENCES_RESOLVED, conditions_of
+from controller.reconcilers.session.watches import (
+    provider_facts,
+    sessions_naming,
+    sessions_of_policy_apps,
+)
+from controller.store import Store
+from specs.kinds import Session
+from specs.meta import get_condition, set_condition
+
+log = logging.getLogger("gu.reconcile.session")
+
+Obj = dict[str, Any]
+
+
+def session_problems(spec: Obj, store: Store) -> list[str]:
+    """What the Session's spec names that does not exist, App first."""
+    return [
+        *missing_references(store, "App", [spec.get("app")]),
+        *missing_references(store, "Priority", [spec.get("priority")]),
+        *missing_references(store, "VirtualNetwork", [spec.get("network")]),
+    ]
+
+
+class SessionReconciler:
+    """The Session handler plus its watch mappers, sharing one ``ClusterState``."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        *,
+        node_grace: float = 30.0,
+        heartbeat: float = 5.0,
+        policy: PolicyHook | None = None,
+    ) -> None:
+        self.state = state
+        self.node_grace = node_grace
+        self.heartbeat = heartbeat
+        self.retry_unschedulable = max(1.0, 2 * heartbeat)
+        self.policy = policy
+        self.provider_facts: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, obj: Obj, ctx: Context) -> Result | None:
+        """Converge one Session (see the module docstring)."""
+        now = ctx.now()
+        name = obj["metadata"]["name"]
+        problems: list[str] = []
+        session: Session | None = None
+        if not being_deleted(obj):
+            problems = session_problems(obj.get("spec") or {}, ctx.store)
+            try:
+                session = Session.model_validate({**obj, "status": {}})
+            except ValidationError as exc:
+                self._invalid(obj, ctx, exc, now)
+                return None
+        check = self.policy(session, ctx.store) if self.policy and session else None
+        check = check or PolicyCheck()
+        with self.state.lock:
+            self.state.refresh()
+            placements = self.state.placements_of(name)
+            if session is None:
+                plan = plan_deletion(
+                    obj, placements, self.state.nodes, now=now, node_grace=self.node_grace
+                )
+            else:
+                plan = plan_session(
+                    obj,
+                    session,
+                    placements,
+                    self.state.nodes,
+                    now=now,
+                    node_grace=self.node_grace,
+                    retry_unschedulable=self.retry_unschedulable,
+                    problems=problems,
+                    taken=self.state.taken,
+                    allowed=check.allowed,
+                    violation=check.violation,
+                )
+                self._reference_events(obj, problems, plan)
+                if check.admit is not None:
+                    attach_admissions(plan, placements, check.admit)
+            apply_plan(plan, obj, ctx)
+        if plan.requeue_after is None:
+            return None
+        return Result(requeue_after=plan.requeue_after)
+
+    def _reference_events(self, obj: Obj, problems: list[str], plan: SessionPlan) -> None:
+        """The MissingReference warning, and a note when a reference stall clears."""
+        if problems:
+            plan.events.insert(0, (MISSING_REFERENCE, "; ".join(problems), "Warning"))
+            return
+        old = get_condition(conditions_of(obj.get("status") or {}), STALLED)
+        if old is not None and old.status == "True" and old.reason == MISSING_REFERENCE:
+            plan.events.insert(
+                0, (REFERENCES_RESOLVED, f"references resolved (was: {old.message})", "Normal")
+            )
+
+    def _invalid(self, obj: Obj, ctx: Context, exc: ValidationError, now: datetime) -> None:
+        """A stored Session that does not validate (it passed admission once): say so."""
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )[:500]
+        status = dict(obj.get("status") or {})
+        conditions = conditions_of(status)
+        conditions = set_condition(conditions, READY, "False", INVALID_SPEC, message, now)
+        conditions = set_condition(conditions, STALLED, "True", INVALID_SPEC, message, now)
+        status["conditions"] = [c.model_dump(mode="json", exclude_none=True) for c in conditions]
+        status["observedGeneration"] = obj["metadata"]["generation"]
+        ctx.update_status(obj, status)
+        ctx.event(obj, INVALID_SPEC, message, "Warning")
+        return None
+
+    # ------------------------------------------------------------ watches
+
+    def sessions_for_placement(self, changed: Obj, store: Store) -> list[str]:
+        """Mapper: the placement's Session; if it finished, Sessions waiting for capacity."""
+        out = set()
+        session = (changed["metadata"].get("labels") or {}).get(SESSION_LABEL)
+        if session:
+            out.add(session)
+        if changed["spec"].get("node") and state_of(changed) in TERMINAL_STATES:
+            with self.state.lock:
+                self.state.refresh()
+                out |= self.state.sessions_with_unbound()
+        return sorted(out)
+
+    def sessions_for_provider(self, changed: Obj, store: Store) -> list[str]:
+        """Mapper: on a readiness flip (or the Provider going) the Sessions placed on it;
+        on any change of schedulable facts the Sessions with unbound placements."""
+        node = changed["metadata"]["name"]
+        facts = provider_facts(changed)
+        exists = store.try_get("Provider", node) is not None
+        before = self.provider_facts.get(node)
+        if exists and before == facts:
+            return []  # a heartbeat that changed only usage
+        if exists:
+            self.provider_facts[node] = facts
+        else:
+            self.provider_facts.pop(node, None)
+        flipped = before is None or not exists or before[0] != facts[0]
+        with self.state.lock:
+            self.state.refresh()
+            out = set(self.state.sessions_with_unbound())
+            if flipped:
+                out |= self.state.sessions_on_node(node)
+        return sorted(out)
+
+
+def register(
+    controller: Controller,
+    *,
+    node_grace: float = 30.0,
+    heartbeat: float = 5.0,
+    policy: PolicyHook | None = None,
+) -> SessionReconciler:
+    """Register the Session reconciler and its watches on ``controller``; return it."""
+    reconciler = SessionReconciler(
+        ClusterState(controller.store), node_grace=node_grace, heartbeat=heartbeat, policy=policy
+    )
+    controller.reconciler(
+        "Session",
+        watches={
+            "App": sessions_naming("app"),
+            "Priority": sessions_naming("priority"),
+            "VirtualNetwork": sessions_naming("network"),
+            "Placement": reconciler.sessions_for_placement,
+            "Provider": reconciler.sessions_for_provider,
+            "ImagePolicy": sessions_of_policy_apps,
+        },
+    )(reconciler)
+    return reconciler
