@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol
 import httpx
 
 from controller.client import WATCH_READ_TIMEOUT, ApiError, Client, HubUnreachable
+from controller.client.workqueue import Backoff
 from specs.kinds import Inventory, Usage
 from specs.logfmt import kv
 
@@ -40,25 +41,6 @@ log = logging.getLogger("gu.agent.hub")
 
 WATCH_SERVER_TIMEOUT: Final = 300.0
 IMAGE_READ_TIMEOUT: Final = 60.0
-
-
-class Backoff:
-    """Capped exponential backoff: ``initial``, doubling, at most ``cap`` seconds."""
-
-    def __init__(self, initial: float = 1.0, cap: float = 30.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._next = initial
-
-    def next(self) -> float:
-        """The delay to wait now; the following one doubles (up to ``cap``)."""
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        """Back to ``initial`` (after a success)."""
-        self._next = self.initial
 
 
 def _error(resp: httpx.Response) -> ApiError:
@@ -340,7 +322,6 @@ class PlacementInformer:
 
 
 __all__ = [
-    "Backoff",
     "HubSession",
     "PlacementInformer",
     "PlacementSink",

@@ -45,7 +45,8 @@ adopted workload's admission is checked again on its first pass, as at a
 start: refused, it is stopped and removed and its placement Failed
 ``AdmissionRejected``.
 
-Concurrency: a few workers share the queue, which never hands one name to two
+Concurrency: a few workers share the queue (``controller.client.workqueue``,
+the same queue the hub's reconcile engine uses), which never hands one name to two
 workers at once (the runtimes are not thread-safe per workload), so a slow
 pull or a 10 s stop of one placement does not hold up the others.
 """
@@ -56,7 +57,6 @@ import hashlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,9 +65,9 @@ from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
-from agent.hubsession import Backoff
 from agent.images import ImageCache, ImageNotCached
 from controller.client import ApiError
+from controller.client.workqueue import Backoff, WorkQueue, exponential
 from runtimes.base import (
     ImageRejected,
     Runtime,
@@ -117,58 +117,6 @@ class HubPort(Protocol):
     def fetch_image(self, image_hash: str) -> Iterable[BytesLike]:
         """The image's bytes, in chunks (streamed from the hub)."""
         ...
-
-
-class WorkQueue:
-    """Names to reconcile: deduplicated, and never one name in two workers at once.
-
-    A name added while a worker has it is marked dirty and handed out again
-    when that worker is done, so no change is lost and no pass runs twice
-    concurrently (client-go's workqueue, without rate limits).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._queue: deque[str] = deque()
-        self._queued: set[str] = set()
-        self._active: set[str] = set()
-        self._dirty: set[str] = set()
-
-    def add(self, key: str) -> None:
-        """Queue ``key`` (a no-op if already queued)."""
-        with self._cond:
-            if key in self._active:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cond.notify()
-
-    def get(self, timeout: float) -> str | None:
-        """The next key (now owned by the caller until ``done``), or None after ``timeout``."""
-        with self._cond:
-            if not self._queue:
-                self._cond.wait(timeout)
-            if not self._queue:
-                return None
-            key = self._queue.popleft()
-            self._queued.discard(key)
-            self._active.add(key)
-            return key
-
-    def done(self, key: str) -> None:
-        """Release ``key``; queue it again if it was added meanwhile."""
-        with self._cond:
-            self._active.discard(key)
-            if key in self._dirty:
-                self._dirty.discard(key)
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cond.notify()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._queue)
 
 
 @dataclass
@@ -509,7 +457,9 @@ class WorkloadReconciler:
             )
             if lasted >= HEALTHY_RUN_SECONDS or st.state == "Stopped":
                 work.crashes = 0
-            work.restart_delay = min(RESTART_BACKOFF_CAP, RESTART_BACKOFF_INITIAL * 2**work.crashes)
+            work.restart_delay = exponential(
+                RESTART_BACKOFF_INITIAL, RESTART_BACKOFF_CAP, work.crashes
+            )
             work.crashes += 1
             work.restart_at = now + work.restart_delay
             self._set_status(work, st)
@@ -799,6 +749,5 @@ class WorkloadReconciler:
 __all__ = [
     "LOG_TAIL_BYTES",
     "HubPort",
-    "WorkQueue",
     "WorkloadReconciler",
 ]

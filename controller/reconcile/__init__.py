@@ -1,9 +1,11 @@
 """controller/reconcile: the kopf-style reconcile engine (work queue + controller).
 
-``WorkQueue`` dedupes and rate-limits keys; ``Controller`` feeds it from the
-store's change feed and runs the registered level-triggered handlers.
+``WorkQueue`` (``controller.client.workqueue``, shared with the agent) dedupes
+and rate-limits keys; ``Controller`` feeds it from the store's change feed and
+runs the registered level-triggered handlers on worker threads.
 """
 
+from controller.client.workqueue import QueueShutDown, TokenBucket, WorkQueue
 from controller.reconcile.engine import (
     Context,
     Controller,
@@ -12,7 +14,6 @@ from controller.reconcile.engine import (
     Mapper,
     Result,
 )
-from controller.reconcile.queue import QueueShutDown, TokenBucket, WorkQueue
 
 __all__ = [
     "Context",

@@ -11,11 +11,13 @@ Flow:
    Priority changed → the Sessions naming it). If the change log was compacted
    past ``since`` (``Gone``) it relists every object of every registered kind.
    A poll every ``poll_interval`` is the safety net for a missed wake-up.
-3. The ``WorkQueue`` dedupes keys and never hands one key to two workers.
-4. ``workers`` tasks take keys and run the handler in a thread (the store is
-   synchronous and thread-safe). The handler gets the object *as it is in the
-   store now*, never the event that woke it: handlers are level-triggered and
-   idempotent, so collapsing ten wake-ups into one loses nothing.
+3. The ``WorkQueue`` (``controller.client.workqueue``, the one queue the agent
+   uses too) dedupes keys and never hands one key to two workers.
+4. ``workers`` threads take keys and run the handler (the store is
+   synchronous and thread-safe), so no reconcile runs on the event loop that
+   serves the API. The handler gets the object *as it is in the store now*,
+   never the event that woke it: handlers are level-triggered and idempotent,
+   so collapsing ten wake-ups into one loses nothing.
 5. A handler returns ``Result(requeue_after=…)`` or None; an exception means
    "retry with backoff" (per-key exponential plus a global rate limit), a
    success resets the backoff. Nobody sleeps inside a handler.
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.reconcile.queue import QueueShutDown, WorkQueue
+from controller.client.workqueue import QueueShutDown, WorkQueue
 from controller.store import Change, Conflict, Gone, Store
 from specs.logfmt import logfmt
 
@@ -173,8 +175,7 @@ class Controller:
         self._watches: dict[str, list[tuple[str, Mapper]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
-        self._pending: set[str] = set()  # enqueued before run(): added when it starts
-        self._pending_lock = threading.Lock()
+        self._counters_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._wake_scheduled = False
         self._executor: ThreadPoolExecutor | None = None
@@ -218,22 +219,7 @@ class Controller:
 
     def enqueue(self, kind: str, name: str) -> None:
         """Queue ``kind/name`` for a reconcile; safe from any thread, before or during ``run``."""
-        key = f"{kind}/{name}"
-        loop = self._loop
-        if loop is None:
-            with self._pending_lock:
-                self._pending.add(key)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._queue.add(key)
-        else:
-            # RuntimeError: the loop closed under us, the controller stopped
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._queue.add, key)
+        self._queue.add(f"{kind}/{name}")
 
     async def resync(self) -> None:
         """Queue every object of every registered kind now (the periodic resync does this)."""
@@ -306,10 +292,8 @@ class Controller:
             raise RuntimeError("a Controller runs once; create a new one to run again")
         self._started = True
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.workers + 2, thread_name_prefix="gu-reconcile"
-        )
-        workers: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gu-reconcile-feed")
+        workers: list[threading.Thread] = []
         feed: asyncio.Task[None] | None = None
         # subscribe before reading the rv: a commit in between wakes the feed, none is missed
         self.store.subscribe(self._on_commit)
@@ -319,36 +303,35 @@ class Controller:
         try:
             self._since = self.store.resource_version
             await self.resync()  # the initial list
-            with self._pending_lock:
-                pending, self._pending = self._pending, set()
-            for key in sorted(pending):
-                self._queue.add(key)
             workers = [
-                asyncio.create_task(self._work(), name=f"gu-reconcile-worker-{i}")
+                threading.Thread(target=self._work, name=f"gu-reconcile-worker-{i}", daemon=True)
                 for i in range(self.workers)
             ]
+            for worker in workers:
+                worker.start()
             feed = asyncio.create_task(self._follow(stop), name="gu-reconcile-feed")
             await self._resync_until(stop)
         finally:
             await self._shutdown(workers, feed)
 
     async def _shutdown(
-        self, workers: list[asyncio.Task[None]], feed: asyncio.Task[None] | None
+        self, workers: list[threading.Thread], feed: asyncio.Task[None] | None
     ) -> None:
         """Stop taking keys, let workers finish the key they hold (bounded), release threads."""
         self.store.unsubscribe(self._on_commit)
         self._queue.shutdown()
-        tasks = list(workers)
         if feed is not None:
             feed.cancel()
-            tasks.append(feed)
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=self.stop_timeout)
-            for task in stuck:
-                log.warning(logfmt(event="controller_stop_abandoned", task=task.get_name()))
-                task.cancel()
-            if stuck:
-                await asyncio.wait(stuck, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(feed, timeout=self.stop_timeout)
+        deadline = self._loop.time() + self.stop_timeout if self._loop else 0.0
+        for worker in workers:
+            # joined off the loop in small steps: the loop keeps serving meanwhile
+            while worker.is_alive() and self._loop is not None and self._loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if worker.is_alive():
+                # a handler stuck in a thread cannot be killed; it is left to finish
+                log.warning(logfmt(event="controller_stop_abandoned", task=worker.name))
         if self._executor is not None:
             # a handler thread that is still running cannot be killed; it is left to finish
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -442,28 +425,35 @@ class Controller:
 
     # --------------------------------------------------------------- workers
 
-    async def _work(self) -> None:
+    def _work(self) -> None:
+        """One worker thread: take keys until the queue shuts down."""
         while True:
             try:
-                key = await self._queue.get()
+                key = self._queue.get(timeout=1.0)
             except QueueShutDown:
                 return
+            if key is None:
+                continue
             try:
-                await self._process(key)
+                self._process(key)
             except Exception as exc:  # an engine bug must not kill the worker
                 log.error(logfmt(event="worker_failed", key=key, error=_describe(exc)))
                 self._queue.add_rate_limited(key)
             finally:
                 self._queue.done(key)
 
-    async def _process(self, key: str) -> None:
+    def _count(self, name: str, delta: int = 1) -> None:
+        with self._counters_lock:
+            setattr(self, name, getattr(self, name) + delta)
+
+    def _process(self, key: str) -> None:
         kind, _, name = key.partition("/")
-        self._in_flight += 1
+        self._count("_in_flight")
         try:
-            result = await self._in_thread(self.reconcile, kind, name)
+            result = self.reconcile(kind, name)
         except Conflict as exc:
             # normal under concurrency: somebody wrote first; read again soon
-            self._conflicts += 1
+            self._count("_conflicts")
             delay = self._queue.add_rate_limited(key)
             log.info(
                 logfmt(
@@ -475,7 +465,7 @@ class Controller:
                 )
             )
         except Exception as exc:
-            self._errors += 1
+            self._count("_errors")
             delay = self._queue.add_rate_limited(key)
             log.error(
                 logfmt(
@@ -492,8 +482,8 @@ class Controller:
             if isinstance(result, Result) and result.requeue_after is not None:
                 self._queue.add_after(key, result.requeue_after)
         finally:
-            self._reconciles += 1
-            self._in_flight -= 1
+            self._count("_reconciles")
+            self._count("_in_flight", -1)
 
 
 def _describe(exc: BaseException) -> str:
