@@ -59,13 +59,13 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
+from agent.admission import Refused, check_admission, check_signature
 from agent.images import ImageCache, ImageNotCached
+from agent.status import from_runtime, status_fields
 from controller.client import ApiError
 from controller.client.workqueue import Backoff, WorkQueue, exponential
 from runtimes.base import (
@@ -80,7 +80,6 @@ from runtimes.base import (
 from specs.images import BytesLike, ImageHashMismatch
 from specs.kinds import Workload
 from specs.logfmt import kv
-from specs.signing import verify_admission, verify_image
 
 log = logging.getLogger("gu.agent.workloads")
 
@@ -135,53 +134,6 @@ class _Workload:
     logs_digest: bytes = b""
     logs_at: float = 0.0
     logs_state: str = ""
-
-
-class _Refused(Exception):
-    """The workload must not start: ``reason`` for the status, message for a human."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _fields(
-    state: str,
-    reason: str = "",
-    message: str = "",
-    exit_code: int | None = None,
-    restarts: int = 0,
-    started_at: datetime | None = None,
-    finished_at: datetime | None = None,
-) -> Obj:
-    return {
-        "state": state,
-        "exitCode": exit_code,
-        "reason": reason,
-        "message": message,
-        "restarts": restarts,
-        "startedAt": _iso(started_at),
-        "finishedAt": _iso(finished_at),
-    }
-
-
-def _from_runtime(st: WorkloadStatus, restarts: int) -> Obj:
-    return _fields(
-        st.state,
-        st.reason,
-        st.message,
-        st.exit_code,
-        restarts,
-        st.started_at,
-        st.finished_at,
-    )
 
 
 def _rv(obj: Obj) -> int:
@@ -354,15 +306,17 @@ class WorkloadReconciler:
         if hub_state in TERMINAL_STATES:
             return None  # finished here before; the hub never re-runs a placement
         if desired == "Stopped":
-            return _fields("Stopped", "Stopped", "stopped before it started", restarts=restarts)
+            return status_fields(
+                "Stopped", "Stopped", "stopped before it started", restarts=restarts
+            )
         if desired == "Suspended":
-            return _fields(
+            return status_fields(
                 "Suspended", "NotStarted", "suspended before it started", restarts=restarts
             )
         if hub_state in ("Running", "Suspended"):
             # It ran here, but the runtime has no record of it any more.
             if spec.get("restartPolicy", "Never") == "Never":
-                return _fields(
+                return status_fields(
                     "Failed",
                     "WorkloadLost",
                     "the workload's records on the provider are gone (state dir wiped?)",
@@ -416,7 +370,7 @@ class WorkloadReconciler:
         work.restart_at = None
         self._set_status(work, st)
         self._sync_logs(name, work, st)
-        return _from_runtime(st, work.restarts)
+        return from_runtime(st, work.restarts)
 
     def _readmit(self, name: str, placement: Obj, work: _Workload) -> Obj | None:
         """An adopted workload's admission, checked as at its start (a previous agent process
@@ -426,8 +380,9 @@ class WorkloadReconciler:
         reason (None when admitted).
         """
         try:
-            self._admission(name, placement, work.image or "")  # pinned just before, from spec
-        except _Refused as exc:
+            # the image was pinned just before, from the spec
+            check_admission(placement, name, self.node_id, self.hub_public_key, work.image or "")
+        except Refused as exc:
             log.error(kv("adopted_refused", name=name, reason=exc.reason, error=exc.message))
             try:
                 work.runtime.stop(name, grace=self.stop_grace)
@@ -435,7 +390,7 @@ class WorkloadReconciler:
             except RuntimeFailure as err:  # WorkloadNotFound included: gone is fine
                 log.error(kv("workload_remove_failed", name=name, error=err))
             self._drop(name, work)
-            return _fields("Failed", exc.reason, exc.message, restarts=work.restarts)
+            return status_fields("Failed", exc.reason, exc.message, restarts=work.restarts)
         work.admitted = True
         return None
 
@@ -475,7 +430,7 @@ class WorkloadReconciler:
             )
         if now < work.restart_at:
             left = work.restart_at - now
-            return _fields(
+            return status_fields(
                 "Starting",
                 "BackOff",
                 f"{st.message or st.state}; restart {work.restarts + 1} in {left:.0f}s",
@@ -499,11 +454,13 @@ class WorkloadReconciler:
         try:
             workload = Workload.model_validate(spec.get("workload") or {})
         except ValidationError as exc:
-            return _fields("Failed", "InvalidSpec", f"spec.workload: {exc}", restarts=restarts)
+            return status_fields(
+                "Failed", "InvalidSpec", f"spec.workload: {exc}", restarts=restarts
+            )
         rt = self.runtimes.get(workload.runtime)
         if rt is None:
             have = ", ".join(sorted(self.runtimes)) or "none"
-            return _fields(
+            return status_fields(
                 "Failed",
                 "RuntimeUnavailable",
                 f"runtime {workload.runtime!r} is not available on this provider "
@@ -512,52 +469,56 @@ class WorkloadReconciler:
             )
         image = workload.image.hash
         try:
-            adm = self._admission(name, placement, image)
-        except _Refused as exc:
+            adm = check_admission(placement, name, self.node_id, self.hub_public_key, image)
+        except Refused as exc:
             log.error(kv("start_refused", name=name, reason=exc.reason, error=exc.message))
-            return _fields("Failed", exc.reason, exc.message, restarts=restarts)
+            return status_fields("Failed", exc.reason, exc.message, restarts=restarts)
         self.cache.pin(image)
         registered = False
         try:
             if image not in self.cache:
                 self._report(
                     name,
-                    _fields("Pulling", "Pulling", f"pulling image {image}", restarts=restarts),
+                    status_fields(
+                        "Pulling", "Pulling", f"pulling image {image}", restarts=restarts
+                    ),
                     generation,
                 )
             try:
                 self.cache.ensure(image, self.hub.fetch_image)
             except ImageHashMismatch as exc:
                 log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
-                return _fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
+                return status_fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
             except (ApiError, OSError) as exc:
                 return self._pull_failed(name, image, exc, restarts)
             self._pull_backoff.pop(name, None)
             self._retry_at.pop(name, None)
             self._report(
                 name,
-                _fields("Starting", "Starting", f"verifying image {image}", restarts=restarts),
+                status_fields(
+                    "Starting", "Starting", f"verifying image {image}", restarts=restarts
+                ),
                 generation,
             )
             try:
                 path = self.cache.verify(image)
-                self._check_signature(adm, image, path)
+                check_signature(adm, image, path)
                 rt.prepare(path, image)
                 st = rt.start(name, self._with_agent_env(name, spec, workload), path)
             except ImageHashMismatch as exc:
                 log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
-                return _fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
+                return status_fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
             except ImageNotCached as exc:  # evicted or damaged between ensure and verify
                 return self._pull_failed(name, image, exc, restarts)
-            except _Refused as exc:
+            except Refused as exc:
                 log.error(kv("start_refused", name=name, reason=exc.reason, error=exc.message))
-                return _fields("Failed", exc.reason, exc.message, restarts=restarts)
+                return status_fields("Failed", exc.reason, exc.message, restarts=restarts)
             except WorkloadExists:
                 st = rt.inspect(name)  # a record we did not know of: manage it, never start twice
             except ImageRejected as exc:
-                return _fields("Failed", "ImageRejected", str(exc), restarts=restarts)
+                return status_fields("Failed", "ImageRejected", str(exc), restarts=restarts)
             except (StartFailed, RuntimeFailure) as exc:
-                return _fields("Failed", "StartFailed", str(exc), restarts=restarts)
+                return status_fields("Failed", "StartFailed", str(exc), restarts=restarts)
             work = _Workload(runtime=rt, image=image, restarts=restarts, crashes=crashes)
             with self._lock:
                 self._workloads[name] = work
@@ -577,7 +538,7 @@ class WorkloadReconciler:
         )
         self._set_status(work, st)
         self._sync_logs(name, work, st)
-        return _from_runtime(st, restarts)
+        return from_runtime(st, restarts)
 
     def _with_agent_env(self, name: str, spec: Obj, workload: Workload) -> Workload:
         """The workload with ``GU_PLACEMENT``, ``GU_SESSION`` and ``GU_NODE`` in its env."""
@@ -596,62 +557,12 @@ class WorkloadReconciler:
         log.warning(
             kv("image_pull_failed", name=name, hash=image, retry_in=f"{delay:g}s", error=exc)
         )
-        return _fields(
+        return status_fields(
             "Pulling",
             "ImagePullBackOff",
             f"cannot pull {image}: {exc}; retrying in {delay:g}s",
             restarts=restarts,
         )
-
-    def _admission(self, name: str, placement: Obj, image: str) -> Obj:
-        """The placement's hub-signed admission, checked to cover exactly this start.
-
-        Raises ``_Refused`` (nothing is pulled or run) when there is none, when
-        it is not signed by the hub this agent enrolled with, or when it names
-        another placement, node, app or image.
-        """
-        spec = placement.get("spec") or {}
-        adm = spec.get("admission")
-        if not isinstance(adm, dict) or not adm:
-            raise _Refused(
-                "AdmissionRejected",
-                "the placement carries no hub-signed admission (spec.admission); this agent "
-                "runs only what the hub's ImagePolicy check admitted: nothing was run",
-            )
-        if not self.hub_public_key or not verify_admission(self.hub_public_key, adm):
-            raise _Refused(
-                "AdmissionRejected",
-                "the placement's admission is not signed by the hub this agent enrolled with "
-                "(or was changed since): nothing was run",
-            )
-        expected = {
-            "placement": name,
-            "node": self.node_id,
-            "imageHash": image,
-            "app": spec.get("app"),
-        }
-        wrong = [
-            f"{k}={adm.get(k)!r} (expected {v!r})" for k, v in expected.items() if adm.get(k) != v
-        ]
-        if wrong:
-            raise _Refused(
-                "AdmissionRejected",
-                "the admission does not cover this placement: " + ", ".join(wrong),
-            )
-        return adm
-
-    def _check_signature(self, adm: Obj, image: str, path: Path) -> None:
-        """Where the image is admitted by signature: verify it over these exact bytes."""
-        if adm.get("allowedBy") != "signature":
-            return
-        size = path.stat().st_size
-        keys = list(adm.get("signerKeys") or [])
-        if not any(verify_image(sig, image, size, keys) for sig in adm.get("signatures") or []):
-            raise _Refused(
-                "SignatureInvalid",
-                f"no signature of image {image} ({size} bytes) verifies under the keys "
-                f"policy {adm.get('policy')!r} trusts: nothing was run",
-            )
 
     # ----------------------------------------------------------- removing
 

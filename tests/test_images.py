@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from agent.images import ImageCache, ImageNotCached, _hash_cached, _PullPipeline
+from agent.images import ImageCache, ImageNotCached, PullPipeline, hash_cached
 from controller.images import ImageNotFound, ImageStore, ImageTooLarge
 from specs.images import (
     HASH_PREFIX,
@@ -504,9 +504,9 @@ def test_cache_pulls_and_verifies_exact_bytes_at_every_block_edge(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def pipe_through(path: Path, data: bytes) -> _PullPipeline:
+def pipe_through(path: Path, data: bytes) -> PullPipeline:
     """Pull ``data`` into ``path`` through the pipeline, in 1 MiB chunks; checks the hash."""
-    pipeline = _PullPipeline(path)
+    pipeline = PullPipeline(path)
     for chunk in chunks_of(data, 1 << 20):
         pipeline.feed(chunk)
     assert pipeline.close().hash == sha3(data)
@@ -518,7 +518,7 @@ def test_the_cache_writes_with_o_direct(tmp_path: Path) -> None:
     writer = pipe_through(tmp_path / "f", data)
     assert writer.direct is True
     assert (tmp_path / "f").read_bytes() == data
-    assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))
+    assert hash_cached(tmp_path / "f") == (sha3(data), len(data))
 
 
 def test_a_file_system_without_o_direct_gets_buffered_io(
@@ -539,7 +539,7 @@ def test_a_file_system_without_o_direct_gets_buffered_io(
     writer = pipe_through(tmp_path / "f", data)
     assert writer.direct is False
     assert (tmp_path / "f").read_bytes() == data
-    assert _hash_cached(tmp_path / "f") == (sha3(data), len(data))
+    assert hash_cached(tmp_path / "f") == (sha3(data), len(data))
     cache = ImageCache(tmp_path / "cache")
     path = cache.ensure(sha3(data), lambda _h: chunks_of(data, 70_001))
     assert cache.verify(sha3(data)) == path and path.read_bytes() == data
@@ -562,7 +562,7 @@ def test_a_direct_write_refused_midway_finishes_buffered(
         return real(fd, buf, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
-    writer = _PullPipeline(tmp_path / "f")
+    writer = PullPipeline(tmp_path / "f")
     for chunk in chunks_of(data, 1 << 20):
         writer.feed(chunk)
     assert writer.close().hash == sha3(data)
