@@ -49,6 +49,13 @@ Concurrency: a few workers share the queue (``controller.client.workqueue``,
 the same queue the hub's reconcile engine uses), which never hands one name to two
 workers at once (the runtimes are not thread-safe per workload), so a slow
 pull or a 10 s stop of one placement does not hold up the others.
+
+Why one module of some 650 lines: it is one state machine (the local
+reconcile of one placement: pull, admit, start, restart, suspend, stop,
+remove, report), whose steps share the per-workload record; what stands alone
+is elsewhere — the queue (``controller.client.workqueue``), the admission
+check (``agent.admission``), the status fields (``agent.status``), the image
+cache (``agent.images``).
 """
 
 from __future__ import annotations

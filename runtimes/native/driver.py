@@ -15,6 +15,11 @@ process group exactly once, and to anything in the cgroup outside that group.
 After ``grace`` seconds everything but the shim gets SIGKILL, the shim records
 137 and exits (or is killed too if it does not). Suspend uses the freezer and
 falls back to SIGSTOP of the process group.
+
+Why one module of some 600 lines: it is one class, the driver's verbs and the
+process bookkeeping they share (liveness by pid + start ticks, the group, the
+cgroup); the parts that stand alone (records, shim, tarball, cgroups, /proc)
+are in their own modules already.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,13 +63,18 @@ from runtimes.native.records import (
     STDOUT_FILE,
     STOP_FILE,
     Record,
+    exit_message,
+    file_size,
     now,
+    read_exit,
     read_json,
+    read_tail,
+    stop_message,
     write_json,
 )
 from runtimes.native.shim import SHIM_BOOT
 from runtimes.native.tarball import EMPTY_COMMAND, open_checked, resolve_command, unpack
-from runtimes.procs import group_members, proc_stat, signal_name, signal_pids, start_ticks
+from runtimes.procs import group_members, proc_stat, signal_pids, start_ticks
 from specs.logfmt import kv
 
 if TYPE_CHECKING:
@@ -311,12 +321,12 @@ class NativeRuntime:
             raise WorkloadNotFound(self.name, name)
         out, err = wd / STDOUT_FILE, wd / STDERR_FILE
         if tail_bytes is None:
-            return _read_tail(out, None) + _read_tail(err, None)
+            return read_tail(out, None) + read_tail(err, None)
         tail = max(0, tail_bytes)
-        out_size, err_size = _size(out), _size(err)
+        out_size, err_size = file_size(out), file_size(err)
         err_take = min(err_size, max(tail // 2, tail - out_size))
         out_take = min(out_size, tail - err_take)
-        return _read_tail(out, out_take) + _read_tail(err, err_take)
+        return read_tail(out, out_take) + read_tail(err, err_take)
 
     def remove(self, name: str) -> None:
         """Kill the workload at once if it still runs (call stop() first to be polite),
@@ -432,7 +442,7 @@ class NativeRuntime:
         )
         if (wd / CHILD_FILE).exists() or (wd / EXIT_FILE).exists():
             return self._status(rec)
-        shim_log = _read_tail(wd / SHIM_LOG, 2000).decode(errors="replace").strip()
+        shim_log = read_tail(wd / SHIM_LOG, 2000).decode(errors="replace").strip()
         self.remove(name)
         what = "did not start in time" if not started else "died before starting the program"
         raise StartFailed(f"the native runtime's shim {what}: {shim_log or 'no output'}")
@@ -577,14 +587,14 @@ class NativeRuntime:
         shim_alive = self._shim_alive(rec)
         child = self._child(rec)
         child_alive = child is not None and self._alive(*child)
-        exit_code, exited_at = _read_exit(wd / EXIT_FILE)
+        exit_code, exited_at = read_exit(wd / EXIT_FILE)
         base = WorkloadStatus(state="Running", pid=rec.pid, started_at=started_at)
         if exit_code is not None:
             base.exit_code = exit_code
             base.finished_at = exited_at
             if stop is not None:
                 base.state, base.reason = "Stopped", "Stopped"
-                base.message = _stop_message(stop, exit_code)
+                base.message = stop_message(stop, exit_code)
             elif exit_code == 0:
                 base.state, base.reason, base.message = "Succeeded", "Completed", "exited with 0"
             elif exit_code == 128 + signal.SIGKILL and rec.cgroups and rec.cgroups.oom_kills():
@@ -592,7 +602,7 @@ class NativeRuntime:
                 base.message = "killed by the kernel: the workload used more than its memoryMiB"
             else:
                 base.state, base.reason = "Failed", "Error"
-                base.message = _exit_message(exit_code)
+                base.message = exit_message(exit_code)
             return base
         if shim_alive or child_alive:
             if child is None:
@@ -608,7 +618,7 @@ class NativeRuntime:
             return base
         if stop is not None:
             base.state, base.reason = "Stopped", "Stopped"
-            base.message = _stop_message(stop, None)
+            base.message = stop_message(stop, None)
             finished = stop.get("finished_at")
             base.finished_at = datetime.fromisoformat(finished) if finished else None
             return base
@@ -618,54 +628,6 @@ class NativeRuntime:
             "(its shim was killed, or the machine restarted)"
         )
         return base
-
-
-def _exit_message(code: int) -> str:
-    if code > 128 and 128 + 1 <= code <= 128 + 64:
-        return f"exited with {code} (128 + {signal_name(code - 128)}: killed by a signal)"
-    return f"exited with {code}"
-
-
-def _stop_message(stop: dict[str, Any], code: int | None) -> str:
-    how = (
-        f"killed with SIGKILL after the {stop.get('grace')}s grace period"
-        if stop.get("signal") == "SIGKILL"
-        else "ended after SIGTERM"
-    )
-    return f"stopped on request: {how}" + (f" (exit code {code})" if code is not None else "")
-
-
-def _read_exit(path: Path) -> tuple[int | None, datetime | None]:
-    try:
-        text = path.read_text()
-        mtime = path.stat().st_mtime
-    except OSError:
-        return None, None
-    try:
-        return int(text.strip()), datetime.fromtimestamp(mtime, UTC)
-    except ValueError:
-        return None, None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _read_tail(path: Path, count: int | None) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            if count is None:
-                return f.read()
-            if count <= 0:
-                return b""
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - count))
-            return f.read(count)
-    except OSError:
-        return b""
 
 
 __all__ = ["NativeRuntime"]

@@ -11,12 +11,14 @@ these and ``/proc`` again, so it answers exactly as the old one would have.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from runtimes.cgroups import Cgroups
+from runtimes.procs import signal_name
 from specs.fileio import write_atomic
 
 # Files inside state_dir/<name>/
@@ -79,3 +81,54 @@ class Record:
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+# ------------------------------------------------ reading what a workload left
+
+
+def exit_message(code: int) -> str:
+    if code > 128 and 128 + 1 <= code <= 128 + 64:
+        return f"exited with {code} (128 + {signal_name(code - 128)}: killed by a signal)"
+    return f"exited with {code}"
+
+
+def stop_message(stop: dict[str, Any], code: int | None) -> str:
+    how = (
+        f"killed with SIGKILL after the {stop.get('grace')}s grace period"
+        if stop.get("signal") == "SIGKILL"
+        else "ended after SIGTERM"
+    )
+    return f"stopped on request: {how}" + (f" (exit code {code})" if code is not None else "")
+
+
+def read_exit(path: Path) -> tuple[int | None, datetime | None]:
+    try:
+        text = path.read_text()
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None, None
+    try:
+        return int(text.strip()), datetime.fromtimestamp(mtime, UTC)
+    except ValueError:
+        return None, None
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_tail(path: Path, count: int | None) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            if count is None:
+                return f.read()
+            if count <= 0:
+                return b""
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - count))
+            return f.read(count)
+    except OSError:
+        return b""
