@@ -442,18 +442,16 @@ class Controller:
             finally:
                 self._queue.done(key)
 
-    def _count(self, name: str, delta: int = 1) -> None:
-        with self._counters_lock:
-            setattr(self, name, getattr(self, name) + delta)
-
     def _process(self, key: str) -> None:
         kind, _, name = key.partition("/")
-        self._count("_in_flight")
+        with self._counters_lock:
+            self._in_flight += 1
         try:
             result = self.reconcile(kind, name)
         except Conflict as exc:
             # normal under concurrency: somebody wrote first; read again soon
-            self._count("_conflicts")
+            with self._counters_lock:
+                self._conflicts += 1
             delay = self._queue.add_rate_limited(key)
             log.info(
                 logfmt(
@@ -465,7 +463,8 @@ class Controller:
                 )
             )
         except Exception as exc:
-            self._count("_errors")
+            with self._counters_lock:
+                self._errors += 1
             delay = self._queue.add_rate_limited(key)
             log.error(
                 logfmt(
@@ -482,8 +481,9 @@ class Controller:
             if isinstance(result, Result) and result.requeue_after is not None:
                 self._queue.add_after(key, result.requeue_after)
         finally:
-            self._count("_reconciles")
-            self._count("_in_flight", -1)
+            with self._counters_lock:
+                self._reconciles += 1
+                self._in_flight -= 1
 
 
 def _describe(exc: BaseException) -> str:
