@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian packages gu's real-part tests and demo need, only when missing.
+# Install the Debian packages gu's real-part tests and demo need, only when missing
+# (busybox-static, iproute2, docker.io).
 # Idempotent and quiet; safe to run on every `make test` / `make demo`.
 set -euo pipefail
 need=()
 command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# the docker runtime's tests start their own dockerd (vfs, private socket) when none answers
+[ -x /usr/sbin/dockerd ] || command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "gu: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2

@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.identity import DEFAULT_STATE_DIR, EnrollmentError, NotEnrolled
 from agent.main import DEFAULT_HEARTBEAT, AgentConfig, AgentConfigError, run_agent
+from runtimes.registry import RuntimeOptions
 from specs.meta import Labels
 
 
@@ -90,7 +91,21 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.option(
     "--runtimes",
     metavar="LIST",
-    help="Comma-separated runtimes to offer, e.g. native (default: every available one).",
+    help="Comma-separated runtimes to offer, e.g. native,docker (default: every available one).",
+)
+@click.option(
+    "--docker-host",
+    metavar="URL",
+    envvar="DOCKER_HOST",
+    help="The Docker engine for the docker runtime (default: DOCKER_HOST or the usual socket).",
+)
+@click.option(
+    "--docker-image-gc-delay",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="How long an image the docker runtime loaded stays once no container uses it.",
 )
 @click.option(
     "--heartbeat",
@@ -107,6 +122,8 @@ def agent_command(
     name: str | None,
     labels: tuple[str, ...],
     runtimes: str | None,
+    docker_host: str | None,
+    docker_image_gc_delay: float,
     heartbeat: float,
 ) -> None:
     """Run the provider agent until Ctrl-C or SIGTERM.
@@ -124,6 +141,9 @@ def agent_command(
         name=name,
         labels=parse_labels(labels),
         runtimes=wanted,
+        runtime_options=RuntimeOptions(
+            docker_host=docker_host or None, docker_image_gc_delay=docker_image_gc_delay
+        ),
         heartbeat=heartbeat,
     )
     try:

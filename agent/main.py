@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -44,6 +44,7 @@ from agent.workloads import WorkloadReconciler
 from controller.client import Client
 from runtimes import registry
 from runtimes.base import Capabilities, Runtime
+from runtimes.registry import RuntimeOptions
 from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent")
@@ -67,6 +68,7 @@ class AgentConfig:
     name: str | None = None
     labels: dict[str, str] | None = None
     runtimes: list[str] | None = None
+    runtime_options: RuntimeOptions = field(default_factory=RuntimeOptions)
     heartbeat: float = DEFAULT_HEARTBEAT
     workers: int = DEFAULT_WORKERS
 
@@ -79,7 +81,9 @@ class RuntimeSet:
     capabilities: dict[str, Capabilities]
 
 
-def build_runtimes(state_dir: Path, wanted: list[str] | None) -> RuntimeSet:
+def build_runtimes(
+    state_dir: Path, wanted: list[str] | None, options: RuntimeOptions | None = None
+) -> RuntimeSet:
     """The runtime drivers to use: ``wanted`` (each must be available), else every available one."""
     names = wanted or registry.known()
     unknown = [n for n in names if n not in registry.DRIVERS]
@@ -88,7 +92,7 @@ def build_runtimes(state_dir: Path, wanted: list[str] | None) -> RuntimeSet:
     drivers: dict[str, Runtime] = {}
     capabilities: dict[str, Capabilities] = {}
     for name in names:
-        driver = registry.create(name, state_dir / "runtimes" / name)
+        driver = registry.create(name, state_dir / "runtimes" / name, options)
         caps = driver.fingerprint()
         if caps.available:
             drivers[name] = driver
@@ -153,7 +157,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         log.info(kv("agent_stopped", reason="signal before the hub answered"))
         return
     state = identity.state_dir
-    runtime_set = build_runtimes(state, config.runtimes)
+    runtime_set = build_runtimes(state, config.runtimes, config.runtime_options)
     runtimes = runtime_set.drivers
     cache = ImageCache(state / "images")
     session = HubSession(Client(hub, identity.key), identity.node_id)

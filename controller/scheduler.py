@@ -15,13 +15,15 @@ once, by the first one it fails — the way Kubernetes says
 1. not Ready (its Provider's ``Ready`` condition is not True);
 2. already runs this session (``exclude``: the placements must be on distinct nodes);
 3. not in ``providers.nodes`` (when the Session lists explicit node ids);
-4. os (``selector.os``, case-insensitive);
-5. cores (``selector.minCores`` ≤ inventory cores);
-6. labels (every ``selector.labels`` pair equal);
-7. idle (``selector.idle: true`` = no active placement on the node);
-8. policy (``allowed(node)`` returns a reason to refuse; ImagePolicy plugs in here);
-9. cpu (``resources.cpu`` ≤ cores − allocated cpu);
-10. memory (``resources.memoryMiB`` ≤ min(total − allocated, available) memory,
+4. runtime (``workload.runtime`` among the provider's ``inventory.runtimes``:
+   ``lack runtime docker``);
+5. os (``selector.os``, case-insensitive);
+6. cores (``selector.minCores`` ≤ inventory cores);
+7. labels (every ``selector.labels`` pair equal);
+8. idle (``selector.idle: true`` = no active placement on the node);
+9. policy (``allowed(node)`` returns a reason to refuse; ImagePolicy plugs in here);
+10. cpu (``resources.cpu`` ≤ cores − allocated cpu);
+11. memory (``resources.memoryMiB`` ≤ min(total − allocated, available) memory,
     and ``selector.minMemoryMiB`` ≤ available memory).
 
 The refusal lists the most frequent cause first, ties in that order:
@@ -60,6 +62,7 @@ Allowed = Callable[["NodeView"], str | None]
 NOT_READY = "not Ready"
 ALREADY_USED = "already run this session"
 NOT_LISTED = "not in providers.nodes"
+LACK_RUNTIME = "lack runtime"  # followed by the runtime's name: "2 lack runtime docker"
 WRONG_OS = "run another os"
 FEW_CORES = "have too few cores"
 LABELS = "do not match the labels"
@@ -94,6 +97,7 @@ class NodeView:
     memory_mib: float = field(init=False, default=0.0)
     available_mib: float = field(init=False, default=0.0)
     os: str = field(init=False, default="")
+    runtimes: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         inv = self.inventory
@@ -101,6 +105,7 @@ class NodeView:
             self.cores = inv.cpu.cores
             self.memory_mib = inv.memoryBytes / MIB
             self.os = inv.os.name.lower()
+            self.runtimes = frozenset(inv.runtimes)
         # without a usage report, trust the inventory minus what we allocated
         self.available_mib = (
             self.usage.memoryAvailableBytes / MIB if self.usage is not None else self.memory_mib
@@ -285,6 +290,8 @@ def schedule(
     idle_only = bool(selector is not None and selector.idle)
     cpu = resources.cpu
     memory = resources.memoryMiB
+    runtime = spec.workload.runtime
+    lack_runtime = f"{LACK_RUNTIME} {runtime}"
 
     chosen: list[str] = []
     policy: dict[str, int] = {}
@@ -292,6 +299,8 @@ def schedule(
         refused: str | None = None
         if node.node_id in exclude:
             refused = ALREADY_USED
+        elif node.inventory is not None and runtime not in node.runtimes:  # no inventory: lacks cpu
+            refused = lack_runtime
         elif want_os is not None and node.os != want_os:
             refused = WRONG_OS
         elif min_cores is not None and node.cores < min_cores:
@@ -323,6 +332,7 @@ def schedule(
 def _explain(chosen: int, total: int, counts: dict[str, int], policy: dict[str, int]) -> str:
     """``chosen/total providers: …``, the most frequent refusal first (ties in test order)."""
     ordered = [(c, counts[c]) for c in _ORDER_BEFORE_POLICY if counts.get(c)]
+    ordered += [(c, n) for c, n in counts.items() if c.startswith(LACK_RUNTIME)]
     ordered += sorted(policy.items())
     ordered += [(c, counts[c]) for c in _ORDER_AFTER_POLICY if counts.get(c)]
     ranked = sorted(enumerate(ordered), key=lambda item: (-item[1][1], item[0]))

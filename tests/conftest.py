@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from controller.client import Client
+from tests.dockerd import Engine, find_or_start
 from tests.helpers import GU, ROOT, free_port, wait_for
 
 
@@ -104,3 +105,21 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """A real Docker engine: the one that answers, or a private dockerd we start and stop.
+
+    CI installs docker.io (``.ci/system.sh``): there, no engine is a failure, not a skip.
+    """
+    engine = find_or_start()
+    if engine is None:
+        message = "no Docker engine answers and dockerd cannot be started (install docker.io)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield engine
+    finally:
+        engine.stop()

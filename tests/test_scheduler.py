@@ -33,6 +33,7 @@ def node(
     memory_mib: float = 0.0,
     active: int = 0,
     inventory: bool = True,
+    runtimes: tuple[str, ...] = ("native",),
 ) -> NodeView:
     inv = (
         Inventory(
@@ -40,6 +41,7 @@ def node(
             cpu=CpuInfo(architecture="x86_64", bit=[64], cores=cores, threads=cores * 2),
             memoryBytes=memory_gib * GIB,
             storageBytes=100 * GIB,
+            runtimes=list(runtimes),
         )
         if inventory
         else None
@@ -65,6 +67,7 @@ def session(
     memory_mib: int = 256,
     selector: dict[str, Any] | None = None,
     nodes: list[str] | None = None,
+    runtime: str = "native",
 ) -> Session:
     providers: dict[str, Any] = {"count": count}
     if selector is not None:
@@ -79,7 +82,7 @@ def session(
                 "app": "demo",
                 "providers": providers,
                 "workload": {
-                    "runtime": "native",
+                    "runtime": runtime,
                     "image": {"hash": IMAGE},
                     "resources": {"cpu": cpu, "memoryMiB": memory_mib},
                 },
@@ -271,3 +274,10 @@ def test_scheduling_is_fast_over_a_thousand_nodes() -> None:
     elapsed = time.perf_counter() - start
     assert sum(n.active for n in nodes) == 10_000
     assert elapsed < 2.0, f"10,000 placements took {elapsed:.2f}s"
+
+
+def test_providers_without_the_runtime_are_refused_naming_it(pool: Any) -> None:
+    nodes = pool([node(1), node(2), node(3, runtimes=("native", "docker"))])
+    decision = schedule(session(2, runtime="docker"), nodes, 2)
+    assert decision.nodes == [nid(3)]
+    assert decision.reason == "1/3 providers: 2 lack runtime docker"

@@ -41,13 +41,19 @@ class ApiDeps:
         return self.auth.hub_id
 
 
+async def deps(request: Request) -> ApiDeps:
+    """The ApiDeps of the app serving ``request`` (async: FastAPI runs it on the loop,
+    where a sync dependency would cost a thread hop on every request)."""
+    return deps_of(request)
+
+
 def deps_of(request: Request) -> ApiDeps:
-    """The ApiDeps of the app serving ``request``."""
-    deps: ApiDeps = request.app.state.deps
-    return deps
+    """The ApiDeps of the app serving ``request`` (for code outside dependency injection)."""
+    found: ApiDeps = request.app.state.deps
+    return found
 
 
-Deps = Annotated[ApiDeps, Depends(deps_of)]
+Deps = Annotated[ApiDeps, Depends(deps)]
 """A route parameter ``d: Deps`` receives the hub's parts."""
 
 

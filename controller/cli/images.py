@@ -35,26 +35,81 @@ def image_group() -> None:
 @image_group.command("build")
 @click.option(
     "--runtime",
-    type=click.Choice(["native"]),
+    type=click.Choice(["native", "docker"]),
     default="native",
     show_default=True,
-    help="What the image is for (docker and vm images come from their own tools).",
+    help="What the image is for: native (SOURCE is a folder) or docker (SOURCE is an image "
+    "on the local engine, saved with `docker save`).",
 )
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source")
 @click.option(
     "-o",
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="FILE.tar.gz",
+    help="FILE.tar.gz (native) or FILE.tar (docker)",
 )
-def build_command(runtime: str, folder: Path, out: Path) -> None:
-    """Pack FOLDER reproducibly into OUT and print its hash."""
+@click.option(
+    "--docker-host",
+    envvar="DOCKER_HOST",
+    metavar="URL",
+    help="The engine holding a docker SOURCE (default: DOCKER_HOST or the usual socket).",
+)
+def build_command(runtime: str, source: str, out: Path, docker_host: str | None) -> None:
+    """Pack SOURCE into OUT reproducibly and print its hash.
+
+    native: SOURCE is a program folder, packed as a .tar.gz with sorted
+    entries and fixed times and owners. docker: SOURCE is an image reference
+    on the local engine (``busybox:latest``, an id), written as the ``docker
+    save`` tarball of that image by id, without tags, so the same image always
+    gives the same file and hash.
+    """
+    if runtime == "docker":
+        click.echo(save_docker_image(source, out, docker_host))
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise BadInputError(f"{source}: not a folder (a native image is built from a folder)")
     try:
         digest = pack_native(folder, out)
     except PackError as exc:
         raise BadInputError(f"{folder}: {exc}") from None
     click.echo(digest)
+
+
+def save_docker_image(ref: str, out: Path, docker_host: str | None = None) -> str:
+    """``docker save`` of image ``ref`` (by its id, untagged) into ``out``; returns its hash."""
+    try:
+        import docker
+        from docker.errors import DockerException, ImageNotFound
+    except ImportError:  # pragma: no cover - docker is a dependency of gu
+        raise BadInputError("the docker SDK is not installed: pip install docker") from None
+    try:
+        client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+    except DockerException as exc:
+        raise BadInputError(
+            f"no Docker engine answers ({exc}); start dockerd or pass --docker-host"
+        ) from None
+    try:
+        image = client.images.get(ref)
+    except ImageNotFound:
+        raise BadInputError(
+            f"image {ref!r} is not on this engine (docker images lists what is); "
+            "build or pull it first"
+        ) from None
+    tmp = out.with_name(out.name + ".part")
+    try:
+        with open(tmp, "wb") as f:
+            # by id and unnamed: tags differ between machines, the image does not
+            for chunk in client.images.get(image.id).save(named=False):
+                f.write(chunk)
+        tmp.replace(out)
+    except (OSError, DockerException) as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadInputError(f"cannot save image {ref!r} to {out}: {exc}") from None
+    finally:
+        client.close()
+    return hash_file(out)
 
 
 @image_group.command("hash")
