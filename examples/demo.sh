@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: a hub with its embedded SQLite store, one local agent, the quickstart
-# manifests, and the session converging to Succeeded. Everything lives under .demo/
-# and everything started here is stopped on exit (also on Ctrl-C or an error).
+# manifests, and the session converging to Succeeded; then, where this machine has
+# Docker (an engine that answers, or dockerd to start as root), a docker Session too.
+# Everything lives under .demo/ and everything started here is stopped on exit (also on
+# Ctrl-C or an error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GU=.venv/bin/gu
@@ -37,10 +39,30 @@ pids+=($!)
 wait_until 20 "the hub" $PY -c "import httpx,sys; sys.exit(httpx.get('$HUB/healthz').status_code != 200)"
 head -n 2 "$DEMO/hub.log"
 
+docker_args=()
+DOCKER_ENGINE=""
+if $PY -c "import docker; docker.from_env(timeout=3).ping()" >/dev/null 2>&1; then
+  DOCKER_ENGINE=${DOCKER_HOST:-unix:///var/run/docker.sock}
+  step "a Docker engine answers at $DOCKER_ENGINE: the agent will offer the docker runtime"
+elif [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+  step "start a private dockerd (vfs, socket in $DEMO/dockerd) for the docker runtime"
+  mkdir -p "$DEMO/dockerd"
+  DOCKER_ENGINE="unix://$PWD/$DEMO/dockerd/docker.sock"
+  dockerd --host "$DOCKER_ENGINE" --data-root "$PWD/$DEMO/dockerd/data" \
+    --exec-root "/tmp/gu-demo-dockerd-$$" --pidfile "$PWD/$DEMO/dockerd/docker.pid" \
+    --storage-driver vfs --bridge none --iptables=false --ip-masq=false \
+    >"$DEMO/dockerd.log" 2>&1 &
+  pids+=($!)
+  wait_until 60 "dockerd" $PY -c "import docker; docker.DockerClient(base_url='$DOCKER_ENGINE', timeout=3).ping()"
+else
+  step "no Docker here (no engine answers, and dockerd cannot be started): native only"
+fi
+[ -n "$DOCKER_ENGINE" ] && docker_args=(--docker-host "$DOCKER_ENGINE")
+
 step "enrol a local agent with a join token"
 TOKEN=$($GU hub token create --ttl 1h)
 $GU agent --hub "$HUB" --join-token "$TOKEN" --state-dir "$DEMO/agent" --name demo-agent \
-  --label pool=demo --heartbeat 2 >"$DEMO/agent.log" 2>&1 &
+  --label pool=demo --heartbeat 2 "${docker_args[@]}" >"$DEMO/agent.log" 2>&1 &
 pids+=($!)
 wait_until 30 "the agent to be Ready" bash -c "$GU peers -o json | $PY -c 'import json,sys; sys.exit(not any(p[\"ready\"] for p in json.load(sys.stdin)))'"
 $GU peers
@@ -76,4 +98,36 @@ step "the workload's output (gu logs hello)"
 $GU logs hello
 step "the provider (gu peer)"
 $GU peer demo-agent
+
+if [ -n "$DOCKER_ENGINE" ]; then
+  step "docker: a busybox image (docker import), saved with gu image build --runtime docker"
+  IMAGE_ID=$($PY -m tests.dockerd import gu-demo/busybox:latest --host "$DOCKER_ENGINE")
+  DOCKER_HASH=$($GU image build --runtime docker "$IMAGE_ID" -o "$DEMO/busybox.tar" --docker-host "$DOCKER_ENGINE")
+  $GU image push "$DEMO/busybox.tar"
+  mkdir -p "$DEMO/docker"
+  sed "s/sha3-256:IMAGE_HASH/$DOCKER_HASH/" examples/docker/session.yaml >"$DEMO/docker/session.yaml"
+  cat >"$DEMO/docker/imagepolicy.yaml" <<YAML
+apiVersion: gu/v1
+kind: ImagePolicy
+metadata:
+  name: demo-docker-images
+spec:
+  apps: [demo]
+  allowImages: ["$DOCKER_HASH"]
+YAML
+  $GU apply -f "$DEMO/docker"
+  last=""
+  for _ in $(seq 1 300); do
+    phase=$($GU get session hello-docker -o json | $PY -c 'import json,sys; print(json.load(sys.stdin)["status"].get("phase","Pending"))')
+    if [ "$phase" != "$last" ]; then
+      $GU get sessions
+      last=$phase
+    fi
+    case "$phase" in Succeeded|Failed) break ;; esac
+    sleep 0.2
+  done
+  [ "$phase" = Succeeded ] || { echo "demo: the docker session ended $phase" >&2; exit 1; }
+  step "the container's output (gu logs hello-docker): one network interface, lo"
+  $GU logs hello-docker
+fi
 step "done: everything is stopped; the state stays in $DEMO/ to look at"

@@ -172,3 +172,20 @@ def import_busybox(engine: Engine, tag: str, *, marker: str = "") -> str:
         return str(client.images.get(tag).id)
     finally:
         client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.dockerd import TAG --host URL``: make the busybox test image (the demo)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.dockerd")
+    parser.add_argument("command", choices=["import"])
+    parser.add_argument("tag")
+    parser.add_argument("--host", required=True)
+    args = parser.parse_args(argv)
+    print(import_busybox(Engine(args.host), args.tag))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
