@@ -185,6 +185,7 @@ def test_limits_no_network_and_no_privileges(
     assert host["CapDrop"] == ["ALL"]
     assert not host["CapAdd"]
     assert host["Privileged"] is False
+    assert host["Init"] is True  # docker-init as PID 1: SIGTERM reaches the workload
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["PidsLimit"] == runtime.pids_limit
     assert host["RestartPolicy"]["Name"] in ("", "no")

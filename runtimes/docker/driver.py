@@ -13,7 +13,9 @@ Flow of one workload named ``N``:
    state dir (so ``adopt()`` finds exactly ours), gets the CPU, memory (no
    swap) and pids limits, ``network_mode: none`` (no NIC but ``lo``), every
    capability dropped, ``no-new-privileges``, never privileged, and no restart
-   policy: restarts are the agent's (``restartPolicy``), not Docker's.
+   policy: restarts are the agent's (``restartPolicy``), not Docker's. PID 1 is
+  docker-init, so ``stop``'s SIGTERM reaches the workload as on the native
+  runtime.
 3. ``inspect`` reads the container's state from the engine every time:
    running → Running, paused → Suspended, exited → Succeeded (0) / Failed
    (``OOMKilled`` when the kernel killed it for memory, else ``Error``), or
@@ -218,6 +220,7 @@ class DockerRuntime:
     # ------------------------------------------------------------ workloads
 
     def _container(self, name: str) -> Container:
+        """The container of ``name``, its ``attrs`` fresh (``get`` is one inspect call)."""
         from docker.errors import NotFound
 
         try:
@@ -236,7 +239,7 @@ class DockerRuntime:
         attachments: Attachments = NO_ATTACHMENTS,
     ) -> WorkloadStatus:
         """Create and start container ``gu-<name>`` from the image id (see the module doc)."""
-        from docker.errors import APIError, NotFound
+        from docker.errors import APIError
 
         check_name(name)
         if attachments.network is not None:
@@ -246,9 +249,6 @@ class DockerRuntime:
             )
         if attachments.folders:
             raise StartFailed("the docker runtime does not expose folders yet")
-        with contextlib.suppress(NotFound):
-            self.client.containers.get(CONTAINER_PREFIX + name)
-            raise WorkloadExists(self.name, name)
         wanted = self._id_for(image_path)
         folder = self._folder(name)
         shutil.rmtree(folder, ignore_errors=True)
@@ -279,9 +279,14 @@ class DockerRuntime:
                 cap_add=list(CAP_ADD) or None,
                 security_opt=["no-new-privileges"],
                 privileged=False,
+                # docker-init as PID 1: signals reach the workload (a shell as PID 1 ignores
+                # SIGTERM, so every stop would wait out its grace) and zombies are reaped
+                init=True,
                 detach=True,
             )
         except APIError as exc:
+            if exc.status_code == 409:  # the name is taken: a container of ours already
+                raise WorkloadExists(self.name, name) from None
             raise StartFailed(f"the engine refused to create the container: {exc}") from exc
         try:
             container.start()
@@ -290,13 +295,12 @@ class DockerRuntime:
                 container.remove(force=True)
             raise StartFailed(f"the container did not start: {exc}") from exc
         log.info(kv("container_started", name=name, id=container.short_id, image=wanted))
-        return self.inspect(name)
+        container.reload()
+        return self._status(name, container)
 
     def inspect(self, name: str) -> WorkloadStatus:
         """The container's state as the engine reports it now."""
-        container = self._container(name)
-        container.reload()
-        return self._status(name, container)
+        return self._status(name, self._container(name))
 
     def _status(self, name: str, container: Container) -> WorkloadStatus:
         state = container.attrs.get("State") or {}
@@ -339,7 +343,6 @@ class DockerRuntime:
     def suspend(self, name: str) -> WorkloadStatus:
         """Pause the container (its processes stay in memory, frozen)."""
         container = self._container(name)
-        container.reload()
         if (container.attrs.get("State") or {}).get("Status") == "running":
             container.pause()
             container.reload()
@@ -348,7 +351,6 @@ class DockerRuntime:
     def resume(self, name: str) -> WorkloadStatus:
         """Unpause a paused container."""
         container = self._container(name)
-        container.reload()
         if (container.attrs.get("State") or {}).get("Status") == "paused":
             container.unpause()
             container.reload()
@@ -359,7 +361,6 @@ class DockerRuntime:
         from docker.errors import APIError
 
         container = self._container(name)
-        container.reload()
         status = (container.attrs.get("State") or {}).get("Status")
         if status in ("running", "paused", "restarting", "created"):
             write_atomic(
