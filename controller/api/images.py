@@ -40,6 +40,7 @@ def _info(info: Any) -> dict[str, Any]:
 
 
 def valid(hash: str) -> str:
+    """``hash`` if it is a well-formed image hash; 422 saying what is wrong otherwise."""
     try:
         parse_hash(hash)
     except InvalidImageHash as exc:

@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from controller import authz
 from controller.api.common import ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps
+from controller.auth import Principal
 from specs import peerinfo
 from specs.kinds import Inventory, Provider, Usage
 from specs.meta import get_condition
@@ -41,6 +42,7 @@ def _summary(prov: Provider, sessions: int) -> dict[str, Any]:
 
 
 def sessions_per_node(d: ApiDeps) -> Counter[str]:
+    """How many sessions have an active placement on each node."""
     pairs = {
         (p["spec"].get("node"), p["spec"]["session"])
         for p in d.store.list("Placement")
@@ -49,7 +51,8 @@ def sessions_per_node(d: ApiDeps) -> Counter[str]:
     return Counter(node for node, _ in pairs)
 
 
-def provider(d: ApiDeps, node_id: str, who: Any) -> Provider:
+def provider(d: ApiDeps, node_id: str, who: Principal) -> Provider:
+    """The Provider ``who`` may see, parsed; 404 otherwise."""
     authz.check(who, "get", "Provider")
     obj = d.store.try_get("Provider", node_id)
     if obj is None or not authz.visible(who, "Provider", obj):
@@ -57,7 +60,8 @@ def provider(d: ApiDeps, node_id: str, who: Any) -> Provider:
     return Provider.model_validate(obj)
 
 
-def with_inventory(d: ApiDeps, node_id: str, who: Any) -> Provider:
+def with_inventory(d: ApiDeps, node_id: str, who: Principal) -> Provider:
+    """The Provider, once it has reported an inventory; 404 before."""
     prov = provider(d, node_id, who)
     if prov.status.inventory is None:
         raise ApiProblem(
