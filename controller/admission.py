@@ -18,7 +18,10 @@ store, the hub's signing key): it knows nothing of the ``Hub`` that wires them.
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,7 @@ from controller.images import ImageNotFound, ImageStore
 from controller.policy import PolicyCheck, check, check_image, provider_predicate
 from controller.scheduler import NodeView
 from controller.store import Store
+from specs.identity import canonical_json
 from specs.kinds import ImagePolicy, Session
 from specs.signing import SignatureFormatError, parse_signature, sign_admission
 
@@ -102,17 +106,53 @@ def admit(store: Store, images: ImageStore, batch: list[dict[str, Any]]) -> list
     return errors
 
 
+class AdmissionSigner:
+    """Signs admissions with the hub's key, each distinct admission once.
+
+    Every Session pass recomputes the admission of each bound placement (a
+    policy may have changed) and compares it with the one the placement
+    carries; signing it anew each time cost an Ed25519 signature per placement
+    per pass. The signature covers only the admission's content, so the same
+    content always has a valid signature already made: a bounded LRU of them,
+    keyed by the canonical content, makes a converged pass sign nothing.
+    """
+
+    def __init__(self, key: Ed25519PrivateKey, capacity: int = 100_000) -> None:
+        self.key = key
+        self.capacity = capacity
+        self.signed = 0  # signatures made, for tests and /metrics
+        self._cache: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def sign(self, admission: dict[str, Any]) -> dict[str, Any]:
+        """``admission`` with the hub's signature (made once per distinct content)."""
+        key = canonical_json(admission)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return copy.deepcopy(hit)
+        signed = sign_admission(self.key, admission)
+        with self._lock:
+            self.signed += 1
+            self._cache[key] = signed
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return copy.deepcopy(signed)
+
+
 def session_policy(
-    images: ImageStore, signer: Ed25519PrivateKey
+    images: ImageStore, signer: Ed25519PrivateKey | AdmissionSigner
 ) -> Callable[[Session, Store], PolicyCheck]:
     """The reconcile-time ImagePolicy check (the Session reconciler's hook).
 
     Per pass it reads the stored policies and what the hub knows of the image,
     and answers: the image is not allowed at all (``violation``: stop
     everything), or which providers are allowed (``allowed``), and how to sign
-    the admission an agent checks before start (``admit``, signed by ``signer``,
-    the hub's key).
+    the admission an agent checks before start (``admit``, signed by
+    ``signer``, the hub's key, each distinct admission once).
     """
+    sign = signer if isinstance(signer, AdmissionSigner) else AdmissionSigner(signer)
 
     def hook(session: Session, store: Store) -> PolicyCheck:
         app = session.spec.app
@@ -143,7 +183,7 @@ def session_policy(
                 "signerKeys": [v.signer] if v.signer else [],
                 "signatures": [v.signature] if v.signature else [],
             }
-            return sign_admission(signer, admission)
+            return sign.sign(admission)
 
         return PolicyCheck(allowed=allowed, violation=None, admit=admit)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.admission import session_policy
+from controller.admission import AdmissionSigner, session_policy
 from controller.api.app import create_app
 from controller.api.deps import ApiDeps
 from controller.auth import Authenticator, Principal
@@ -106,12 +106,13 @@ class Hub:
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
+        self.admissions = AdmissionSigner(self.key)
         self.controller = Controller(self.store, resync_period=settings.resync_period)
         register_all(
             self.controller,
             node_grace=settings.node_grace,
             heartbeat=settings.heartbeat,
-            policy=session_policy(self.images, self.key),
+            policy=session_policy(self.images, self.admissions),
         )
 
     @property

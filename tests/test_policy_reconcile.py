@@ -122,6 +122,23 @@ def test_every_bound_placement_carries_an_admission_signed_by_the_hub(hub: Hub) 
     assert (adm["allowedBy"], adm["policy"]) == ("hash", "p")
 
 
+def test_converged_passes_sign_no_admission_again(hub: Hub) -> None:
+    image = push(hub, b"program")
+    provider(hub, 1)
+    provider(hub, 2)
+    apply(hub, app(), policy(allowImages=[image]), session(image, count=2))
+    hub.controller.reconcile("Session", "s")
+    assert hub.admissions.signed == 2  # one per bound placement
+    first = {p["metadata"]["name"]: p["spec"]["admission"] for p in placements(hub)}
+    for _ in range(3):
+        hub.controller.reconcile("Session", "s")
+    assert hub.admissions.signed == 2
+    assert {p["metadata"]["name"]: p["spec"]["admission"] for p in placements(hub)} == first
+    apply(hub, policy(allowImages=[image, "sha3-256:" + "1" * 64]))  # same verdict: same admission
+    hub.controller.reconcile("Session", "s")
+    assert hub.admissions.signed == 2
+
+
 def test_an_image_allowed_by_signature_is_admitted_with_the_signature(hub: Hub) -> None:
     image = push(hub, b"signed program")
     signer = generate_key()

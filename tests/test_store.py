@@ -147,3 +147,20 @@ def test_list_filters_by_labels(store: Store) -> None:
     store.apply([prio("a", team="x"), prio("b", team="y"), prio("c")])
     assert [o["metadata"]["name"] for o in store.list("Priority", {"team": "x"})] == ["a"]
     assert [o["metadata"]["name"] for o in store.list("Priority", {"team": None})] == ["a", "b"]
+
+
+@pytest.mark.parametrize("path", ["$.session", "$.workload.image.hash", "$.app"])
+def test_hot_spec_lookups_use_an_index_not_a_scan(tmp_path: Path, path: str) -> None:
+    store = SQLiteStore(tmp_path / "db")
+    plan = store.list_where_plan("Placement", path)
+    assert "USING INDEX objects_spec_" in plan, plan
+    assert "SCAN" not in plan, plan
+
+
+def test_list_where_finds_by_an_indexed_and_an_unindexed_path(store: Store) -> None:
+    store.apply([prio("a", 1), prio("b", 2)])
+    store.create({"kind": "Session", "metadata": {"name": "s"}, "spec": {"app": "x", "n": 2}})
+    assert [o["metadata"]["name"] for o in store.list_where("Session", "$.app", "x")] == ["s"]
+    assert [o["metadata"]["name"] for o in store.list_where("Priority", "$.value", 2)] == ["b"]
+    with pytest.raises(ValueError, match="must look like"):
+        store.list_where("Session", "$.app') OR 1=1 --", "x")

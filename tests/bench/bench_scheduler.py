@@ -220,6 +220,7 @@ def bench_scheduler_only(providers: int, n_sessions: int, count: int) -> None:
         cpu=CpuInfo(architecture="x86_64", bit=[64], cores=32, threads=64),
         memoryBytes=64 * GIB,
         storageBytes=500 * GIB,
+        runtimes=["native"],  # as every agent reports: the scheduler places by runtime
     )
     usage = Usage(memoryAvailableBytes=60 * GIB)
     nodes = RankedNodes(
