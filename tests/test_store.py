@@ -164,3 +164,32 @@ def test_list_where_finds_by_an_indexed_and_an_unindexed_path(store: Store) -> N
     assert [o["metadata"]["name"] for o in store.list_where("Priority", "$.value", 2)] == ["b"]
     with pytest.raises(ValueError, match="must look like"):
         store.list_where("Session", "$.app') OR 1=1 --", "x")
+
+
+def test_names_lists_a_kind_without_the_objects(store: Store) -> None:
+    store.apply([prio("b"), prio("a")])
+    store.create({"kind": "Session", "metadata": {"name": "s"}, "spec": {}})
+    assert store.names("Priority") == ["a", "b"]
+    assert store.names("Session") == ["s"]
+    assert store.names("App") == []
+
+
+def test_compaction_trims_the_log_a_chunk_per_commit(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "db", changelog_limit=10, compact_chunk=2)
+
+    def rows() -> int:
+        with sqlite3.connect(tmp_path / "db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM changes").fetchone()[0])
+
+    counts = []
+    for i in range(16):
+        store.apply([prio(f"p{i}")])
+        counts.append(rows())
+    # up to the limit (11 rows at rv 11) nothing goes; past it the log is trimmed towards
+    # half the limit two rows per commit (12 → 10, 9, 8), then grows again
+    assert counts == [*range(1, 12), 10, 9, 8, 9, 10]
+    with pytest.raises(Gone):
+        store.changes(0)
+    assert [c.rv for c in store.changes(store.resource_version - 2)] == [15, 16]

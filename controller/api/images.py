@@ -7,6 +7,7 @@ may pull (bytes or signatures) only images that one of their Placements runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -93,7 +94,8 @@ async def put_signature(hash: str, request: Request, who: Caller, d: Deps) -> di
     if doc["hash"] != h:
         raise ApiProblem(422, f"the signature is for {doc['hash']}, not {h}")
     try:
-        size = d.images.info(h).size
+        # file system work in a thread: the event loop serves other requests meanwhile
+        size = (await asyncio.to_thread(d.images.info, h)).size
     except ImageNotFound:
         raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
     if doc["size"] != size:
@@ -108,7 +110,7 @@ async def put_signature(hash: str, request: Request, who: Caller, d: Deps) -> di
             "KEY`)",
         )
     try:
-        d.images.put_signature(h, canonical_json(doc))
+        await asyncio.to_thread(d.images.put_signature, h, canonical_json(doc))  # fsyncs
     except ImageNotFound:  # deleted meanwhile
         raise ApiProblem(404, f"image {h} is not on the hub; push it first") from None
     return {"hash": h, "signer": doc["publicKey"]}

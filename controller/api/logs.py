@@ -39,7 +39,8 @@ async def put_logs(
     """
     # permission on the kind first, so a caller without it cannot probe names
     authz.check(who, "status", "Placement")
-    placement = d.store.try_get("Placement", name)
+    # the store and the disk are reached from threads: the loop serves other requests meanwhile
+    placement = await asyncio.to_thread(d.store.try_get, "Placement", name)
     if placement is None or not authz.visible(who, "Placement", placement):
         raise NotFound(f"Placement/{name} not found")
     authz.check(who, "status", "Placement", placement)

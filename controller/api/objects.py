@@ -91,7 +91,8 @@ async def watch(
     kinds = {kind_of(k) for k in kind.split(",")} if kind else None
     for k in kinds or ():
         authz.check(who, "watch", k)
-    d.store.changes(resourceVersion, limit=1)  # 410 before the stream starts
+    # 410 before the stream starts; read in a thread, off the loop that serves the API
+    await asyncio.to_thread(d.store.changes, resourceVersion, 1)
     deadline = time.monotonic() + timeout if timeout else None
     return StreamingResponse(
         _stream(d, who, resourceVersion, kinds, deadline), media_type="application/x-ndjson"

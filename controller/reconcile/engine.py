@@ -417,11 +417,8 @@ class Controller:
         return keys
 
     def _all_keys(self) -> list[str]:
-        return [
-            f"{kind}/{obj['metadata']['name']}"
-            for kind in self._handlers
-            for obj in self.store.list(kind)
-        ]
+        # names only: a resync need not decode every object to learn what to queue
+        return [f"{kind}/{name}" for kind in self._handlers for name in self.store.names(kind)]
 
     # --------------------------------------------------------------- workers
 

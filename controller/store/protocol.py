@@ -62,6 +62,10 @@ class Store(Protocol):
         """Every object of ``kind`` (sorted by name) whose labels match ``selector``."""
         ...
 
+    def names(self, kind: str) -> builtins.list[str]:
+        """The names of every object of ``kind``, sorted (nothing decoded: for resyncs)."""
+        ...
+
     def list_where(self, kind: str, json_path: str, value: Any) -> builtins.list[Obj]:
         """Objects of ``kind`` whose ``spec`` has ``value`` at ``json_path`` (``$.a.b``)."""
         ...

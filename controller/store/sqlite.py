@@ -106,9 +106,13 @@ def _index_name(path: str) -> str:
 class SQLiteStore(ObjectStore):
     """The SQLite store (see the module docstring); satisfies ``controller.store.Store``."""
 
-    def __init__(self, path: Path | str, *, changelog_limit: int = 200_000) -> None:
+    def __init__(
+        self, path: Path | str, *, changelog_limit: int = 200_000, compact_chunk: int = 2_000
+    ) -> None:
         self.path = str(path)
         self.changelog_limit = changelog_limit
+        self.compact_chunk = compact_chunk
+        self._compact_to: int | None = None  # compaction in progress: keep rvs from here
         self._lock = threading.RLock()
         self._depth = 0
         self._pending_notify = False
@@ -172,8 +176,10 @@ class SQLiteStore(ObjectStore):
                     "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                     (str(self._rv),),
                 )
-                if self._rv - self._oldest > self.changelog_limit:
-                    self._compact()
+                if self._compact_to is None and self._rv - self._oldest > self.changelog_limit:
+                    self._compact_to = self._rv - self.changelog_limit // 2
+                if self._compact_to is not None:
+                    self._compact_step()
             self._db.execute("COMMIT")
             rv = self._rv
         if wrote:
@@ -183,10 +189,18 @@ class SQLiteStore(ObjectStore):
                 except Exception:  # a broken listener must not break writers
                     log.exception("event=listener_failed")
 
-    def _compact(self) -> None:
-        keep_from = self._rv - self.changelog_limit // 2
-        self._db.execute("DELETE FROM changes WHERE rv < ?", (keep_from,))
-        self._oldest = keep_from
+    def _compact_step(self) -> None:
+        """Drop the oldest ``compact_chunk`` changes (this commit's share of a compaction).
+
+        The log is trimmed to half its limit once it passes the limit, a chunk per
+        write commit, so no commit holds the lock for a 100,000-row delete.
+        """
+        assert self._compact_to is not None
+        upto = min(self._compact_to, self._oldest + self.compact_chunk)
+        self._db.execute("DELETE FROM changes WHERE rv < ?", (upto,))
+        self._oldest = upto
+        if upto >= self._compact_to:
+            self._compact_to = None
 
     @property
     def resource_version(self) -> int:
@@ -302,6 +316,14 @@ class SQLiteStore(ObjectStore):
         if selector:
             objs = [o for o in objs if match_labels(o["metadata"]["labels"], selector)]
         return objs
+
+    def names(self, kind: str) -> builtins.list[str]:
+        """The names of every object of ``kind``, sorted (read from the key alone)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name FROM objects WHERE kind=? ORDER BY name", (kind,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def list_where(self, kind: str, json_path: str, value: Any) -> builtins.list[dict[str, Any]]:
         """Objects of ``kind`` whose ``spec`` has ``value`` at ``json_path`` (e.g. ``$.app``).
