@@ -363,6 +363,7 @@ class DockerRuntime:
         container = self._container(name)
         status = (container.attrs.get("State") or {}).get("Status")
         if status in ("running", "paused", "restarting", "created"):
+            self._folder(name).mkdir(parents=True, exist_ok=True)
             write_atomic(
                 self._folder(name) / STOP_FILE,
                 json.dumps({"grace": grace, "at": time.time()}).encode(),
@@ -404,13 +405,20 @@ class DockerRuntime:
         shutil.rmtree(self._folder(name), ignore_errors=True)
         self._schedule_image_gc()
 
-    def adopt(self) -> list[str]:
-        """Names of the containers a previous agent process started (by our state-dir label)."""
-        found = self.client.containers.list(
+    def _ours(self) -> list[dict[str, Any]]:
+        """The engine's list entries of our containers (labels, ImageID). The low-level
+        list: the high-level one inspects each container and races a removal."""
+        found: list[dict[str, Any]] = self.client.api.containers(
             all=True, filters={"label": f"{LABEL_STATE}={self.state_dir.resolve()}"}
         )
+        return found
+
+    def adopt(self) -> list[str]:
+        """Names of the containers a previous agent process started (by our state-dir label)."""
         names = sorted(
-            str(c.labels.get(LABEL_PLACEMENT)) for c in found if c.labels.get(LABEL_PLACEMENT)
+            str(labels[LABEL_PLACEMENT])
+            for c in self._ours()
+            if (labels := c.get("Labels") or {}).get(LABEL_PLACEMENT)
         )
         self._schedule_image_gc()
         return names
@@ -422,9 +430,13 @@ class DockerRuntime:
             if self._gc_timer is not None and self._gc_timer.is_alive():
                 return
             # checked twice: once to mark images unused, once after the delay to remove them
-            timer = threading.Timer(0.0, self.collect_images)
-            timer.daemon = True
-            self._gc_timer = timer
+            self._start_gc_timer(0.0)
+
+    def _start_gc_timer(self, delay: float) -> None:
+        """Run ``collect_images`` again after ``delay`` (the caller holds ``_lock``)."""
+        timer = threading.Timer(delay, self.collect_images)
+        timer.daemon = True
+        self._gc_timer = timer
         timer.start()
 
     def collect_images(self) -> list[str]:
@@ -436,12 +448,11 @@ class DockerRuntime:
         from docker.errors import APIError, ImageNotFound
 
         try:
-            ours = self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_STATE}={self.state_dir.resolve()}"}
-            )
-            in_use = {str(c.attrs.get("Image") or "") for c in ours}
-        except APIError as exc:
+            in_use = {str(c.get("ImageID") or "") for c in self._ours()}
+        except APIError as exc:  # the engine is busy or gone for a moment: try again later
             log.warning(kv("image_gc_failed", error=exc))
+            with self._lock:
+                self._start_gc_timer(max(self.image_gc_delay / 2, 1.0))
             return []
         now = time.time()
         removed: list[str] = []
@@ -473,10 +484,7 @@ class DockerRuntime:
                     pending = True
             self._save_images(images)
             if pending:
-                timer = threading.Timer(self.image_gc_delay / 2 or 0.1, self.collect_images)
-                timer.daemon = True
-                self._gc_timer = timer
-                timer.start()
+                self._start_gc_timer(self.image_gc_delay / 2 or 0.1)
         for image in removed:
             log.info(kv("image_removed", id=image))
         return removed
