@@ -133,11 +133,6 @@ class Attachments:
     network: NetworkAttachment | None = None
     folders: tuple[FolderMount, ...] = ()
 
-    @property
-    def empty(self) -> bool:
-        """True when there is nothing to attach."""
-        return self.network is None and not self.folders
-
 
 NO_ATTACHMENTS: Final = Attachments()
 

@@ -214,9 +214,6 @@ class DockerRuntime:
         if loaded:
             log.info(kv("image_loaded", hash=image_hash, id=wanted))
 
-    def _id_for(self, image_path: Path) -> str:
-        return image_id(Path(image_path))
-
     # ------------------------------------------------------------ workloads
 
     def _container(self, name: str) -> Container:
@@ -249,7 +246,7 @@ class DockerRuntime:
             )
         if attachments.folders:
             raise StartFailed("the docker runtime does not expose folders yet")
-        wanted = self._id_for(image_path)
+        wanted = image_id(Path(image_path))  # the verified tarball names the image it runs
         folder = self._folder(name)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
