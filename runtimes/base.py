@@ -177,6 +177,17 @@ class InvalidName(RuntimeFailure):
     """A workload name that is not a safe placement name."""
 
 
+def tail_budget(tail_bytes: int, out_size: int, err_size: int) -> tuple[int, int]:
+    """How many bytes of the end of stdout and of stderr fit in ``tail_bytes``.
+
+    The budget every driver's ``logs(tail_bytes=…)`` shares out: stderr gets up to
+    half of it (more when stdout is shorter), stdout the rest.
+    """
+    tail = max(0, tail_bytes)
+    err_take = min(err_size, max(tail // 2, tail - out_size))
+    return min(out_size, tail - err_take), err_take
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe placement name, else raise :class:`InvalidName`."""
     if not _NAME_RE.match(name):
@@ -283,4 +294,5 @@ __all__ = [
     "WorkloadNotFound",
     "WorkloadStatus",
     "check_name",
+    "tail_budget",
 ]

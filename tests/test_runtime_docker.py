@@ -143,6 +143,9 @@ def test_exit_code_and_both_streams_reach_the_status_and_logs(
     assert (st.state, st.exit_code, st.reason) == ("Failed", 3, "Error")
     assert st.finished_at is not None and st.started_at is not None
     assert runtime.logs("exit3") == b"hello\noops\n"
+    # a tail shares its budget like the native runtime's: the end of each stream
+    assert runtime.logs("exit3", tail_bytes=6) == b"lo\nps\n"
+    assert runtime.logs("exit3", tail_bytes=0) == b""
 
 
 def test_the_container_runs_the_verified_id_even_when_the_tag_is_repointed(

@@ -54,6 +54,7 @@ from runtimes.base import (
     WorkloadNotFound,
     WorkloadStatus,
     check_name,
+    tail_budget,
 )
 from runtimes.docker.tarball import image_id
 from specs.fileio import write_atomic
@@ -375,26 +376,23 @@ class DockerRuntime:
         return self._status(name, container)
 
     def logs(self, name: str, tail_bytes: int | None = None) -> bytes:
-        """stdout then stderr of the container; with ``tail_bytes`` the end of each, shared."""
+        """stdout then stderr of the container; with ``tail_bytes`` the end of each
+        (``runtimes.base.tail_budget``, as on the native runtime)."""
         container = self._container(name)
         out = bytes(container.logs(stdout=True, stderr=False))
         err = bytes(container.logs(stdout=False, stderr=True))
-        if tail_bytes is None or len(out) + len(err) <= tail_bytes:
+        if tail_bytes is None:
             return out + err
-        if tail_bytes <= 0:
-            return b""
-        half = tail_bytes // 2
-        keep_err = min(len(err), max(half, tail_bytes - len(out)))
-        keep_out = tail_bytes - keep_err
-        return (out[-keep_out:] if keep_out else b"") + (err[-keep_err:] if keep_err else b"")
+        out_take, err_take = tail_budget(tail_bytes, len(out), len(err))
+        return out[len(out) - out_take :] + err[len(err) - err_take :]
 
     def remove(self, name: str) -> None:
         """Delete the container and its folder; unused loaded images go after the delay."""
         from docker.errors import APIError, NotFound
 
         check_name(name)
-        try:
-            self.client.containers.get(CONTAINER_PREFIX + name).remove(force=True)
+        try:  # one call: removing by name needs no inspect first
+            self.client.api.remove_container(CONTAINER_PREFIX + name, force=True)
         except NotFound:
             pass
         except APIError as exc:

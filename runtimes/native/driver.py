@@ -50,6 +50,7 @@ from runtimes.base import (
     WorkloadNotFound,
     WorkloadStatus,
     check_name,
+    tail_budget,
 )
 from runtimes.cgroups import CgroupLayout, CgroupMode, Cgroups
 from runtimes.native.records import (
@@ -311,21 +312,15 @@ class NativeRuntime:
         return status
 
     def logs(self, name: str, tail_bytes: int | None = None) -> bytes:
-        """stdout.log followed by stderr.log; with ``tail_bytes``, the end of each.
-
-        The budget is shared: stderr gets up to half of it (more when stdout
-        is shorter), stdout the rest.
-        """
+        """stdout.log followed by stderr.log; with ``tail_bytes``, the end of each
+        (the budget shared as ``runtimes.base.tail_budget`` says)."""
         wd = self._workdir(name)
         if not (wd / PROC_FILE).exists():
             raise WorkloadNotFound(self.name, name)
         out, err = wd / STDOUT_FILE, wd / STDERR_FILE
         if tail_bytes is None:
             return read_tail(out, None) + read_tail(err, None)
-        tail = max(0, tail_bytes)
-        out_size, err_size = file_size(out), file_size(err)
-        err_take = min(err_size, max(tail // 2, tail - out_size))
-        out_take = min(out_size, tail - err_take)
+        out_take, err_take = tail_budget(tail_bytes, file_size(out), file_size(err))
         return read_tail(out, out_take) + read_tail(err, err_take)
 
     def remove(self, name: str) -> None:
