@@ -142,7 +142,7 @@ class AdmissionSigner:
 
 
 def session_policy(
-    images: ImageStore, signer: Ed25519PrivateKey | AdmissionSigner
+    images: ImageStore, signer: AdmissionSigner
 ) -> Callable[[Session, Store], PolicyCheck]:
     """The reconcile-time ImagePolicy check (the Session reconciler's hook).
 
@@ -150,9 +150,8 @@ def session_policy(
     and answers: the image is not allowed at all (``violation``: stop
     everything), or which providers are allowed (``allowed``), and how to sign
     the admission an agent checks before start (``admit``, signed by
-    ``signer``, the hub's key, each distinct admission once).
+    ``signer``, the hub's key through an ``AdmissionSigner``: each distinct admission once).
     """
-    sign = signer if isinstance(signer, AdmissionSigner) else AdmissionSigner(signer)
 
     def hook(session: Session, store: Store) -> PolicyCheck:
         app = session.spec.app
@@ -183,7 +182,7 @@ def session_policy(
                 "signerKeys": [v.signer] if v.signer else [],
                 "signatures": [v.signature] if v.signature else [],
             }
-            return sign.sign(admission)
+            return signer.sign(admission)
 
         return PolicyCheck(allowed=allowed, violation=None, admit=admit)
 
