@@ -18,11 +18,10 @@ store, the hub's signing key): it knows nothing of the ``Hub`` that wires them.
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,24 +120,43 @@ class AdmissionSigner:
         self.key = key
         self.capacity = capacity
         self.signed = 0  # signatures made, for tests and /metrics
-        self._cache: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def sign(self, admission: dict[str, Any]) -> dict[str, Any]:
         """``admission`` with the hub's signature (made once per distinct content)."""
-        key = canonical_json(admission)
+        key = _content_key(admission)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return copy.deepcopy(hit)
+                return _copy(hit)
         signed = sign_admission(self.key, admission)
         with self._lock:
             self.signed += 1
             self._cache[key] = signed
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
-        return copy.deepcopy(signed)
+        return _copy(signed)
+
+
+def _content_key(admission: dict[str, Any]) -> tuple[Any, ...]:
+    """The admission's content as a hashable key: strings as they are, anything else
+    (lists of keys, of signatures) as canonical JSON."""
+    return tuple(
+        (k, v if isinstance(v, str) else canonical_json(v))
+        for k, v in sorted(admission.items())
+        if k != "hubSignature"
+    )
+
+
+def _copy(admission: dict[str, Any]) -> dict[str, Any]:
+    """A copy the caller may edit: its values are strings and lists of strings or of
+    flat signature objects."""
+    return {
+        k: [dict(x) if isinstance(x, dict) else x for x in v] if isinstance(v, list) else v
+        for k, v in admission.items()
+    }
 
 
 def session_policy(
@@ -166,9 +184,7 @@ def session_policy(
         def allowed(view: NodeView) -> str | None:
             return by_node(view.node_id, view.labels)
 
-        def admit(placement: str, node: str) -> dict[str, Any] | None:
-            prov = store.try_get("Provider", node)
-            labels = prov["metadata"]["labels"] if prov else {}
+        def admit(placement: str, node: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
             v = check(app, image, facts.size, facts.signatures, policies, node, labels)
             if not v.allowed or v.policy is None or v.by is None:
                 return None

@@ -27,10 +27,12 @@ from controller.api.app import create_app
 from controller.api.deps import ApiDeps
 from controller.auth import Authenticator, Principal
 from controller.config import Context, config_path, load_config
+from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
+from controller.liveness import Liveness
+from controller.liveness import keep as keep_leases
 from controller.logs import PlacementLogs
-from controller.notifier import ChangeNotifier
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
 from controller.store import Store, open_store
@@ -101,8 +103,10 @@ class Hub:
         self.store: Store = open_store(state / "hub.db")
         self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
-        self.notifier = ChangeNotifier()
+        self.feed = ChangeFeed(self.store)
         self.heartbeats = HeartbeatBatcher(self.store)
+        self.liveness = Liveness(default_period=settings.heartbeat)
+        self.liveness.load(self.store, providers=self.store.names("Provider"))
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
@@ -113,6 +117,7 @@ class Hub:
             node_grace=settings.node_grace,
             heartbeat=settings.heartbeat,
             policy=session_policy(self.images, self.admissions),
+            liveness=self.liveness,
         )
 
     @property
@@ -154,25 +159,28 @@ class Hub:
             ucfg.save()
         return path
 
+    def api_deps(self) -> ApiDeps:
+        """The parts the API serves from."""
+        return ApiDeps(
+            store=self.store,
+            images=self.images,
+            auth=self.auth,
+            heartbeats=self.heartbeats,
+            logs=self.logs,
+            liveness=self.liveness,
+            feed=self.feed,
+            heartbeat_seconds=self.settings.heartbeat,
+        )
+
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Serve the API and run the reconcile loop until SIGINT/SIGTERM."""
         import uvicorn
 
         host, port = parse_listen(self.settings.listen)
         loop = asyncio.get_running_loop()
-        self.notifier.attach(self.store, loop)
+        self.feed.attach(loop)
         stop = asyncio.Event()
-        app = create_app(
-            ApiDeps(
-                store=self.store,
-                images=self.images,
-                auth=self.auth,
-                notifier=self.notifier,
-                heartbeats=self.heartbeats,
-                logs=self.logs,
-                heartbeat_seconds=self.settings.heartbeat,
-            )
-        )
+        app = create_app(self.api_deps())
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )
@@ -183,6 +191,15 @@ class Hub:
         beats = asyncio.create_task(self.heartbeats.run(stop), name="heartbeats")
         sweeper = asyncio.create_task(
             self.logs.sweep_every(self._placement_exists, stop), name="log-sweep"
+        )
+        leases = asyncio.create_task(
+            keep_leases(
+                self.liveness,
+                self.store,
+                lambda node: self.controller.enqueue("Provider", node),
+                stop,
+            ),
+            name="liveness",
         )
         serving = asyncio.create_task(server.serve(), name="api")
         log.info(
@@ -198,9 +215,9 @@ class Hub:
         stop.set()
         # End the watch streams (agents hold them open) so uvicorn's graceful
         # shutdown does not wait its full timeout for them; clients re-watch.
-        self.notifier.close()
+        self.feed.close()
         server.should_exit = True
-        await asyncio.wait({serving, reconcile, beats, sweeper}, timeout=10)
+        await asyncio.wait({serving, reconcile, beats, sweeper, leases}, timeout=10)
         self.store.close()
         log.info("event=hub_stopped")
 

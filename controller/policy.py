@@ -180,9 +180,11 @@ def provider_predicate(
 
 # ------------------------------------------------------ the reconcile-time seam
 
-Admit = Callable[[str, str], dict[str, Any] | None]
-"""``admit(placement_name, node)``: the hub-signed ``spec.admission`` of a bound placement
-(None when no policy allows that node: the placement is then being stopped anyway)."""
+Admit = Callable[[str, str, Mapping[str, str]], dict[str, Any] | None]
+"""``admit(placement_name, node, labels)``: the hub-signed ``spec.admission`` of a placement
+bound to ``node`` whose labels are ``labels`` (the scheduler's view of them, so admission
+and scheduling judge the same labels). None when no policy allows that node: the
+placement is then being stopped anyway."""
 
 
 @dataclass(frozen=True)

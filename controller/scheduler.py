@@ -111,6 +111,14 @@ class NodeView:
             self.usage.memoryAvailableBytes / MIB if self.usage is not None else self.memory_mib
         )
 
+    def set_usage(self, usage: Mapping[str, object]) -> None:
+        """Take a newer usage report (a heartbeat's ``usage``, as JSON)."""
+        try:
+            self.usage = Usage.model_validate(usage)
+        except ValueError:
+            return  # nonsense: keep the last good figures
+        self.available_mib = self.usage.memoryAvailableBytes / MIB
+
     @property
     def free_cpu(self) -> float:
         """Cores not yet allocated to placements."""

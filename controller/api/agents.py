@@ -20,10 +20,10 @@ from controller.api.common import ApiProblem, Caller
 from controller.api.deps import Deps
 from controller.auth import AuthError, Forbidden, Principal
 from controller.enrollment import check_join_token, create_join_token
+from controller.liveness import iso
 from controller.store import NotFound
 from specs.identity import node_id
 from specs.kinds import Inventory, Usage
-from specs.meta import utcnow
 
 router = APIRouter(tags=["agents"])
 
@@ -107,25 +107,41 @@ def enroll(req: EnrollRequest, d: Deps) -> dict[str, Any]:
     }
 
 
+def _is_ready(status: dict[str, Any]) -> bool:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
 @router.post("/v1/agents/heartbeat")
 def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
-    """An agent's inventory and usage; the hub stamps the time."""
+    """An agent's inventory and usage; the hub stamps the time.
+
+    A beat that changes only usage and last-seen, from a Ready provider, goes to
+    the lease table (``controller.liveness``) and writes nothing to the store, so it
+    wakes no reconcile; see ``DECISION_FIELDS`` for what is written.
+    """
     if who.role != "agent":
         raise Forbidden(
             f"{who} lacks permission to heartbeat: only enrolled agents send heartbeats, "
             "for their own Provider"
         )
-    if d.store.try_get("Provider", who.name) is None:
+    current = d.store.try_get("Provider", who.name)
+    if current is None:
         raise NotFound(f"Provider/{who.name} not found: enrol again with a join token")
-    # written with the other beats of the next 0.2 s in one transaction
-    d.heartbeats.record(
-        who.name,
-        {
-            "inventory": req.inventory.model_dump(mode="json"),
-            "usage": req.usage.model_dump(mode="json"),
-            "endpoints": req.endpoints,
-            "lastHeartbeat": utcnow().isoformat().replace("+00:00", "Z"),
-            "heartbeatSeconds": req.period or d.heartbeat_seconds,
-        },
-    )
+    period = req.period or d.heartbeat_seconds
+    usage = req.usage.model_dump(mode="json")
+    seen = d.liveness.beat(who.name, usage, period)
+    decision = {
+        "inventory": req.inventory.model_dump(mode="json"),
+        "endpoints": req.endpoints,
+        "heartbeatSeconds": period,
+    }
+    status = current.get("status") or {}
+    if not _is_ready(status) or any(status.get(k) != v for k, v in decision.items()):
+        # what can change a placement decision (DECISION_FIELDS) is written, with the
+        # other beats of the next 0.2 s, in one transaction; usage and last-seen stay in
+        # the lease table unless written along
+        d.heartbeats.record(who.name, {**decision, "usage": usage, "lastHeartbeat": iso(seen)})
     return {"ok": True, "heartbeat": d.heartbeat_seconds, "time": time.time()}

@@ -15,10 +15,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from controller.auth import Authenticator
+from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
+from controller.liveness import Liveness
 from controller.logs import PlacementLogs
-from controller.notifier import ChangeNotifier
 from controller.store import Store
 
 
@@ -29,9 +30,13 @@ class ApiDeps:
     store: Store
     images: ImageStore
     auth: Authenticator
-    notifier: ChangeNotifier
     heartbeats: HeartbeatBatcher
     logs: PlacementLogs
+    #: recent changes, read once and shared by every watch stream, which it wakes
+    #: (``controller.feed``)
+    feed: ChangeFeed
+    #: providers' last-seen times and usage, kept in memory (``controller.liveness``)
+    liveness: Liveness
     #: the heartbeat period the hub asks of agents that report none (seconds)
     heartbeat_seconds: float = 5.0
 

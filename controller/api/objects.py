@@ -7,13 +7,13 @@ permissions and ImagePolicy admission (``controller.admission``) and only then
 writes them in one transaction: one bad object and nothing is written.
 
 ``GET /v1/watch`` streams NDJSON changes after a resourceVersion, replayed from
-the store's change log and then followed through the notifier.
+the shared ring of recent changes (``controller.feed``), or the store's change
+log for a stream further behind, and followed as the feed wakes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +27,7 @@ from controller.admission import admit
 from controller.api.common import ApiProblem, Caller, kind_of
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
+from controller.feed import line
 from controller.store import StoreError
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS
 from specs.selectors import parse_selector
@@ -111,7 +112,9 @@ def list_objects(
     authz.check(who, "list", k)
     rv = d.store.resource_version
     items = d.store.list(k, parse_selector(labelSelector))
-    return {"items": [o for o in items if authz.visible(who, k, o)], "resourceVersion": rv}
+    # Providers with their live usage and last-seen time (``controller.liveness``)
+    items = [d.liveness.overlay(o) for o in items if authz.visible(who, k, o)]
+    return {"items": items, "resourceVersion": rv}
 
 
 def fetch(d: ApiDeps, who: Principal, verb: authz.Verb, kind: str, name: str) -> dict[str, Any]:
@@ -128,8 +131,8 @@ def fetch(d: ApiDeps, who: Principal, verb: authz.Verb, kind: str, name: str) ->
 
 @router.get("/v1/{kind}/{name}")
 def get_object(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
-    """One object."""
-    return fetch(d, who, "get", kind_of(kind), name)
+    """One object (a Provider with its live usage and last-seen time)."""
+    return d.liveness.overlay(fetch(d, who, "get", kind_of(kind), name))
 
 
 @router.delete("/v1/{kind}/{name}")
@@ -267,34 +270,39 @@ def _validate_for_apply(
 async def _stream(
     d: ApiDeps, who: Principal, since: int, kinds: set[str] | None, deadline: float | None
 ) -> AsyncIterator[bytes]:
-    """The body of a watch: replay from the log, then follow the notifier."""
+    """The body of a watch: from the shared ring of recent changes (``controller.feed``),
+    or from the store's log while the stream is further behind than the ring."""
     last_bookmark = time.monotonic()
-    while (deadline is None or time.monotonic() < deadline) and not d.notifier.closed:
-        try:
-            changes = await asyncio.to_thread(d.store.changes, since, 500)
-        except StoreError as exc:
-            yield _line(
-                {"type": "ERROR", "object": None, "message": str(exc), "resourceVersion": since}
-            )
-            return
-        for change in changes:
-            since = change.rv
-            if kinds and change.kind not in kinds:
+    while (deadline is None or time.monotonic() < deadline) and not d.feed.closed:
+        got = d.feed.read(since, who, kinds)
+        if got is not None:
+            lines, since = got
+            for text in lines:
+                yield text
+            if lines:
                 continue
-            if not authz.visible(who, change.kind, change.object):
+        else:
+            try:
+                changes = await asyncio.to_thread(d.store.changes, since, 500)
+            except StoreError as exc:
+                yield line(
+                    {"type": "ERROR", "object": None, "message": str(exc), "resourceVersion": since}
+                )
+                return
+            for change in changes:
+                since = change.rv
+                if kinds and change.kind not in kinds:
+                    continue
+                if not authz.visible(who, change.kind, change.object):
+                    continue
+                yield line(
+                    {"type": change.type, "object": change.object, "resourceVersion": change.rv}
+                )
+            if changes:
                 continue
-            yield _line(
-                {"type": change.type, "object": change.object, "resourceVersion": change.rv}
-            )
-        if changes:
-            continue
         now = time.monotonic()
         if now - last_bookmark >= 10:
             last_bookmark = now
-            yield _line({"type": "BOOKMARK", "object": None, "resourceVersion": since})
+            yield line({"type": "BOOKMARK", "object": None, "resourceVersion": since})
         wait = 10.0 if deadline is None else max(0.0, min(10.0, deadline - now))
-        await d.notifier.wait(since, wait)
-
-
-def _line(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+        await d.feed.wait(who, since, wait)

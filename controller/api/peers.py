@@ -2,8 +2,9 @@
 
 ``GET /peers`` lists providers; ``/peers/{nodeId}`` is one with its inventory
 and usage; ``/peers/{nodeId}/inf/{storage,cpu,mem,os}`` are the small views a
-requestor uses to pick machines. All read the Provider objects that agents'
-heartbeats keep fresh; ``ready`` is the Provider's ``Ready`` condition.
+requestor uses to pick machines. All read the Provider objects with the live
+usage and last-seen time of the hub's lease table overlaid
+(``controller.liveness``); ``ready`` is the Provider's ``Ready`` condition.
 """
 
 from __future__ import annotations
@@ -41,14 +42,29 @@ def _summary(prov: Provider, sessions: int) -> dict[str, Any]:
     }
 
 
+def _active(placement: dict[str, Any]) -> bool:
+    return bool(placement.get("status", {}).get("state", "Pending") in ACTIVE)
+
+
 def sessions_per_node(d: ApiDeps) -> Counter[str]:
     """How many sessions have an active placement on each node."""
     pairs = {
         (p["spec"].get("node"), p["spec"]["session"])
         for p in d.store.list("Placement")
-        if p.get("status", {}).get("state", "Pending") in ACTIVE and p["spec"].get("node")
+        if _active(p) and p["spec"].get("node")
     }
     return Counter(node for node, _ in pairs)
+
+
+def sessions_on(d: ApiDeps, node: str) -> int:
+    """How many sessions have an active placement on ``node`` (indexed: its placements only)."""
+    return len(
+        {
+            p["spec"]["session"]
+            for p in d.store.list_where("Placement", "$.node", node)
+            if _active(p)
+        }
+    )
 
 
 def provider(d: ApiDeps, node_id: str, who: Principal) -> Provider:
@@ -57,7 +73,7 @@ def provider(d: ApiDeps, node_id: str, who: Principal) -> Provider:
     obj = d.store.try_get("Provider", node_id)
     if obj is None or not authz.visible(who, "Provider", obj):
         raise ApiProblem(404, f"no provider with node id {node_id!r}; see GET /peers")
-    return Provider.model_validate(obj)
+    return Provider.model_validate(d.liveness.overlay(obj))
 
 
 def with_inventory(d: ApiDeps, node_id: str, who: Principal) -> Provider:
@@ -76,7 +92,7 @@ def peers(who: Caller, d: Deps) -> list[dict[str, Any]]:
     authz.check(who, "list", "Provider")
     counts = sessions_per_node(d)
     return [
-        _summary(Provider.model_validate(o), counts[o["metadata"]["name"]])
+        _summary(Provider.model_validate(d.liveness.overlay(o)), counts[o["metadata"]["name"]])
         for o in d.store.list("Provider")
         if authz.visible(who, "Provider", o)
     ]
@@ -86,7 +102,7 @@ def peers(who: Caller, d: Deps) -> list[dict[str, Any]]:
 def peer(nodeId: str, who: Caller, d: Deps) -> dict[str, Any]:
     """One provider with its inventory and usage."""
     prov = provider(d, nodeId, who)
-    out = _summary(prov, sessions_per_node(d)[nodeId])
+    out = _summary(prov, sessions_on(d, nodeId))
     inv = prov.status.inventory
     out["inventory"] = inv.model_dump(mode="json") if inv else None
     out["usage"] = prov.status.usage.model_dump(mode="json")

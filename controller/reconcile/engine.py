@@ -22,9 +22,11 @@ Flow:
    "retry with backoff" (per-key exponential plus a global rate limit), a
    success resets the backoff. Nobody sleeps inside a handler.
 6. Every ``resync_period`` (± ``jitter``, so many hubs or kinds do not line up)
-   every object of every registered kind is queued again to correct drift. A
-   resync of converged objects writes nothing: handlers compute the same status
-   and the store skips equal writes, so cost follows changes, not objects.
+   every object of every registered kind is queued again to correct drift,
+   spread over half a period a slice at a time (a burst of thousands of passes
+   would hold the GIL, and so the API's loop, for seconds). A resync of
+   converged objects writes nothing: handlers compute the same status and the
+   store skips equal writes, so cost follows changes, not objects.
 
 Stopping: set the ``stop`` event; the queue shuts down, workers finish the key
 they hold, and ``run`` waits at most ``stop_timeout`` for them (a handler
@@ -56,6 +58,9 @@ log = logging.getLogger("gu.reconcile")
 Obj = dict[str, Any]
 
 _ERROR_MAX_CHARS = 300
+
+
+_RESYNC_TICK = 0.1  # seconds between the slices of a periodic resync
 
 
 class KeyValueLogAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -344,7 +349,26 @@ class Controller:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=period)
             except TimeoutError:
-                await self.resync()
+                await self._trickle_resync(stop, spread=period / 2)
+
+    async def _trickle_resync(self, stop: asyncio.Event, spread: float) -> None:
+        """The periodic resync, its keys queued a slice at a time over ``spread`` seconds:
+        a steady trickle of converged passes instead of a burst of thousands that would
+        hold the GIL (and so the API's loop) for seconds, and keys changes queue do not
+        wait behind all of them."""
+        keys = await self._in_thread(self._all_keys)
+        steps = max(1, min(len(keys), int(spread / _RESYNC_TICK)))
+        size = -(-len(keys) // steps)
+        for i in range(0, len(keys), size):
+            for key in keys[i : i + size]:
+                self._queue.add(key)
+            if i + size < len(keys):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=spread / steps)
+                if stop.is_set():
+                    return
+        self._last_resync = datetime.now(UTC)
+        log.debug(logfmt(event="resync", keys=len(keys), spread=f"{spread:.1f}"))
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.liveness import Liveness
 from controller.scheduler import NodeView, RankedNodes
 from controller.store import Change, Gone, Store
 from specs.kinds import Inventory, Resources, Usage
@@ -151,8 +152,11 @@ def node_view(provider: Obj) -> NodeView:
 class ClusterState:
     """Providers and Placements in memory, kept current from the change feed (see module doc)."""
 
-    def __init__(self, store: Store, *, batch: int = 2000) -> None:
+    def __init__(
+        self, store: Store, *, batch: int = 2000, liveness: Liveness | None = None
+    ) -> None:
         self.store = store
+        self.liveness = liveness
         self.lock = threading.RLock()
         self.nodes = RankedNodes()
         self.placements: dict[str, Obj] = {}
@@ -184,7 +188,18 @@ class ClusterState:
                     self._apply(change)
                     self._rv = change.rv
                 if len(batch) < self._batch:
-                    return
+                    break
+            self._apply_usage()
+
+    def _apply_usage(self) -> None:
+        """The usage heartbeats reported since the last refresh (from the lease table: a
+        usage-only beat writes no change; it reaches the scheduler here, per beat)."""
+        if self.liveness is None:
+            return
+        for node, usage in self.liveness.take_usage_changes().items():
+            view = self.nodes.get(node)
+            if view is not None:
+                view.set_usage(usage)
 
     def _relist(self) -> None:
         self.relists += 1
@@ -199,6 +214,8 @@ class ClusterState:
         self._holds.clear()
         for placement in self.store.list("Placement"):
             self._put_placement(placement)
+        if self.liveness is not None:
+            self.liveness.take_usage_changes()  # the relist reads the newest usage anyway
         for provider in self.store.list("Provider"):
             self._put_provider(provider)
         self._rv = rv
@@ -224,6 +241,9 @@ class ClusterState:
 
     def _put_provider(self, provider: Obj) -> None:
         view = node_view(provider)
+        usage = self.liveness.usage(view.node_id) if self.liveness is not None else None
+        if usage is not None:  # newer than the stored status's
+            view.set_usage(usage)
         cpu, mem, count = self._alloc.get(view.node_id, (0.0, 0.0, 0))
         view.allocated_cpu, view.allocated_memory_mib, view.active = cpu, mem, count
         self.nodes.upsert(view)

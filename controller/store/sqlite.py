@@ -79,9 +79,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 #: The spec paths hot paths look objects up by: a session's placements (the Session
 #: reconciler, ``gu logs``), the placements running an image (every image pull), the
-#: sessions of an app (a policy change). Each has an expression index; ``list_where``
-#: names the path as a literal, so SQLite uses it instead of scanning the kind.
-INDEXED_PATHS: Final = ("$.session", "$.workload.image.hash", "$.app")
+#: sessions of an app (a policy change), the placements bound to a node (``/peers/{id}``).
+#: Each has an expression index; ``list_where`` names the path as a literal, so SQLite
+#: uses it instead of scanning the kind.
+INDEXED_PATHS: Final = ("$.session", "$.workload.image.hash", "$.app", "$.node")
 _PATH = re.compile(r"^\$(\.[A-Za-z][A-Za-z0-9]*)+$")
 
 

@@ -1,23 +1,30 @@
 """Benchmarks of the pool through the real hub API: many simulated agents, many placements.
 
 Run: ``python tests/bench/bench_pool.py [--agents 1000] [--sessions 1000] [--count 10]
-[--heartbeat-seconds 20]``. Prints one JSON line per figure.
+[--heartbeat-seconds 20] [--procs 2] [--no-watch]``. Prints one JSON line per figure.
+
+The simulated agents run in processes of their own (``pool_agents.py``, ``--procs``
+of them), so the hub's figures are not the load generator's; CPU is measured per
+process (the hub's, and the generators' together).
 
 0. Heartbeat writes, in process: the store's cost of 1,000 heartbeats batched
    the way the hub writes them (``controller.heartbeats``), against one
    transaction per beat in the same run.
 1. Enrolment: ``--agents`` simulated agents, each with its own Ed25519 key, enrol
    through the real API (challenge, signed join) and send one heartbeat with an
-   inventory, so the hub sees that many Ready providers.
+   inventory, so the hub sees that many Ready providers. Unless ``--no-watch``,
+   each then holds a watch stream on its Placements, as a real agent does.
 2. Scheduling throughput: ``--sessions`` Sessions of ``--count`` providers each
-   are applied in batches; the figure is placements created per second, from the
-   first apply until the change feed has shown every placement bound to a node.
-   Baseline in the same run: the hub's plain apply rate for the same Sessions
-   with no providers to place them on (what writing alone costs).
+   are applied in batches; the figure is placements per second, from the first
+   apply until the change feed has shown every placement bound to a node. Then
+   the same number of placements again as Sessions of count 1. Baseline in the
+   same run: the hub's plain apply rate for the same Sessions with no providers
+   to place them on (what writing alone costs).
 3. Heartbeat load: every agent heartbeats every 5 s for ``--heartbeat-seconds``
    (spread evenly, 200 requests/s for 1,000 agents) while a probe reads
-   ``GET /peers/{id}/inf/cpu``; reported: heartbeat and probe p50/p99 latency and
-   the hub process's CPU %, next to the probe's latency on the idle hub.
+   ``GET /peers/{id}/inf/cpu``; reported: heartbeat and probe p50/p99 latency, the
+   change rows the beats caused (usage-only beats should cause none), the hub's
+   CPU % and the generators', next to the probe's latency on the idle hub.
 
 All traffic goes to a hub this script starts on 127.0.0.1; it stops it at the end.
 """
@@ -26,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,13 +49,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.client import Client  # noqa: E402
-from specs.identity import (  # noqa: E402
-    LOGIN_PAYLOAD_TYPE,
-    generate_key,
-    login_body,
-    public_key_str,
-    sign,
-)
 from tests.helpers import start_hub_subprocess  # noqa: E402
 
 IMAGE = "sha3-256:" + "b" * 64
@@ -64,71 +64,8 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
-def inventory(i: int) -> dict[str, Any]:
-    gib = 1 << 30
-    return {
-        "inventory": {
-            "os": {"name": "Linux", "version": platform.release()},
-            "cpu": {"architecture": "x86", "bit": [32, 64], "cores": 8, "threads": 16},
-            "memoryBytes": 32 * gib,
-            "storageBytes": 500 * gib,
-            "runtimes": ["native"],
-        },
-        "usage": {
-            "cpuPercent": float(i % 50),
-            "memoryAvailableBytes": 24 * gib,
-            "storageFreeBytes": 300 * gib,
-            "workloads": 0,
-        },
-    }
-
-
 def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     return start_hub_subprocess(tmp, node_grace=3600)
-
-
-async def enrol(http: httpx.AsyncClient, join: str, i: int) -> tuple[str, str]:
-    key = generate_key()
-    pub = public_key_str(key)
-    chal = (
-        await http.post("/v1/auth/challenge", json={"publicKey": pub, "purpose": "enroll"})
-    ).json()
-    expiry = int(time.time()) + 60
-    body = login_body(chal["hubId"], chal["nonce"], "enroll", expiry)
-    resp = await http.post(
-        "/v1/agents/enroll",
-        json={
-            "publicKey": pub,
-            "nonce": chal["nonce"],
-            "expiry": expiry,
-            "signature": sign(key, LOGIN_PAYLOAD_TYPE, body),
-            "joinToken": join,
-            "name": f"sim-{i}",
-            "labels": {"sim": "yes"},
-        },
-    )
-    resp.raise_for_status()
-    answer = resp.json()
-    return answer["nodeId"], answer["token"]
-
-
-async def heartbeat(http: httpx.AsyncClient, token: str, i: int) -> float:
-    t = time.perf_counter()
-    resp = await http.post(
-        "/v1/agents/heartbeat", json=inventory(i), headers={"Authorization": f"Bearer {token}"}
-    )
-    resp.raise_for_status()
-    return time.perf_counter() - t
-
-
-async def gather_bounded(coros: list[Any], limit: int = 32) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(c: Any) -> Any:
-        async with sem:
-            return await c
-
-    return await asyncio.gather(*(one(c) for c in coros))
 
 
 def sessions(n: int, count: int, prefix: str) -> list[dict[str, Any]]:
@@ -164,109 +101,208 @@ def policy_objects() -> list[dict[str, Any]]:
     ]
 
 
-def count_bound(client: Client, want: int, limit: float) -> tuple[int, float]:
-    """Follow the change feed until ``want`` placements have a node; (bound, seconds)."""
+def count_bound(client: Client, since: int, prefix: str, want: int, limit: float) -> int:
+    """Follow the change feed from ``since`` until ``want`` placements of Sessions named
+    ``prefix…`` have a node (or ``limit`` seconds pass); how many did."""
     start = time.perf_counter()
     bound: set[str] = set()
-    rv = 0
+    rv = since
     while time.perf_counter() - start < limit and len(bound) < want:
         for ev in client.watch(rv, kinds=["Placement"], timeout=2):
             rv = ev["resourceVersion"]
             obj = ev.get("object")
-            if obj and obj["spec"].get("node"):
+            if obj and obj["spec"].get("node") and obj["spec"]["session"].startswith(prefix):
                 bound.add(obj["metadata"]["name"])
             if len(bound) >= want:
                 break
-    return len(bound), time.perf_counter() - start
+    return len(bound)
 
 
-async def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> None:
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        # baseline: the same Sessions applied while no provider exists to place them
-        client.apply(policy_objects())
-        base = sessions(min(args.sessions, 1000), args.count, "base-")
+class Agents:
+    """The simulated pool: ``procs`` processes of ``pool_agents.py``, a slice each."""
+
+    def __init__(self, url: str, join: str, agents: int, procs: int, watch: bool) -> None:
+        per = -(-agents // procs)
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("pool_agents.py")),
+                    url,
+                    join,
+                    str(first),
+                    str(min(per, agents - first)),
+                    *(["--watch"] if watch else []),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for first in range(0, agents, per)
+        ]
+        self.nodes: list[str] = []
+
+    def read(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simulated agents (pid {proc.pid}) exited: {proc.wait()}")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def ready(self) -> None:
+        for proc in self.procs:
+            self.nodes.extend(self.read(proc)["nodes"])
+
+    def send(self, value: dict[str, Any]) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(value) + "\n")
+            proc.stdin.flush()
+
+    def beat(self, seconds: float, period: float) -> list[dict[str, Any]]:
+        self.send({"beat": seconds, "period": period})
+        return [self.read(proc) for proc in self.procs]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.send({"quit": True})
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def schedule(client: Client, n: int, count: int, prefix: str, providers: int) -> None:
+    """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second."""
+    work = sessions(n, count, prefix)
+    want = n * count
+    since = client.call("GET", "/v1/sessions")["resourceVersion"]
+    t = time.perf_counter()
+    for i in range(0, len(work), 200):
+        client.apply(work[i : i + 200])
+    bound = count_bound(client, since, prefix, want, 600)
+    total = time.perf_counter() - t
+    emit(
+        f"scheduling_throughput_count_{count}",
+        bound / total,
+        "placements/s",
+        placements=bound,
+        wanted=want,
+        providers=providers,
+        seconds=round(total, 2),
+    )
+
+
+async def probe_loop(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str], seconds: float
+) -> list[float]:
+    out: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
         t = time.perf_counter()
-        for i in range(0, len(base), 200):
-            client.apply(base[i : i + 200])
-        dt = time.perf_counter() - t
-        emit("apply_sessions_baseline", len(base) / dt, "sessions/s", sessions=len(base))
-        for obj in base:  # out of the way before providers appear
-            client.delete("Session", obj["metadata"]["name"])
+        (await http.get(path, headers=headers)).raise_for_status()
+        out.append(time.perf_counter() - t)
+        await asyncio.sleep(0.1)
+    return out
 
-        join = client.call("POST", "/v1/jointokens", json={"ttl": 3600})["token"]
-        t = time.perf_counter()
-        agents = await gather_bounded([enrol(http, join, i) for i in range(args.agents)])
-        await gather_bounded([heartbeat(http, tok, i) for i, (_, tok) in enumerate(agents)])
-        dt = time.perf_counter() - t
-        emit("enrol_and_first_heartbeat", args.agents / dt, "agents/s", agents=args.agents)
-        deadline = time.monotonic() + 30
+
+def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> None:
+    # baseline: the same Sessions applied while no provider exists to place them
+    client.apply(policy_objects())
+    base = sessions(min(args.sessions, 1000), args.count, "base-")
+    t = time.perf_counter()
+    for i in range(0, len(base), 200):
+        client.apply(base[i : i + 200])
+    dt = time.perf_counter() - t
+    emit("apply_sessions_baseline", len(base) / dt, "sessions/s", sessions=len(base))
+    for obj in base:  # out of the way before providers appear
+        client.delete("Session", obj["metadata"]["name"])
+
+    join = client.call("POST", "/v1/jointokens", json={"ttl": 3600})["token"]
+    t = time.perf_counter()
+    agents = Agents(url, join, args.agents, args.procs, watch=not args.no_watch)
+    try:
+        agents.ready()
+        emit(
+            "enrol_and_first_heartbeat",
+            args.agents / (time.perf_counter() - t),
+            "agents/s",
+            agents=args.agents,
+            processes=len(agents.procs),
+            watching=not args.no_watch,
+        )
+        deadline = time.monotonic() + 60
+        ready = 0
         while time.monotonic() < deadline:
             ready = sum(1 for p in client.call("GET", "/peers") if p["ready"])
             if ready >= args.agents:
                 break
-            await asyncio.sleep(0.5)
+            time.sleep(0.5)
         emit("providers_ready", ready, "providers")
 
-        # scheduling throughput
-        work = sessions(args.sessions, args.count, "s-")
-        want = args.sessions * args.count
-        t = time.perf_counter()
-        for i in range(0, len(work), 200):
-            client.apply(work[i : i + 200])
-        applied = time.perf_counter() - t
-        bound, seconds = await asyncio.to_thread(count_bound, client, want, 600)
-        total = applied + seconds
-        emit(
-            "scheduling_throughput",
-            bound / total,
-            "placements/s",
-            placements=bound,
-            wanted=want,
-            providers=args.agents,
-            seconds=round(total, 2),
-        )
+        schedule(client, args.sessions, args.count, "s-", args.agents)
+        if args.count != 1:
+            schedule(client, args.sessions * args.count, 1, "one-", args.agents)
 
-        # heartbeat load
-        probe_node = agents[0][0]
-        headers = {"Authorization": f"Bearer {client.token()}"}
+        # heartbeat load, with a probe of the Provider Information API
+        asyncio.run(heartbeats(args, url, client, hub_pid, agents))
+    finally:
+        agents.stop()
+
+
+async def heartbeats(
+    args: argparse.Namespace, url: str, client: Client, hub_pid: int, agents: Agents
+) -> None:
+    path = f"/peers/{agents.nodes[0]}/inf/cpu"
+    headers = {"Authorization": f"Bearer {client.token()}"}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         idle: list[float] = []
         for _ in range(50):
             t = time.perf_counter()
-            await http.get(f"/peers/{probe_node}/inf/cpu", headers=headers)
+            (await http.get(path, headers=headers)).raise_for_status()
             idle.append(time.perf_counter() - t)
-        hub = psutil.Process(hub_pid)
-        hub.cpu_percent(None)
-        beats: list[float] = []
-        probes: list[float] = []
-        interval = 5.0
-        stop_at = time.perf_counter() + args.heartbeat_seconds
-
-        async def agent_loop(i: int, token: str) -> None:
-            await asyncio.sleep(interval * i / len(agents))
-            while time.perf_counter() < stop_at:
-                beats.append(await heartbeat(http, token, i))
-                await asyncio.sleep(interval)
-
-        async def probe_loop() -> None:
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                await http.get(f"/peers/{probe_node}/inf/cpu", headers=headers)
-                probes.append(time.perf_counter() - t)
-                await asyncio.sleep(0.1)
-
-        await asyncio.gather(
-            probe_loop(), *(agent_loop(i, tok) for i, (_, tok) in enumerate(agents))
-        )
-        cpu = hub.cpu_percent(None)
-        emit(
-            "heartbeat_rate", len(beats) / args.heartbeat_seconds, "requests/s", agents=len(agents)
-        )
-        emit("heartbeat_latency_p50", pct(beats, 50) * 1000, "ms")
-        emit("heartbeat_latency_p99", pct(beats, 99) * 1000, "ms")
-        emit("api_probe_latency_p99_under_load", pct(probes, 99) * 1000, "ms", probes=len(probes))
-        emit("api_probe_latency_p99_idle_baseline", pct(idle, 99) * 1000, "ms")
-        emit("hub_cpu_percent_under_heartbeats", cpu, "% of one core")
+        rv = client.call("GET", "/v1/providers")["resourceVersion"]
+        procs = {"hub": psutil.Process(hub_pid)} | {
+            f"agents-{i}": psutil.Process(pid) for i, pid in enumerate(agents.pids())
+        }
+        for p in procs.values():
+            p.cpu_percent(None)
+        probe = asyncio.create_task(probe_loop(http, path, headers, args.heartbeat_seconds))
+        results = await asyncio.to_thread(agents.beat, args.heartbeat_seconds, 5.0)
+        probes = await probe
+        cpu = {name: p.cpu_percent(None) for name, p in procs.items()}
+        rows = client.call("GET", "/v1/providers")["resourceVersion"] - rv
+    beats = [x for r in results for x in r["latencies"]]
+    errors = sum(r["errors"] for r in results)
+    emit(
+        "heartbeat_rate",
+        len(beats) / args.heartbeat_seconds,
+        "requests/s",
+        agents=args.agents,
+        wanted=round(args.agents / 5.0, 1),
+        errors=errors,
+    )
+    emit("heartbeat_latency_p50", pct(beats, 50) * 1000, "ms")
+    emit("heartbeat_latency_p99", pct(beats, 99) * 1000, "ms")
+    emit("change_rows_during_heartbeats", rows, "rows", beats=len(beats))
+    emit("api_probe_latency_p99_under_load", pct(probes, 99) * 1000, "ms", probes=len(probes))
+    emit("api_probe_latency_p99_idle_baseline", pct(idle, 99) * 1000, "ms")
+    emit("hub_cpu_percent_under_heartbeats", cpu.pop("hub"), "% of one core")
+    emit(
+        "load_generator_cpu_percent",
+        sum(cpu.values()),
+        "% of one core",
+        processes=len(cpu),
+        watchStreams=0 if args.no_watch else args.agents,
+        watchEvents=sum(r.get("watchEvents", 0) for r in results),
+        watchErrors=sum(r.get("watchErrors", 0) for r in results),
+    )
 
 
 def bench_heartbeat_writes(directory: Path, beats: int = 1000) -> None:
@@ -310,6 +346,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=1000)
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--heartbeat-seconds", type=float, default=20.0)
+    ap.add_argument("--procs", type=int, default=2, help="load generator processes")
+    ap.add_argument("--no-watch", action="store_true", help="agents hold no watch streams")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
         bench_heartbeat_writes(Path(d))
@@ -317,7 +355,7 @@ def main() -> None:
         try:
             client = Client.from_config(cfg)
             client.http.timeout = httpx.Timeout(300)
-            asyncio.run(run(args, url, client, proc.pid))
+            run(args, url, client, proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=20)

@@ -10,7 +10,7 @@ hub-signed admission for its node. Testable without a store or a clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -315,16 +315,24 @@ def plan_session(
     return plan
 
 
-def attach_admissions(plan: SessionPlan, placements: list[Obj], admit: Admit) -> None:
+def attach_admissions(
+    plan: SessionPlan, placements: list[Obj], admit: Admit, nodes: RankedNodes
+) -> None:
     """Give every bound, active placement the hub-signed admission for its node.
 
     The agent refuses to start a placement without a valid one, so this runs
     over what the plan leaves (created, re-bound, and untouched placements whose
     admission is missing or stale, e.g. signed for another node or policy).
+    A node's labels come from ``nodes``, the scheduler's view: no store read.
     """
+
+    def labels(node: str) -> Mapping[str, str]:
+        view = nodes.get(node)
+        return view.labels if view is not None else {}
+
     for new in plan.create:
         node = new["spec"].get("node")
-        admission = admit(new["metadata"]["name"], node) if node else None
+        admission = admit(new["metadata"]["name"], node, labels(node)) if node else None
         if admission is not None:
             new["spec"]["admission"] = admission
     for p in placements:
@@ -337,7 +345,7 @@ def attach_admissions(plan: SessionPlan, placements: list[Obj], admit: Admit) ->
             continue
         if current["spec"].get("desiredState") == "Stopped":
             continue
-        want = admit(pname, node)
+        want = admit(pname, node, labels(node))
         if want is None:
             continue
         have = current["spec"].get("admission") or {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.liveness import Liveness
 from controller.policy import PolicyCheck, PolicyHook
 from controller.reconcile import Context, Controller, Result
 from controller.reconcilers.placement import SESSION_LABEL, TERMINAL_STATES, ClusterState, state_of
@@ -112,7 +113,7 @@ class SessionReconciler:
                 )
                 self._reference_events(obj, problems, plan)
                 if check.admit is not None:
-                    attach_admissions(plan, placements, check.admit)
+                    attach_admissions(plan, placements, check.admit, self.state.nodes)
             apply_plan(plan, obj, ctx)
         if plan.requeue_after is None:
             return None
@@ -186,10 +187,17 @@ def register(
     node_grace: float = 30.0,
     heartbeat: float = 5.0,
     policy: PolicyHook | None = None,
+    liveness: Liveness | None = None,
 ) -> SessionReconciler:
-    """Register the Session reconciler and its watches on ``controller``; return it."""
+    """Register the Session reconciler and its watches on ``controller``; return it.
+
+    ``liveness`` is the hub's lease table: the scheduler takes providers' usage from
+    it (a usage-only heartbeat writes nothing to the store)."""
     reconciler = SessionReconciler(
-        ClusterState(controller.store), node_grace=node_grace, heartbeat=heartbeat, policy=policy
+        ClusterState(controller.store, liveness=liveness),
+        node_grace=node_grace,
+        heartbeat=heartbeat,
+        policy=policy,
     )
     controller.reconciler(
         "Session",

@@ -1,0 +1,307 @@
+"""Provider liveness in memory: what a heartbeat brings that decides nothing.
+
+A heartbeat carries two sorts of fields. Those that can change a placement
+decision (``DECISION_FIELDS``: the inventory with its capacity and runtimes,
+the endpoints, the agent's heartbeat period; labels are the Provider's spec
+and change only through enrolment or an apply) are written to the Provider's
+status, and that write wakes the Provider and Session reconcilers as any
+change does. The rest, the usage figures and the time the hub last heard from
+the agent, change with every beat: at 1,000 agents every 5 s that would be 200
+change rows a second, each waking reconciles that then find nothing to do.
+Those live here instead, like Kubernetes' node Leases: a table in memory
+that the heartbeat route updates, that the API overlays onto every Provider
+it serves (``overlay``), that the scheduler reads usage from, and that the
+hub checkpoints to the store's meta table every ``CHECKPOINT_SECONDS`` (no
+change row, no wake-up), so a restarted hub still knows when each provider
+was last seen.
+
+Readiness is judged from this table too. A provider is Ready while the hub
+has heard from it within ``MISSED_BEATS`` of its periods. Nothing is written
+while that holds; ``expired`` finds the leases whose time ran out, and the hub
+queues only those Providers for a reconcile, which writes ``Ready=False``.
+A beat from a provider that is not Ready is written to the store (see
+``controller/api/agents.py``), which wakes its reconcile to flip it back.
+
+A lease known only from the store (the hub has restarted) counts as seen no
+earlier than the hub's start, as Kubernetes' node controller measures a
+node's silence from when it first observed the lease: the hub could not hear
+anyone while it was down, so nobody is declared gone, and nobody's Sessions
+are woken, merely because the hub restarted.
+
+Thread-safe: the API's handlers, the reconcile workers and the checkpoint
+run in different threads; every method holds the lock for a few dict
+operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controller.store import Store
+
+log = logging.getLogger("gu.hub.liveness")
+
+Obj = dict[str, Any]
+
+DECISION_FIELDS = ("inventory", "endpoints", "heartbeatSeconds")
+"""Heartbeat fields that can change a placement decision: a change of any of them
+(or a beat from a provider that is not Ready) is written to the store."""
+
+LIVE_FIELDS = ("usage", "lastHeartbeat")
+"""Heartbeat fields kept in memory only (served live by ``overlay``)."""
+
+MISSED_BEATS = 3
+"""How many heartbeat periods of silence make a provider NotReady."""
+
+SWEEP_SECONDS = 0.5
+"""How often the hub looks for leases that ran out (NotReady within this of the deadline)."""
+CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_CHUNK = 200
+"""Leases written per store transaction by ``checkpoint`` (keeps each one short)."""
+
+LEASE_PREFIX = "lease/"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass
+class Lease:
+    """What the hub knows of one provider between store writes."""
+
+    last: datetime
+    """When the hub last heard from the agent (its own clock): shown as lastHeartbeat."""
+    observed: datetime
+    """What readiness measures silence from: ``last``, or the hub's start if later."""
+    period: float
+    usage: Obj | None = None
+    expired: bool = False
+    """``expired`` has reported it since its last beat (reported once per silence)."""
+    dirty: bool = field(default=False)
+    """Beaten since the last checkpoint."""
+
+    @property
+    def deadline(self) -> datetime:
+        return self.observed + timedelta(seconds=MISSED_BEATS * self.period)
+
+
+class Liveness:
+    """The lease table (see the module doc)."""
+
+    def __init__(self, default_period: float = 5.0, clock: Callable[[], datetime] = utcnow):
+        self.default_period = default_period
+        self.clock = clock
+        self.started = clock()
+        self._lock = threading.Lock()
+        self._leases: dict[str, Lease] = {}
+        self._usage_changed: set[str] = set()
+
+    # ---------------------------------------------------------------- writes
+
+    def beat(self, node: str, usage: Obj, period: float | None = None) -> datetime:
+        """Record a heartbeat received now; the time stamped on it."""
+        now = self.clock()
+        with self._lock:
+            lease = Lease(now, now, period or self.default_period, usage, dirty=True)
+            self._leases[node] = lease
+            self._usage_changed.add(node)
+        return now
+
+    def forget(self, node: str) -> None:
+        """Drop a deleted provider's lease."""
+        with self._lock:
+            self._leases.pop(node, None)
+            self._usage_changed.discard(node)
+
+    # ----------------------------------------------------------------- reads
+
+    def lease(self, node: str, status: Obj | None = None) -> Lease | None:
+        """``node``'s lease; from ``status`` (its stored Provider status) if the table has
+        none or an older one (a beat written to the store, or a hub restart)."""
+        stored = parse_time((status or {}).get("lastHeartbeat"))
+        with self._lock:
+            lease = self._leases.get(node)
+            if stored is not None and (lease is None or stored > lease.last):
+                period = _period((status or {}).get("heartbeatSeconds"), self.default_period)
+                usage = (status or {}).get("usage")
+                if lease is not None and usage is None:
+                    usage = lease.usage
+                lease = Lease(stored, max(stored, self.started), period, usage)
+                self._leases[node] = lease
+            return lease
+
+    def overlay(self, obj: Obj) -> Obj:
+        """A Provider object with its live usage and lastHeartbeat (a copy; others as is)."""
+        if obj.get("kind") != "Provider":
+            return obj
+        with self._lock:
+            lease = self._leases.get(obj["metadata"]["name"])
+        if lease is None:
+            return obj
+        status = dict(obj.get("status") or {})
+        stored = parse_time(status.get("lastHeartbeat"))
+        if stored is not None and stored >= lease.last:
+            return obj
+        status["lastHeartbeat"] = iso(lease.last)
+        if lease.usage is not None:
+            status["usage"] = lease.usage
+        return {**obj, "status": status}
+
+    def take_usage_changes(self) -> dict[str, Obj]:
+        """Usage reported since the last call, per node (the scheduler's one consumer)."""
+        with self._lock:
+            names, self._usage_changed = self._usage_changed, set()
+            out: dict[str, Obj] = {}
+            for name in names:
+                lease = self._leases.get(name)
+                if lease is not None and lease.usage is not None:
+                    out[name] = lease.usage
+            return out
+
+    def usage(self, node: str) -> Obj | None:
+        with self._lock:
+            lease = self._leases.get(node)
+            return lease.usage if lease is not None else None
+
+    def expired(self, now: datetime | None = None) -> list[str]:
+        """Providers whose lease ran out since their last beat, each reported once."""
+        now = now or self.clock()
+        out = []
+        with self._lock:
+            for name, lease in self._leases.items():
+                if not lease.expired and lease.deadline <= now:
+                    lease.expired = True
+                    out.append(name)
+        return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
+    # ------------------------------------------------------------ checkpoint
+
+    def checkpoint(self, store: Store, chunk: int = CHECKPOINT_CHUNK) -> int:
+        """Write the leases beaten since the last checkpoint to the store's meta table,
+        ``chunk`` per transaction; how many were written."""
+        with self._lock:
+            todo = []
+            for name, lease in self._leases.items():
+                if lease.dirty:
+                    lease.dirty = False
+                    todo.append((name, _encode(lease)))
+        for i in range(0, len(todo), chunk):
+            with store.transaction():
+                for name, value in todo[i : i + chunk]:
+                    store.put_meta(LEASE_PREFIX + name, value)
+        return len(todo)
+
+    def load(self, store: Store, providers: Iterable[str] | None = None) -> int:
+        """Read the checkpointed leases (after a restart); those of ``providers`` only, if
+        given, and the others are deleted. How many were loaded."""
+        keep = set(providers) if providers is not None else None
+        loaded = 0
+        for key, value in store.meta_items(LEASE_PREFIX):
+            name = key[len(LEASE_PREFIX) :]
+            if keep is not None and name not in keep:
+                store.delete_meta(key)
+                continue
+            lease = _decode(value, self.default_period, self.started)
+            if lease is None:
+                continue
+            with self._lock:
+                current = self._leases.get(name)
+                if current is None or current.last < lease.last:
+                    self._leases[name] = lease
+                    loaded += 1
+        return loaded
+
+
+async def keep(
+    liveness: Liveness,
+    store: Store,
+    on_expired: Callable[[str], None],
+    stop: asyncio.Event,
+    *,
+    sweep: float = SWEEP_SECONDS,
+    checkpoint_every: float = CHECKPOINT_SECONDS,
+) -> None:
+    """The hub's liveness task: every ``sweep`` seconds hand each lease that ran out to
+    ``on_expired`` (the hub queues that Provider's reconcile); every
+    ``checkpoint_every`` seconds, and once more on ``stop``, checkpoint the leases."""
+    loop = asyncio.get_running_loop()
+    next_checkpoint = loop.time() + checkpoint_every
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), sweep)
+        for node in liveness.expired():
+            on_expired(node)
+        if loop.time() >= next_checkpoint or stop.is_set():
+            next_checkpoint = loop.time() + checkpoint_every
+            try:
+                await asyncio.to_thread(liveness.checkpoint, store)
+            except Exception:  # the next checkpoint writes them: log and go on
+                log.exception("event=lease_checkpoint_failed")
+
+
+def _period(value: Any, default: float) -> float:
+    try:
+        period = float(value)
+    except (TypeError, ValueError):
+        return default
+    return period if period > 0 else default
+
+
+def _encode(lease: Lease) -> str:
+    return json.dumps({"last": iso(lease.last), "period": lease.period, "usage": lease.usage})
+
+
+def _decode(value: str, default_period: float, started: datetime) -> Lease | None:
+    try:
+        raw = json.loads(value)
+        last = parse_time(raw["last"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("event=lease_unreadable")
+        return None
+    if last is None:
+        return None
+    usage = raw.get("usage")
+    return Lease(
+        last,
+        max(last, started),
+        _period(raw.get("period"), default_period),
+        usage if isinstance(usage, dict) else None,
+    )
+
+
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "DECISION_FIELDS",
+    "LIVE_FIELDS",
+    "MISSED_BEATS",
+    "Lease",
+    "Liveness",
+    "keep",
+]

@@ -1,0 +1,157 @@
+"""The shared ring of recent changes that watch streams read (controller/feed.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import authz
+from controller.auth import Principal
+from controller.feed import ChangeFeed, entry_of, may_see
+from controller.store import SQLiteStore, Store
+
+PRINCIPALS = [
+    Principal("admin", "admin"),
+    Principal("app", "demo"),
+    Principal("app", "other"),
+    Principal("agent", "node-a"),
+    Principal("agent", "node-b"),
+]
+
+
+def objects() -> list[dict[str, Any]]:
+    return [
+        {"kind": "Session", "metadata": {"name": "s1"}, "spec": {"app": "demo"}},
+        {"kind": "Session", "metadata": {"name": "s2"}, "spec": {"app": "other"}},
+        {"kind": "Placement", "metadata": {"name": "p1"}, "spec": {"session": "s1"}},
+        {"kind": "Placement", "metadata": {"name": "p2"}, "spec": {"node": "node-a"}},
+        {"kind": "Placement", "metadata": {"name": "p3"}, "spec": {"node": "node-b"}},
+        {"kind": "Provider", "metadata": {"name": "node-a"}, "spec": {}},
+        {"kind": "Provider", "metadata": {"name": "node-b"}, "spec": {}},
+        {"kind": "App", "metadata": {"name": "demo"}, "spec": {}},
+        {"kind": "ImagePolicy", "metadata": {"name": "pol"}, "spec": {"apps": ["demo"]}},
+    ]
+
+
+async def fill(feed: ChangeFeed) -> None:
+    """Attach the feed to this loop and let it read what the store holds."""
+    feed.attach(asyncio.get_running_loop())
+    for _ in range(500):  # bounded: 500 × 10 ms
+        if feed.rv == feed.store.resource_version:
+            break
+        await asyncio.sleep(0.01)
+    feed.store.unsubscribe(feed._from_thread)
+    assert feed.rv == feed.store.resource_version
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = SQLiteStore(tmp_path / "hub.db")
+    yield s
+    s.close()
+
+
+def test_may_see_is_authz_visible_for_every_principal_and_kind(store: Store) -> None:
+    for obj in objects():
+        store.create(obj)
+    changes = store.changes(0)
+    assert len(changes) == len(objects())
+    for change in changes:
+        entry = entry_of(change)
+        for who in PRINCIPALS:
+            want = authz.visible(who, change.kind, change.object)
+            assert may_see(who, entry) == want, (who, change.kind, change.name)
+
+
+def test_every_stream_reads_the_same_lines_it_would_from_the_store(store: Store) -> None:
+    feed = ChangeFeed(store)  # made before the writes: it holds them all
+    for obj in objects():
+        store.create(obj)
+    store.update_status("Placement", "p2", {"state": "Running"})
+    store.delete("Placement", "p3")
+
+    asyncio.run(fill(feed))
+    assert feed.reads == 1  # one read of the log, whoever watches
+    for who in PRINCIPALS:
+        for kinds in (None, {"Placement"}, {"Session", "Provider"}):
+            got = feed.read(0, who, kinds)
+            assert got is not None
+            lines, upto = got
+            want = [
+                (c.type, c.name, c.rv)
+                for c in store.changes(0)
+                if (kinds is None or c.kind in kinds) and authz.visible(who, c.kind, c.object)
+            ]
+            decoded = [json.loads(x) for x in lines]
+            assert [
+                (d["type"], d["object"]["metadata"]["name"], d["resourceVersion"]) for d in decoded
+            ] == want, (who, kinds)
+            assert upto == store.resource_version
+    # from the middle: only what came after
+    mid = store.resource_version - 2
+    lines, _ = feed.read(mid, Principal("agent", "node-b"), None) or ([], 0)
+    assert [json.loads(x)["type"] for x in lines] == ["DELETED"]
+
+
+def test_a_stream_older_than_the_ring_reads_the_store_and_the_ring_stays_bounded(
+    store: Store,
+) -> None:
+    feed = ChangeFeed(store, capacity=40)
+    for i in range(120):
+        store.create({"kind": "Session", "metadata": {"name": f"s{i}"}, "spec": {"app": "demo"}})
+        if i % 10 == 9:
+            asyncio.run(fill(feed))
+    assert feed.rv == store.resource_version
+    admin = Principal("admin", "admin")
+    assert feed.read(0, admin, None) is None  # behind the ring: the caller reads the store
+    got = feed.read(store.resource_version - 5, admin, None)
+    assert got is not None and len(got[0]) == 5
+    assert len(feed._entries) <= 50  # capacity plus a quarter before a trim
+
+
+def test_a_limit_stops_at_the_last_line_returned(store: Store) -> None:
+    feed = ChangeFeed(store)
+    for i in range(10):
+        store.create({"kind": "Session", "metadata": {"name": f"s{i}"}, "spec": {"app": "demo"}})
+    asyncio.run(fill(feed))
+    lines, upto = feed.read(0, Principal("app", "demo"), None, limit=4) or ([], 0)
+    assert len(lines) == 4 and upto == json.loads(lines[-1])["resourceVersion"]
+    rest, end = feed.read(upto, Principal("app", "demo"), None) or ([], 0)
+    assert len(rest) == 6 and end == store.resource_version
+
+
+def test_a_commit_wakes_the_streams_that_may_see_it_and_no_other(store: Store) -> None:
+    """A Placement bound to node-a wakes node-a's agent stream and the admin's, not
+    node-b's; the wake-ups cost one read of the log for all of them."""
+
+    async def scenario() -> dict[str, bool]:
+        feed = ChangeFeed(store)
+        feed.attach(asyncio.get_running_loop())
+        since = store.resource_version
+        woke: dict[str, bool] = {}
+
+        async def stream(who: Principal) -> None:
+            t = asyncio.get_running_loop().time()
+            await feed.wait(who, since, timeout=1.0)
+            woke[f"{who.role}/{who.name}"] = asyncio.get_running_loop().time() - t < 0.9
+
+        waiters = [
+            asyncio.create_task(stream(w)) for w in (Principal("admin", "admin"), *PRINCIPALS[3:])
+        ]
+        await asyncio.sleep(0.05)  # all of them waiting
+        await asyncio.to_thread(
+            store.create,
+            {"kind": "Placement", "metadata": {"name": "p"}, "spec": {"node": "node-a"}},
+        )
+        await asyncio.gather(*waiters)
+        store.unsubscribe(feed._from_thread)
+        assert feed.reads == 1
+        return woke
+
+    woke = asyncio.run(scenario())
+    assert woke == {"admin/admin": True, "agent/node-a": True, "agent/node-b": False}

@@ -1,0 +1,341 @@
+"""Provider liveness: usage-only heartbeats live in memory and wake nobody.
+
+The unit tests drive ``controller.liveness.Liveness`` with a fake clock; the
+hub tests run the hub's real parts in process (its store, API app, reconcile
+engine, heartbeat flusher and liveness task, everything ``gu hub`` runs but
+uvicorn) and count what a burst of heartbeats writes and wakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.enrollment import create_join_token
+from controller.hub import Hub, HubSettings
+from controller.liveness import Liveness, keep
+from controller.reconcilers.placement import ClusterState
+from controller.store import SQLiteStore, Store
+from specs.identity import LOGIN_PAYLOAD_TYPE, generate_key, login_body, public_key_str, sign
+from tests.test_reconcilers_scheduling import GIB, add_provider
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = SQLiteStore(tmp_path / "hub.db")
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------ unit
+
+
+def test_a_lease_expires_once_after_three_periods_and_a_beat_renews_it() -> None:
+    clock = Clock()
+    live = Liveness(default_period=5.0, clock=clock)
+    live.beat("n1", {"cpuPercent": 1.0})
+    live.beat("n2", {"cpuPercent": 2.0}, period=1.0)
+    clock.advance(2.9)
+    assert live.expired() == []
+    clock.advance(0.2)  # n2: 3.1 s > 3 × 1 s
+    assert live.expired() == ["n2"]
+    assert live.expired() == []  # reported once per silence
+    clock.advance(12)  # n1: 15.1 s ≥ 3 × 5 s
+    assert live.expired() == ["n1"]
+    live.beat("n2", {}, period=1.0)
+    clock.advance(3.5)
+    assert live.expired() == ["n2"]  # silent again: reported again
+
+
+def test_overlay_serves_live_usage_and_last_seen_on_providers_only() -> None:
+    clock = Clock()
+    live = Liveness(clock=clock)
+    stored = {
+        "kind": "Provider",
+        "metadata": {"name": "n1"},
+        "status": {"lastHeartbeat": "2026-12-01T11:00:00Z", "usage": {"cpuPercent": 9.0}},
+    }
+    assert live.overlay(stored) is stored  # no lease: as stored
+    live.beat("n1", {"cpuPercent": 42.0})
+    shown = live.overlay(stored)
+    assert shown["status"]["usage"] == {"cpuPercent": 42.0}
+    assert shown["status"]["lastHeartbeat"] == "2026-12-01T12:00:00Z"
+    assert stored["status"]["usage"] == {"cpuPercent": 9.0}  # a copy: the stored one is kept
+    session = {"kind": "Session", "metadata": {"name": "n1"}, "status": {}}
+    assert live.overlay(session) is session
+
+
+def test_a_restarted_hub_counts_silence_from_its_own_start(store: Store) -> None:
+    """The checkpoint brings back each provider's last-seen time, and nobody is declared
+    gone because the hub was down: silence is measured from the hub's start."""
+    clock = Clock()
+    before = Liveness(default_period=5.0, clock=clock)
+    before.beat("n1", {"cpuPercent": 3.0})
+    before.beat("gone", {})
+    assert before.checkpoint(store) == 2
+    assert before.checkpoint(store) == 0  # nothing beaten since: nothing written
+    clock.advance(3600)  # the hub is down for an hour
+    after = Liveness(default_period=5.0, clock=clock)
+    assert after.load(store, providers=["n1"]) == 1  # "gone" was deleted meanwhile
+    assert [k for k, _ in store.meta_items("lease/")] == ["lease/n1"]
+    lease = after.lease("n1")
+    assert lease is not None and lease.last == T0 and lease.usage == {"cpuPercent": 3.0}
+    assert after.overlay({"kind": "Provider", "metadata": {"name": "n1"}, "status": {}})["status"][
+        "lastHeartbeat"
+    ] == ("2026-12-01T12:00:00Z")
+    clock.advance(14)
+    assert after.expired() == []
+    clock.advance(1.5)
+    assert after.expired() == ["n1"]
+
+
+def test_a_lease_known_only_from_the_store_is_adopted_with_the_same_grace() -> None:
+    clock = Clock()
+    live = Liveness(default_period=5.0, clock=clock)
+    status = {"lastHeartbeat": "2026-12-01T11:00:00Z", "heartbeatSeconds": 2.0}
+    lease = live.lease("n1", status)
+    assert lease is not None and lease.period == 2.0 and lease.observed == T0
+    assert live.lease("n2", {}) is None  # never beaten: no lease
+
+
+def test_the_scheduler_takes_usage_from_the_lease_table(store: Store) -> None:
+    """A usage-only beat writes nothing, but the scheduler still sees free memory shrink."""
+    node = add_provider(store, 1, memory_gib=8)
+    live = Liveness()
+    state = ClusterState(store, liveness=live)
+    state.refresh()
+    view = state.nodes.get(node)
+    assert view is not None and view.free_memory_mib == 8 * 1024
+    live.beat(node, {"memoryAvailableBytes": GIB // 2})
+    rv = store.resource_version
+    state.refresh()
+    assert state.nodes.get(node) is view and view.free_memory_mib == 512
+    assert store.resource_version == rv
+
+
+# ------------------------------------------------------------------ the hub
+
+
+def inventory(cores: int = 4) -> dict[str, Any]:
+    return {
+        "os": {"name": "Linux", "version": "6.1"},
+        "cpu": {"architecture": "x86_64", "bit": [64], "cores": cores, "threads": cores},
+        "memoryBytes": 8 * GIB,
+        "storageBytes": 100 * GIB,
+        "runtimes": ["native"],
+    }
+
+
+def beat_body(n: int, cores: int = 4, period: float = 1.0) -> dict[str, Any]:
+    return {
+        "inventory": inventory(cores),
+        "usage": {
+            "cpuPercent": float(n % 100),
+            "memoryAvailableBytes": (4 + n % 3) * GIB,
+            "storageFreeBytes": 50 * GIB,
+            "workloads": 0,
+        },
+        "period": period,
+    }
+
+
+async def enrol(http: httpx.AsyncClient, join: str) -> tuple[str, str]:
+    key = generate_key()
+    pub = public_key_str(key)
+    chal = (
+        await http.post("/v1/auth/challenge", json={"publicKey": pub, "purpose": "enroll"})
+    ).json()
+    expiry = int(time.time()) + 60
+    body = login_body(chal["hubId"], chal["nonce"], "enroll", expiry)
+    resp = await http.post(
+        "/v1/agents/enroll",
+        json={
+            "publicKey": pub,
+            "nonce": chal["nonce"],
+            "expiry": expiry,
+            "signature": sign(key, LOGIN_PAYLOAD_TYPE, body),
+            "joinToken": join,
+            "name": "sim",
+        },
+    )
+    resp.raise_for_status()
+    return resp.json()["nodeId"], resp.json()["token"]
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.02)):  # bounded
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ready(hub: Hub, node: str) -> str | None:
+    for cond in hub.store.get("Provider", node)["status"].get("conditions") or []:
+        if cond["type"] == "Ready":
+            return str(cond["status"])
+    return None
+
+
+def idle(hub: Hub) -> bool:
+    stats = hub.controller.stats()
+    return (
+        stats["queue_length"] == 0
+        and stats["in_flight"] == 0
+        and hub.heartbeats.pending() == 0
+        and stats["feed_resource_version"] == hub.store.resource_version
+    )
+
+
+def run_hub(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: Callable[[Hub, httpx.AsyncClient, str], Awaitable[None]],
+) -> None:
+    """The hub's parts in process (what ``Hub.serve`` runs, minus uvicorn and signals)."""
+    monkeypatch.setenv("GU_CONFIG", str(tmp_path / "config.yaml"))
+    hub = Hub(HubSettings(state_dir=tmp_path / "hub", heartbeat=1.0, resync_period=3600))
+    from controller.api.app import create_app
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        hub.feed.attach(asyncio.get_running_loop())
+        tasks = [
+            asyncio.create_task(hub.controller.run(stop)),
+            asyncio.create_task(hub.heartbeats.run(stop)),
+            asyncio.create_task(
+                keep(
+                    hub.liveness,
+                    hub.store,
+                    lambda n: hub.controller.enqueue("Provider", n),
+                    stop,
+                    sweep=0.05,
+                )
+            ),
+        ]
+        transport = httpx.ASGITransport(app=create_app(hub.api_deps()))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://hub") as http:
+                join, _ = create_join_token(hub.store)
+                await scenario(hub, http, join)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 20)
+
+    try:
+        asyncio.run(main())
+    finally:
+        hub.store.close()
+
+
+def test_usage_only_heartbeats_write_no_change_and_wake_no_reconcile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        node, token = await enrol(http, join)
+        auth = {"Authorization": f"Bearer {token}"}
+        (
+            await http.post("/v1/agents/heartbeat", json=beat_body(0), headers=auth)
+        ).raise_for_status()
+        await until(lambda: ready(hub, node) == "True", "the provider to be Ready")
+        hub.store.create(  # a Session placed on it: a wake-up would reach it too
+            {
+                "apiVersion": "gu/v1",
+                "kind": "Session",
+                "metadata": {"name": "s"},
+                "spec": {
+                    "app": "demo",
+                    "workload": {"runtime": "native", "image": {"hash": "sha3-256:" + "a" * 64}},
+                },
+            }
+        )
+        await until(lambda: idle(hub), "the hub to settle")
+        rv, reconciles = hub.store.resource_version, hub.controller.stats()["reconciles"]
+
+        for n in range(1, 51):  # a burst of usage-only beats
+            resp = await http.post("/v1/agents/heartbeat", json=beat_body(n), headers=auth)
+            resp.raise_for_status()
+        await asyncio.sleep(0.5)  # two flush intervals, ten liveness sweeps
+        assert hub.store.resource_version == rv, "usage-only heartbeats wrote change rows"
+        assert hub.controller.stats()["reconciles"] == reconciles, "and woke reconciles"
+
+        # what users read is live all the same
+        shown = (await http.get(f"/v1/providers/{node}", headers=admin(hub))).json()
+        assert shown["status"]["usage"]["cpuPercent"] == 50.0
+        lease = hub.liveness.lease(node)
+        assert lease is not None
+        assert shown["status"]["lastHeartbeat"] == lease.last.isoformat().replace("+00:00", "Z")
+        peer = (await http.get(f"/peers/{node}", headers=admin(hub))).json()
+        assert (
+            peer["usage"]["cpuPercent"] == 50.0
+            and peer["lastSeen"] == (shown["status"]["lastHeartbeat"])
+        )
+        cpu = (await http.get(f"/peers/{node}/inf/cpu", headers=admin(hub))).json()
+        assert cpu["usage"] == 50.0
+
+        # a beat that changes capacity is a decision: one change row, reconciles run
+        resp = await http.post("/v1/agents/heartbeat", json=beat_body(51, cores=8), headers=auth)
+        resp.raise_for_status()
+        await until(lambda: hub.store.resource_version > rv, "the capacity change to be written")
+        await until(lambda: idle(hub), "the hub to settle")
+        stored = hub.store.get("Provider", node)["status"]
+        assert stored["inventory"]["cpu"]["cores"] == 8
+        assert hub.controller.stats()["reconciles"] > reconciles
+
+    run_hub(tmp_path, monkeypatch, scenario)
+
+
+def test_a_silent_provider_goes_not_ready_and_its_next_beat_brings_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        node, token = await enrol(http, join)
+        auth = {"Authorization": f"Bearer {token}"}
+        (
+            await http.post("/v1/agents/heartbeat", json=beat_body(7), headers=auth)
+        ).raise_for_status()
+        await until(lambda: ready(hub, node) == "True", "the provider to be Ready")
+        flipped = time.monotonic()
+        # no more beats: 3 × 1 s later it is NotReady, and its last word is in the store
+        await until(lambda: ready(hub, node) == "False", "the provider to go NotReady", 10)
+        silent = time.monotonic() - flipped
+        assert silent >= 2.5, f"NotReady after {silent:.2f}s of silence, before 3 periods"
+        status = hub.store.get("Provider", node)["status"]
+        lease = hub.liveness.lease(node)
+        assert lease is not None
+        assert status["lastHeartbeat"] == lease.last.isoformat().replace("+00:00", "Z")
+        assert status["usage"]["cpuPercent"] == 7.0
+        (
+            await http.post("/v1/agents/heartbeat", json=beat_body(8), headers=auth)
+        ).raise_for_status()
+        await until(lambda: ready(hub, node) == "True", "the provider to be Ready again")
+
+    run_hub(tmp_path, monkeypatch, scenario)
+
+
+def admin(hub: Hub) -> dict[str, str]:
+    from controller.auth import Principal
+
+    key = next(iter(hub.admin_keys))
+    token = hub.auth.make_token(Principal("admin", "admin", key), 60)
+    return {"Authorization": f"Bearer {token}"}
