@@ -193,3 +193,46 @@ def test_compaction_trims_the_log_a_chunk_per_commit(tmp_path: Path) -> None:
     with pytest.raises(Gone):
         store.changes(0)
     assert [c.rv for c in store.changes(store.resource_version - 2)] == [15, 16]
+
+
+def test_readers_do_not_wait_behind_a_writer(store: Store) -> None:
+    """A transaction in progress (the lock held, as through an fsync) blocks no reader
+    on another thread: it reads the last committed state, and the committed rv."""
+    import threading
+
+    store.apply([prio("old")])
+    rv0 = store.resource_version
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction():
+            store.apply([prio("new")])
+            # read your own writes on the writer's connection
+            assert store.try_get("Priority", "new") is not None
+            inside.set()
+            assert release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert inside.wait(10)
+        seen: dict[str, object] = {}
+
+        def reader() -> None:
+            seen["names"] = store.names("Priority")
+            seen["new"] = store.try_get("Priority", "new")
+            seen["rv"] = store.resource_version
+            seen["changes"] = [c.name for c in store.changes(rv0)]
+
+        r = threading.Thread(target=reader)
+        r.start()
+        r.join(5)
+        # it finished while the writer still holds its transaction open
+        assert not r.is_alive() and t.is_alive()
+        assert seen == {"names": ["old"], "new": None, "rv": rv0, "changes": []}
+    finally:
+        release.set()
+        t.join(10)
+    assert store.names("Priority") == ["new", "old"]
+    assert store.resource_version > rv0
+    assert [c.name for c in store.changes(rv0)] == ["new"]

@@ -11,9 +11,13 @@ Why these choices:
 - ``synchronous=FULL`` with WAL: a commit is durable when it returns, so an
   acknowledged apply survives ``kill -9`` and power loss; WAL keeps readers off
   the writer's back.
-- One connection behind one re-entrant lock: a transaction is the lock held
-  from ``BEGIN IMMEDIATE`` to ``COMMIT``, so nested writes of one caller join
-  it and other threads wait.
+- One writer connection behind one re-entrant lock: a transaction is the lock
+  held from ``BEGIN IMMEDIATE`` to ``COMMIT``, so nested writes of one caller
+  join it and other writers wait.
+- Reader connections beside it, one per thread (WAL lets them read the last
+  committed snapshot while the writer works and fsyncs): a read takes no lock
+  and never waits behind a commit. A thread inside a transaction reads on the
+  writer's connection instead, so it sees its own uncommitted writes.
 
 The rules of a write (generation, no-op writes, finalizers, apply) are the
 backend-independent ``ObjectStore``'s; this class supplies the SQL.
@@ -118,6 +122,10 @@ class SQLiteStore(ObjectStore):
         self._depth = 0
         self._pending_notify = False
         self._listeners: list[Callable[[int], None]] = []
+        self._owner: int | None = None  # the thread inside a transaction, if any
+        self._readers: dict[int, sqlite3.Connection] = {}  # by thread ident
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -130,6 +138,7 @@ class SQLiteStore(ObjectStore):
             )
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 0
+        self._committed_rv = self._rv  # what readers on other connections can see
         row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
         self._oldest = int(row[0]) if row and row[0] is not None else self._rv + 1
 
@@ -137,7 +146,39 @@ class SQLiteStore(ObjectStore):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            with self._readers_lock:
+                readers, self._readers = self._readers, {}
+            for conn in readers.values():
+                conn.close()
             self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """The connection this thread reads on (see the module docstring).
+
+        The writer's, when this thread is inside a transaction (read your own
+        writes); otherwise the thread's own read-only connection, opened on
+        first use. Reads on it take no lock: WAL gives each statement the last
+        committed snapshot.
+        """
+        me = threading.get_ident()
+        if self._owner == me:
+            return self._db
+        conn = self._readers.get(me)
+        if conn is None:
+            with self._readers_lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                # a new thread: first close the connections of threads that ended
+                alive = {t.ident for t in threading.enumerate()}
+                for ident in [i for i in self._readers if i not in alive]:
+                    self._readers.pop(ident).close()
+                conn = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None, timeout=30
+                )
+                conn.execute("PRAGMA query_only=ON")
+                self._readers[me] = conn
+        return conn
 
     def subscribe(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(rv)`` after every commit that wrote something.
@@ -158,6 +199,7 @@ class SQLiteStore(ObjectStore):
             if self._depth == 0:
                 self._db.execute("BEGIN IMMEDIATE")
                 start_rv = self._rv
+                self._owner = threading.get_ident()
             self._depth += 1
             try:
                 yield
@@ -166,6 +208,7 @@ class SQLiteStore(ObjectStore):
                 if self._depth == 0:
                     self._db.execute("ROLLBACK")
                     self._rv = start_rv
+                    self._owner = None
                 raise
             self._depth -= 1
             if self._depth:
@@ -181,8 +224,11 @@ class SQLiteStore(ObjectStore):
                     self._compact_to = self._rv - self.changelog_limit // 2
                 if self._compact_to is not None:
                     self._compact_step()
-            self._db.execute("COMMIT")
-            rv = self._rv
+            try:
+                self._db.execute("COMMIT")
+            finally:
+                self._owner = None
+            rv = self._committed_rv = self._rv
         if wrote:
             for listener in list(self._listeners):
                 try:
@@ -205,8 +251,13 @@ class SQLiteStore(ObjectStore):
 
     @property
     def resource_version(self) -> int:
-        """The rv of the last committed write (0 for an empty store)."""
-        return self._rv
+        """The rv of the last committed write (0 for an empty store).
+
+        Not the rv a transaction in progress has reached: a reader (on its own
+        connection) sees a write only once it is committed, so a list read after
+        this value holds everything up to it.
+        """
+        return self._committed_rv
 
     def _row_to_obj(self, row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         (
@@ -302,17 +353,22 @@ class SQLiteStore(ObjectStore):
 
     def try_get(self, kind: str, name: str) -> dict[str, Any] | None:
         """One object, or None."""
-        with self._lock:
-            return self._fetch(kind, name)
+        row = (
+            self._reader()
+            .execute("SELECT * FROM objects WHERE kind=? AND name=?", (kind, name))
+            .fetchone()
+        )
+        return self._row_to_obj(row) if row else None
 
     def list(
         self, kind: str, selector: dict[str, str | None] | None = None
     ) -> builtins.list[dict[str, Any]]:
         """Every object of ``kind`` (sorted by name) whose labels match ``selector``."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM objects WHERE kind=? ORDER BY name", (kind,)
-            ).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT * FROM objects WHERE kind=? ORDER BY name", (kind,))
+            .fetchall()
+        )
         objs = [self._row_to_obj(r) for r in rows]
         if selector:
             objs = [o for o in objs if match_labels(o["metadata"]["labels"], selector)]
@@ -320,10 +376,11 @@ class SQLiteStore(ObjectStore):
 
     def names(self, kind: str) -> builtins.list[str]:
         """The names of every object of ``kind``, sorted (read from the key alone)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT name FROM objects WHERE kind=? ORDER BY name", (kind,)
-            ).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT name FROM objects WHERE kind=? ORDER BY name", (kind,))
+            .fetchall()
+        )
         return [str(r[0]) for r in rows]
 
     def list_where(self, kind: str, json_path: str, value: Any) -> builtins.list[dict[str, Any]]:
@@ -331,37 +388,39 @@ class SQLiteStore(ObjectStore):
 
         An ``INDEXED_PATHS`` path is an index lookup; any other scans the kind.
         """
-        with self._lock:
-            rows = self._db.execute(_where_sql(json_path), (kind, value)).fetchall()
+        rows = self._reader().execute(_where_sql(json_path), (kind, value)).fetchall()
         return [self._row_to_obj(r) for r in rows]
 
     def list_where_plan(self, kind: str, json_path: str) -> str:
         """How SQLite runs ``list_where(kind, json_path, …)`` (``EXPLAIN QUERY PLAN``)."""
-        with self._lock:
-            rows = self._db.execute(
-                "EXPLAIN QUERY PLAN " + _where_sql(json_path), (kind, "")
-            ).fetchall()
+        rows = (
+            self._reader()
+            .execute("EXPLAIN QUERY PLAN " + _where_sql(json_path), (kind, ""))
+            .fetchall()
+        )
         return "\n".join(str(r[-1]) for r in rows)
 
     def count(self, kind: str | None = None) -> int:
-        with self._lock:
-            if kind is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
-            return int(
-                self._db.execute("SELECT COUNT(*) FROM objects WHERE kind=?", (kind,)).fetchone()[0]
-            )
+        db = self._reader()
+        if kind is None:
+            return int(db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+        return int(db.execute("SELECT COUNT(*) FROM objects WHERE kind=?", (kind,)).fetchone()[0])
 
     def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
         """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
-        with self._lock:
-            if since + 1 < self._oldest and since < self._rv:
-                raise Gone(
-                    f"resourceVersion {since} is too old (oldest kept: {self._oldest}); list again"
-                )
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT rv, type, kind, name, object FROM changes WHERE rv > ? ORDER BY rv LIMIT ?",
                 (since, limit),
-            ).fetchall()
+            )
+            .fetchall()
+        )
+        # checked after the read: a compaction advances _oldest before it commits, so
+        # a read that raced one is refused (relist) rather than silently missing rows
+        oldest = self._oldest
+        if since + 1 < oldest and since < self._committed_rv:
+            raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
         return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # ---------------------------------------------------------------- meta
@@ -376,16 +435,18 @@ class SQLiteStore(ObjectStore):
             )
 
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        row = self._reader().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return str(row[0]) if row else None
 
     def meta_items(self, prefix: str) -> builtins.list[tuple[str, str]]:
         """Every (key, value) whose key starts with ``prefix``."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [(str(k), str(v)) for k, v in rows]
 
     def delete_meta(self, key: str) -> None:
@@ -411,12 +472,15 @@ class SQLiteStore(ObjectStore):
 
     def events(self, kind: str, name: str) -> builtins.list[Event]:
         """Events of one object, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT time, kind, name, type, reason, message FROM events "
                 "WHERE kind=? AND name=? ORDER BY id",
                 (kind, name),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [Event(*r) for r in rows]
 
     def integrity_check(self) -> str:
