@@ -36,6 +36,17 @@ def visible(p: Principal, kind: str, obj: dict[str, Any]) -> bool:
     return False
 
 
+def list_scope(p: Principal, kind: str) -> tuple[str, str] | None:
+    """An indexed spec path and value that hold every ``kind`` object ``p`` may see, so a
+    list reads only those (an agent's placements by ``$.node``, an app's Sessions by
+    ``$.app``) instead of the whole kind; None: read the kind. ``visible`` still decides."""
+    if p.role == "agent" and kind == "Placement":
+        return ("$.node", p.name)
+    if p.role == "app" and kind == "Session":
+        return ("$.app", p.name)
+    return None
+
+
 def check(
     p: Principal, verb: Verb, kind: str | None = None, obj: dict[str, Any] | None = None
 ) -> None:

@@ -9,6 +9,7 @@ uvicorn) and count what a burst of heartbeats writes and wakes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -339,3 +340,67 @@ def admin(hub: Hub) -> dict[str, str]:
     key = next(iter(hub.admin_keys))
     token = hub.auth.make_token(Principal("admin", "admin", key), 60)
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_an_agent_lists_its_placements_by_index_not_by_reading_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        mine, token = await enrol(http, join)
+        other, _ = await enrol(http, join)
+        for i, node in enumerate([mine, mine, other]):
+            hub.store.create(
+                {
+                    "kind": "Placement",
+                    "metadata": {"name": f"p{i}", "labels": {"gu/session": "s"}},
+                    "spec": {"session": "s", "node": node, "app": "demo"},
+                }
+            )
+        listed: list[str] = []
+        real_list = hub.store.list
+
+        def spy(kind: str, selector: dict[str, str | None] | None = None) -> list:
+            listed.append(kind)
+            return real_list(kind, selector)
+
+        monkeypatch.setattr(hub.store, "list", spy)
+        auth = {"Authorization": f"Bearer {token}"}
+        resp = await http.get("/v1/placements", headers=auth)
+        resp.raise_for_status()
+        assert [p["metadata"]["name"] for p in resp.json()["items"]] == ["p0", "p1"]
+        assert "Placement" not in listed  # read through the $.node index
+        resp = await http.get(
+            "/v1/placements", params={"labelSelector": "gu/session=x"}, headers=auth
+        )
+        assert resp.json()["items"] == []
+        # an admin's list is the whole kind
+        everything = (await http.get("/v1/placements", headers=admin(hub))).json()["items"]
+        assert len(everything) == 3 and "Placement" in listed
+
+    run_hub(tmp_path, monkeypatch, scenario)
+
+
+def test_a_watch_that_skipped_other_kinds_ends_with_a_bookmark_of_how_far_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Placement watch over a run of Session changes (older than the ring: read from
+    the store) yields no event, but ends at its deadline with a BOOKMARK at the rv it
+    reached, so the next watch starts there instead of reading them all again."""
+
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        since = hub.store.resource_version
+        hub.feed.capacity = 10  # the ring keeps little: the stream starts from the store
+        for i in range(40):
+            hub.store.create({"kind": "App", "metadata": {"name": f"a{i}"}, "spec": {}})
+        await until(lambda: hub.feed.rv == hub.store.resource_version, "the ring to follow")
+        resp = await http.get(
+            "/v1/watch",
+            params={"kind": "Placement", "resourceVersion": since, "timeout": 1},
+            headers=admin(hub),
+        )
+        events = [json.loads(x) for x in resp.text.splitlines() if x]
+        assert events == [
+            {"type": "BOOKMARK", "object": None, "resourceVersion": hub.store.resource_version}
+        ]
+
+    run_hub(tmp_path, monkeypatch, scenario)

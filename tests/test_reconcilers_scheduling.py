@@ -746,3 +746,39 @@ def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> Non
     stalled = condition(store, "Session", "s", "Stalled")
     assert stalled is not None
     assert stalled["message"] == "0/2 providers: 1 already run this session, 1 not trusted"
+
+
+@pytest.mark.usefixtures("app")
+def test_a_herd_of_new_providers_wakes_each_waiting_session_once_per_window(
+    store: Store,
+) -> None:
+    """Thirty providers enrolling within one window wake the five waiting Sessions once
+    at once and once at the window's end, not thirty times each."""
+    from controller.reconcilers.session import reconciler as session_reconciler
+
+    c = Controller(store, workers=2, resync_period=30)
+    rec = session_reconciler.register(c)
+    t = [100.0]
+    rec.clock = lambda: t[0]
+    deferred: list[tuple[str, float]] = []
+    rec.defer = lambda name, delay: deferred.append((name, delay))
+    big = {"runtime": "native", "image": {"hash": IMAGE}, "resources": {"memoryMiB": 8192}}
+    waiting = {f"s{i}" for i in range(5)}
+    for name in sorted(waiting):
+        add_session(store, name, workload=big)
+        c.reconcile("Session", name)
+    assert all(p["spec"]["node"] is None for p in store.list("Placement"))
+
+    woken = []
+    for i in range(1, 31):
+        node = add_provider(store, i, memory_gib=2)  # too small for any of them
+        woken.append(rec.sessions_for_provider(store.get("Provider", node), store))
+        t[0] += 0.01
+    assert set(woken[0]) == waiting  # the first change wakes them at once
+    assert all(w == [] for w in woken[1:])  # the other 29 wake nobody now ...
+    assert sorted(n for n, _ in deferred) == sorted(waiting)  # ... but once, at the end
+    assert all(0 < d <= session_reconciler.WAKE_WINDOW for _, d in deferred)
+
+    t[0] += session_reconciler.WAKE_WINDOW  # a new window: the next change wakes them again
+    node = add_provider(store, 40, memory_gib=2)
+    assert set(rec.sessions_for_provider(store.get("Provider", node), store)) == waiting

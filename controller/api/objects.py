@@ -30,7 +30,7 @@ from controller.auth import Forbidden, Principal
 from controller.feed import line
 from controller.store import StoreError
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS
-from specs.selectors import parse_selector
+from specs.selectors import match_labels, parse_selector
 
 router = APIRouter(tags=["objects"])
 
@@ -86,7 +86,8 @@ async def watch(
 ) -> StreamingResponse:
     """NDJSON stream of changes after ``resourceVersion``: ``{type, object, resourceVersion}``.
 
-    A BOOKMARK line (``object`` null) is sent every 10 s of quiet; 410 means the
+    A BOOKMARK line (``object`` null) is sent every 10 s of quiet, and at the end of a
+    stream that read past its last event (``timeout``); 410 means the
     log no longer reaches back that far: list again and watch from its rv.
     """
     kinds = {kind_of(k) for k in kind.split(",")} if kind else None
@@ -111,7 +112,14 @@ def list_objects(
     k = kind_of(kind)
     authz.check(who, "list", k)
     rv = d.store.resource_version
-    items = d.store.list(k, parse_selector(labelSelector))
+    selector = parse_selector(labelSelector)
+    scope = authz.list_scope(who, k)
+    if scope is None:
+        items = d.store.list(k, selector)
+    else:  # only what the caller may see, by index: an agent's list is O(its placements)
+        items = d.store.list_where(k, *scope)
+        if selector:
+            items = [o for o in items if match_labels(o["metadata"]["labels"], selector)]
     # Providers with their live usage and last-seen time (``controller.liveness``)
     items = [d.liveness.overlay(o) for o in items if authz.visible(who, k, o)]
     return {"items": items, "resourceVersion": rv}
@@ -271,8 +279,13 @@ async def _stream(
     d: ApiDeps, who: Principal, since: int, kinds: set[str] | None, deadline: float | None
 ) -> AsyncIterator[bytes]:
     """The body of a watch: from the shared ring of recent changes (``controller.feed``),
-    or from the store's log while the stream is further behind than the ring."""
+    or from the store's log while the stream is further behind than the ring.
+
+    A stream that ends at its deadline having read past its last event says how far it
+    got (a BOOKMARK), so a client that skipped many changes of other kinds resumes from
+    there instead of reading them again."""
     last_bookmark = time.monotonic()
+    told = since  # the rv the client knows it has reached
     while (deadline is None or time.monotonic() < deadline) and not d.feed.closed:
         got = d.feed.read(since, who, kinds)
         if got is not None:
@@ -280,6 +293,7 @@ async def _stream(
             for text in lines:
                 yield text
             if lines:
+                told = since
                 continue
         else:
             try:
@@ -295,6 +309,7 @@ async def _stream(
                     continue
                 if not authz.visible(who, change.kind, change.object):
                     continue
+                told = since
                 yield line(
                     {"type": change.type, "object": change.object, "resourceVersion": change.rv}
                 )
@@ -303,6 +318,9 @@ async def _stream(
         now = time.monotonic()
         if now - last_bookmark >= 10:
             last_bookmark = now
+            told = since
             yield line({"type": "BOOKMARK", "object": None, "resourceVersion": since})
         wait = 10.0 if deadline is None else max(0.0, min(10.0, deadline - now))
         await d.feed.wait(who, since, wait)
+    if since > told and not d.feed.closed:
+        yield line({"type": "BOOKMARK", "object": None, "resourceVersion": since})

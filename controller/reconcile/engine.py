@@ -226,6 +226,10 @@ class Controller:
         """Queue ``kind/name`` for a reconcile; safe from any thread, before or during ``run``."""
         self._queue.add(f"{kind}/{name}")
 
+    def enqueue_after(self, kind: str, name: str, delay: float) -> None:
+        """Queue ``kind/name`` after ``delay`` seconds (one pending deadline per key)."""
+        self._queue.add_after(f"{kind}/{name}", delay)
+
     async def resync(self) -> None:
         """Queue every object of every registered kind now (the periodic resync does this)."""
         keys = await self._in_thread(self._all_keys)

@@ -264,7 +264,8 @@ class ClusterState:
                 cpu, mem = resources_of(placement)
                 self._holds[name] = (node, cpu, mem)
                 self._allocate(node, cpu, mem, 1)
-        elif active:
+        elif active and not placement["metadata"].get("deletionTimestamp"):
+            # (a placement being deleted waits for nothing: no capacity wakes its Session)
             self._unbound.setdefault(session, set()).add(name)
 
     def _drop_placement(self, name: str) -> None:

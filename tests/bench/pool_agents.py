@@ -127,11 +127,18 @@ class Pool:
         return time.perf_counter() - t
 
     async def watch(self, token: str, stop: asyncio.Event) -> None:
-        """One agent's watch stream on its Placements, re-opened if it ends."""
-        rv = 0
+        """One agent's watch stream on its Placements, re-opened if it ends.
+
+        Like the real agent: list first, then watch from the list's resourceVersion
+        (and list again when the stream ends with an error)."""
+        rv: int | None = None
         headers = {"Authorization": f"Bearer {token}"}
         while not stop.is_set():
             try:
+                if rv is None:
+                    listed = await self.watch_http.get("/v1/placements", headers=headers)
+                    listed.raise_for_status()
+                    rv = int(listed.json()["resourceVersion"])
                 async with self.watch_http.stream(
                     "GET",
                     "/v1/watch",
@@ -149,6 +156,7 @@ class Pool:
                             return
             except httpx.HTTPError:
                 self.watch_errors += 1
+                rv = None  # list again, as the agent does
                 await asyncio.sleep(1)
 
     async def beat_for(self, seconds: float, period: float) -> dict[str, Any]:

@@ -10,8 +10,11 @@ these placements.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -47,6 +50,10 @@ log = logging.getLogger("gu.reconcile.session")
 
 Obj = dict[str, Any]
 
+#: Waiting Sessions are woken by a change of capacity at most once per window (see
+#: ``SessionReconciler._wake_waiting``); a change inside it wakes them at its end.
+WAKE_WINDOW: Final = 0.5
+
 
 def session_problems(spec: Obj, store: Store) -> list[str]:
     """What the Session's spec names that does not exist, App first."""
@@ -74,6 +81,13 @@ class SessionReconciler:
         self.retry_unschedulable = max(1.0, 2 * heartbeat)
         self.policy = policy
         self.provider_facts: dict[str, tuple[str, str]] = {}
+        #: how waiting Sessions are queued later (the engine's ``enqueue_after``); None:
+        #: every capacity change wakes them at once (unit tests without an engine)
+        self.defer: Callable[[str, float], None] | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self._wake_lock = threading.Lock()
+        self._next_wake = 0.0  # monotonic: waiting Sessions were woken until then
+        self._trailing = False  # a deferred wake is pending for the current window
 
     def __call__(self, obj: Obj, ctx: Context) -> Result | None:
         """Converge one Session (see the module docstring)."""
@@ -156,7 +170,8 @@ class SessionReconciler:
         if changed["spec"].get("node") and state_of(changed) in TERMINAL_STATES:
             with self.state.lock:
                 self.state.refresh()
-                out |= self.state.sessions_with_unbound()
+                waiting = self.state.sessions_with_unbound()
+            out |= self._wake_waiting(waiting - out)
         return sorted(out)
 
     def sessions_for_provider(self, changed: Obj, store: Store) -> list[str]:
@@ -175,10 +190,30 @@ class SessionReconciler:
         flipped = before is None or not exists or before[0] != facts[0]
         with self.state.lock:
             self.state.refresh()
-            out = set(self.state.sessions_with_unbound())
-            if flipped:
-                out |= self.state.sessions_on_node(node)
-        return sorted(out)
+            waiting = self.state.sessions_with_unbound()
+            out = self.state.sessions_on_node(node) if flipped else set()
+        return sorted(out | self._wake_waiting(waiting))
+
+    def _wake_waiting(self, waiting: set[str]) -> set[str]:
+        """The waiting Sessions to queue now for a change of capacity: all of them, at
+        most once per ``WAKE_WINDOW``; a change inside the window queues them once at its
+        end instead. A herd of providers arriving (a hub start, a pool joining) so costs
+        each waiting Session about one pass per window, not one per provider."""
+        if self.defer is None or not waiting:
+            return waiting
+        now = self.clock()
+        with self._wake_lock:
+            if now >= self._next_wake:
+                self._next_wake = now + WAKE_WINDOW
+                self._trailing = False
+                return waiting
+            if self._trailing:
+                return set()
+            self._trailing = True
+            delay = self._next_wake - now
+        for name in waiting:
+            self.defer(name, delay)
+        return set()
 
 
 def register(
@@ -199,6 +234,7 @@ def register(
         heartbeat=heartbeat,
         policy=policy,
     )
+    reconciler.defer = lambda name, delay: controller.enqueue_after("Session", name, delay)
     controller.reconciler(
         "Session",
         watches={
