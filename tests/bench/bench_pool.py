@@ -160,9 +160,15 @@ class Agents:
             proc.stdin.write(json.dumps(value) + "\n")
             proc.stdin.flush()
 
-    def beat(self, seconds: float, period: float) -> list[dict[str, Any]]:
-        self.send({"beat": seconds, "period": period})
+    def beat(self, seconds: float) -> list[dict[str, Any]]:
+        """The heartbeats' latencies over ``seconds`` (the agents beat all the time)."""
+        self.send({"beat": seconds})
         return [self.read(proc) for proc in self.procs]
+
+    def pause(self, paused: bool) -> None:
+        self.send({"pause": paused})
+        for proc in self.procs:
+            self.read(proc)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -263,10 +269,13 @@ async def heartbeats(
     headers = {"Authorization": f"Bearer {client.token()}"}
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         idle: list[float] = []
+        agents.pause(True)  # the idle baseline: the same hub with the pool quiet
+        await asyncio.sleep(0.5)
         for _ in range(50):
             t = time.perf_counter()
             (await http.get(path, headers=headers)).raise_for_status()
             idle.append(time.perf_counter() - t)
+        agents.pause(False)
         rv = client.call("GET", "/v1/providers")["resourceVersion"]
         procs = {"hub": psutil.Process(hub_pid)} | {
             f"agents-{i}": psutil.Process(pid) for i, pid in enumerate(agents.pids())
@@ -274,7 +283,7 @@ async def heartbeats(
         for p in procs.values():
             p.cpu_percent(None)
         probe = asyncio.create_task(probe_loop(http, path, headers, args.heartbeat_seconds))
-        results = await asyncio.to_thread(agents.beat, args.heartbeat_seconds, 5.0)
+        results = await asyncio.to_thread(agents.beat, args.heartbeat_seconds)
         probes = await probe
         cpu = {name: p.cpu_percent(None) for name, p in procs.items()}
         rows = client.call("GET", "/v1/providers")["resourceVersion"] - rv

@@ -8,9 +8,12 @@ agent does, for as long as the process runs. The process talks over
 stdin/stdout in JSON lines:
 
 - it prints ``{"event": "ready", "nodes": [...], "seconds": s}`` once enrolled;
-- on ``{"beat": SECONDS, "period": P}`` every agent heartbeats every ``P``
-  seconds (spread evenly) for ``SECONDS``; then it prints
+- from then on every agent heartbeats every ``--period`` seconds (spread
+  evenly), as real agents do, until the process ends;
+- on ``{"beat": SECONDS}`` it records the heartbeats' latencies for
+  ``SECONDS``; then it prints
   ``{"event": "beats", "latencies": [...], "errors": n, "watchEvents": n}``;
+- on ``{"pause": true|false}`` it stops (resumes) beating, and answers;
 - on ``{"quit": true}`` (or end of input) it closes its streams and exits.
 
 All traffic goes to the hub's loopback URL given.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import sys
@@ -97,6 +101,10 @@ class Pool:
         self.count = count
         self.agents: list[tuple[str, str]] = []
         self.watch_events = 0
+        self.measuring = False
+        self.paused = False
+        self.latencies: list[float] = []
+        self.errors = 0
         self.watch_errors = 0
         self.beat_http = httpx.AsyncClient(
             base_url=url, timeout=120, limits=httpx.Limits(max_connections=64)
@@ -159,24 +167,34 @@ class Pool:
                 rv = None  # list again, as the agent does
                 await asyncio.sleep(1)
 
-    async def beat_for(self, seconds: float, period: float) -> dict[str, Any]:
-        latencies: list[float] = []
-        errors = 0
-        stop_at = time.perf_counter() + seconds
+    async def beat_always(self, period: float, stop: asyncio.Event) -> None:
+        """Every agent heartbeats every ``period`` seconds (spread evenly) until ``stop``,
+        as real agents do all the time; latencies are kept while ``measuring``."""
         n = len(self.agents)
 
         async def loop(k: int, token: str) -> None:
-            nonlocal errors
             await asyncio.sleep(period * k / n)
-            while time.perf_counter() < stop_at:
+            while not stop.is_set():
+                if self.paused:
+                    await asyncio.sleep(0.1)
+                    continue
                 try:
-                    latencies.append(await self.beat(self.first + k, token))
+                    took = await self.beat(self.first + k, token)
+                    if self.measuring:
+                        self.latencies.append(took)
                 except httpx.HTTPError:
-                    errors += 1
-                await asyncio.sleep(period)
+                    if self.measuring:
+                        self.errors += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), period)
 
         await asyncio.gather(*(loop(k, tok) for k, (_, tok) in enumerate(self.agents)))
-        return {"event": "beats", "latencies": latencies, "errors": errors}
+
+    async def measure(self, seconds: float) -> dict[str, Any]:
+        self.latencies, self.errors, self.measuring = [], 0, True
+        await asyncio.sleep(seconds)
+        self.measuring = False
+        return {"event": "beats", "latencies": self.latencies, "errors": self.errors}
 
 
 async def main() -> None:
@@ -186,6 +204,7 @@ async def main() -> None:
     ap.add_argument("first", type=int)
     ap.add_argument("count", type=int)
     ap.add_argument("--watch", action="store_true")
+    ap.add_argument("--period", type=float, default=5.0)
     args = ap.parse_args()
     pool = Pool(args.url, args.first, args.count)
     t = time.perf_counter()
@@ -194,6 +213,7 @@ async def main() -> None:
     watches = (
         [asyncio.create_task(pool.watch(tok, stop)) for _, tok in pool.agents] if args.watch else []
     )
+    beating = asyncio.create_task(pool.beat_always(args.period, stop))
     say(
         {
             "event": "ready",
@@ -211,12 +231,16 @@ async def main() -> None:
         cmd = json.loads(raw)
         if cmd.get("quit"):
             break
+        if "pause" in cmd:  # a quiet hub for the idle baseline (shorter than the grace)
+            pool.paused = bool(cmd["pause"])
+            say({"event": "paused" if pool.paused else "beating"})
         if "beat" in cmd:
-            out = await pool.beat_for(float(cmd["beat"]), float(cmd.get("period", 5.0)))
+            out = await pool.measure(float(cmd["beat"]))
             out["watchEvents"] = pool.watch_events
             out["watchErrors"] = pool.watch_errors
             say(out)
     stop.set()
+    await beating
     for task in watches:
         task.cancel()
     await asyncio.gather(*watches, return_exceptions=True)
