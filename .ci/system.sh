@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages gu's real-part tests and demo need, only when missing
-# (busybox-static, iproute2, docker.io).
+# (busybox-static, iproute2, docker.io, qemu-system-x86 and squashfs-tools for gVMkit).
 # Idempotent and quiet; safe to run on every `make test` / `make demo`.
 set -euo pipefail
 need=()
@@ -8,6 +8,9 @@ command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # the docker runtime's tests start their own dockerd (vfs, private socket) when none answers
 [ -x /usr/sbin/dockerd ] || command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+# the vm runtime: QEMU (TCG when KVM does not boot), mksquashfs for .gvmi images
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v mksquashfs >/dev/null 2>&1 || [ -x /usr/sbin/mksquashfs ] || need+=(squashfs-tools)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "gu: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2

@@ -108,6 +108,20 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
     help="How long an image the docker runtime loaded stays once no container uses it.",
 )
 @click.option(
+    "--vm-accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="The vm runtime's accelerator: auto probes KVM with a short boot and falls back to TCG.",
+)
+@click.option(
+    "--vm-assets",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where the vm runtime's guest assets are (default: STATE_DIR/runtimes/vm/assets; "
+    "build them with `gu vmkit assets -o DIR`).",
+)
+@click.option(
     "--heartbeat",
     default=DEFAULT_HEARTBEAT,
     show_default=True,
@@ -124,6 +138,8 @@ def agent_command(
     runtimes: str | None,
     docker_host: str | None,
     docker_image_gc_delay: float,
+    vm_accel: str,
+    vm_assets: Path | None,
     heartbeat: float,
 ) -> None:
     """Run the provider agent until Ctrl-C or SIGTERM.
@@ -142,7 +158,10 @@ def agent_command(
         labels=parse_labels(labels),
         runtimes=wanted,
         runtime_options=RuntimeOptions(
-            docker_host=docker_host or None, docker_image_gc_delay=docker_image_gc_delay
+            docker_host=docker_host or None,
+            docker_image_gc_delay=docker_image_gc_delay,
+            vm_accel=vm_accel,
+            vm_assets=vm_assets,
         ),
         heartbeat=heartbeat,
     )
@@ -158,4 +177,54 @@ def agent_command(
         pass
 
 
-__all__ = ["agent_command", "parse_labels", "setup_logging"]
+@click.group("vmkit")
+def vmkit_group() -> None:
+    """gVMkit, the vm runtime: its guest assets."""
+
+
+@vmkit_group.command("assets")
+@click.option("--kernel", type=click.Path(dir_okay=False, path_type=Path), help="A vmlinuz.")
+@click.option(
+    "--modules-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --kernel: its lib/modules/VERSION folder (virtio, squashfs, overlay).",
+)
+@click.option(
+    "--kernel-deb",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A linux-image-*-cloud-amd64 .deb (default: apt-get download the current one).",
+)
+@click.option("--busybox", type=click.Path(dir_okay=False, path_type=Path), help="Static busybox.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=str(DEFAULT_STATE_DIR / "runtimes" / "vm" / "assets"),
+    show_default=True,
+    help="Where to write them (the agent's default --vm-assets).",
+)
+def assets_command(
+    kernel: Path | None,
+    modules_dir: Path | None,
+    kernel_deb: Path | None,
+    busybox: Path | None,
+    out: Path,
+) -> None:
+    """Build the guest kernel and initramfs (named by hash) for the vm runtime."""
+    from runtimes.vm.assets import AssetsError, build_assets
+
+    try:
+        built = build_assets(
+            out.expanduser(),
+            kernel=kernel,
+            modules_dir=modules_dir,
+            kernel_deb=kernel_deb,
+            busybox=busybox,
+        )
+    except AssetsError as exc:
+        raise BadOption(str(exc)) from None
+    click.echo(f"kernel     {built.kernel}  ({built.kernel_version})")
+    click.echo(f"initramfs  {built.initramfs}")
+
+
+__all__ = ["agent_command", "parse_labels", "setup_logging", "vmkit_group"]

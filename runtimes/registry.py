@@ -29,6 +29,10 @@ class RuntimeOptions:
     docker_host: str | None = None
     #: seconds an image the docker driver loaded stays after no container uses it
     docker_image_gc_delay: float = 300.0
+    #: the vm runtime's accelerator: auto (KVM when a probe boots, else TCG), kvm or tcg
+    vm_accel: str = "auto"
+    #: where the vm runtime finds its guest assets; None: its state dir's ``assets/``
+    vm_assets: Path | None = None
 
 
 Factory = Callable[[Path, RuntimeOptions], Runtime]
@@ -50,8 +54,14 @@ def _docker(state_dir: Path, options: RuntimeOptions) -> Runtime:
     )
 
 
+def _vm(state_dir: Path, options: RuntimeOptions) -> Runtime:
+    from runtimes.vm import VmRuntime
+
+    return VmRuntime(state_dir, assets_dir=options.vm_assets, accel=options.vm_accel)
+
+
 #: Runtime drivers by name; each is built as ``factory(<agent state>/runtimes/<name>, options)``.
-DRIVERS: Final[dict[str, Factory]] = {"native": _native, "docker": _docker}
+DRIVERS: Final[dict[str, Factory]] = {"native": _native, "docker": _docker, "vm": _vm}
 
 
 class UnknownRuntime(RuntimeFailure):

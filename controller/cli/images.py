@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -20,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from controller.cli.errors import BadInputError, HubError
 from controller.cli.output import age, dump_json, format_table, human_bytes
 from controller.cli.state import CliState, pass_state
+from specs import gvmi
 from specs.identity import KeyFileError, load_private_key
 from specs.images import Hasher, PackError, hash_file, pack_native
 from specs.signing import SignatureFormatError, parse_signature, sign_image, verify_image
@@ -35,19 +39,20 @@ def image_group() -> None:
 @image_group.command("build")
 @click.option(
     "--runtime",
-    type=click.Choice(["native", "docker"]),
+    type=click.Choice(["native", "docker", "vm"]),
     default="native",
     show_default=True,
-    help="What the image is for: native (SOURCE is a folder) or docker (SOURCE is an image "
-    "on the local engine, saved with `docker save`).",
+    help="What the image is for: native (SOURCE is a folder), docker (SOURCE is an image "
+    "on the local engine, saved with `docker save`) or vm (a .gvmi from --from-dir, "
+    "--from-docker-archive or --from-docker).",
 )
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option(
     "-o",
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="FILE.tar.gz (native) or FILE.tar (docker)",
+    help="FILE.tar.gz (native), FILE.tar (docker) or FILE.gvmi (vm)",
 )
 @click.option(
     "--docker-host",
@@ -55,15 +60,62 @@ def image_group() -> None:
     metavar="URL",
     help="The engine holding a docker SOURCE (default: DOCKER_HOST or the usual socket).",
 )
-def build_command(runtime: str, source: str, out: Path, docker_host: str | None) -> None:
+@click.option(
+    "--from-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="vm: the guest's root filesystem, a folder.",
+)
+@click.option(
+    "--from-docker-archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="vm: a `docker save` tarball (layers applied with whiteouts; no engine needed).",
+)
+@click.option("--from-docker", metavar="IMAGE_REF", help="vm: an image on the local engine.")
+@click.option(
+    "--entrypoint", multiple=True, metavar="ARG", help="vm: the entrypoint, a word per option."
+)
+@click.option("--cmd", "cmd", multiple=True, metavar="ARG", help="vm: the default arguments.")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="vm: an environment variable.")
+@click.option("--workdir", metavar="PATH", help="vm: the entrypoint's working directory.")
+@click.option("--user", metavar="USER[:GROUP]", help="vm: the user the entrypoint runs as.")
+def build_command(
+    runtime: str,
+    source: str | None,
+    out: Path,
+    docker_host: str | None,
+    from_dir: Path | None,
+    from_docker_archive: Path | None,
+    from_docker: str | None,
+    entrypoint: tuple[str, ...],
+    cmd: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str | None,
+) -> None:
     """Pack SOURCE into OUT reproducibly and print its hash.
 
     native: SOURCE is a program folder, packed as a .tar.gz with sorted
     entries and fixed times and owners. docker: SOURCE is an image reference
     on the local engine (``busybox:latest``, an id), written as the ``docker
     save`` tarball of that image by id, without tags, so the same image always
-    gives the same file and hash.
+    gives the same file and hash. vm: a ``.gvmi`` (a squashfs root, its run
+    metadata and a footer) from a folder or a Docker image; the same input
+    gives byte-identical output.
     """
+    if runtime == "vm":
+        click.echo(
+            build_vm_image(
+                out,
+                from_dir,
+                from_docker_archive,
+                from_docker,
+                docker_host,
+                _vm_overrides(entrypoint, cmd, env, workdir, user),
+            )
+        )
+        return
+    if not source:
+        raise BadInputError(f"--runtime {runtime} needs a SOURCE (see gu image build --help)")
     if runtime == "docker":
         click.echo(save_docker_image(source, out, docker_host))
         return
@@ -75,6 +127,120 @@ def build_command(runtime: str, source: str, out: Path, docker_host: str | None)
     except PackError as exc:
         raise BadInputError(f"{folder}: {exc}") from None
     click.echo(digest)
+
+
+def _vm_overrides(
+    entrypoint: tuple[str, ...],
+    cmd: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if entrypoint:
+        out["entrypoint"] = list(entrypoint)
+    if cmd:
+        out["cmd"] = list(cmd)
+    if env:
+        pairs = {}
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise BadInputError(f"--env {item!r}: expected KEY=VALUE")
+            pairs[key] = value
+        out["env"] = pairs
+    if workdir:
+        out["workingDir"] = workdir
+    if user is not None:
+        out["user"] = user
+    return out
+
+
+def build_vm_image(
+    out: Path,
+    from_dir: Path | None,
+    from_docker_archive: Path | None,
+    from_docker: str | None,
+    docker_host: str | None,
+    overrides: dict[str, Any],
+) -> str:
+    """Build a ``.gvmi`` from exactly one source; return its hash."""
+    given = [x for x in (from_dir, from_docker_archive, from_docker) if x]
+    if len(given) != 1:
+        raise BadInputError(
+            "--runtime vm needs exactly one of --from-dir DIR, --from-docker-archive FILE "
+            "or --from-docker IMAGE_REF"
+        )
+    try:
+        if from_dir is not None:
+            env = overrides.pop("env", {})
+            meta = gvmi.Metadata(**{"env": env, **overrides})
+            return gvmi.build_from_dir(from_dir, out, meta)
+        if from_docker_archive is not None:
+            if not from_docker_archive.is_file():
+                raise BadInputError(f"{from_docker_archive}: no such file")
+            return gvmi.build_from_docker_archive(from_docker_archive, out, overrides)
+        assert from_docker is not None
+        with tempfile.TemporaryDirectory(prefix="gu-docker-save-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            save_docker_image(from_docker, archive, docker_host)
+            return gvmi.build_from_docker_archive(archive, out, overrides)
+    except gvmi.GvmiError as exc:
+        raise BadInputError(str(exc)) from None
+
+
+@image_group.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def inspect_command(file: Path) -> None:
+    """Print an image file's kind, sizes, hash and run metadata (JSON), for every kind:
+    .gvmi (vm), docker save tarball (docker), .tar.gz (native)."""
+    click.echo(json.dumps({**describe_image(file), "hash": hash_file(file)}, indent=2))
+
+
+def describe_image(file: Path) -> dict[str, Any]:
+    """What ``gu image inspect`` says about ``file`` (BadInputError if it is none of them)."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, file.stat().st_size - gvmi.FOOTER_SIZE))
+        tail = f.read(8)
+    if tail == gvmi.MAGIC or head == gvmi.SQUASHFS_MAGIC:
+        try:
+            return gvmi.read(file).describe()
+        except gvmi.GvmiError as exc:
+            raise BadInputError(str(exc)) from None
+    try:
+        with tarfile.open(file, mode="r:*") as tar:
+            names = tar.getnames()
+            if "manifest.json" in names:
+                member = tar.extractfile("manifest.json")
+                manifest = json.load(member) if member else []
+                entry = manifest[0] if manifest else {}
+                config_member = tar.extractfile(entry.get("Config", ""))
+                config = json.load(config_member) if config_member else {}
+                run = config.get("config") or {}
+                return {
+                    "kind": "docker",
+                    "size": file.stat().st_size,
+                    "layers": len(entry.get("Layers") or []),
+                    "tags": entry.get("RepoTags") or [],
+                    "entrypoint": run.get("Entrypoint") or [],
+                    "cmd": run.get("Cmd") or [],
+                    "env": run.get("Env") or [],
+                    "workingDir": run.get("WorkingDir") or "",
+                    "user": run.get("User") or "",
+                }
+            files = [m for m in tar.getmembers() if m.isfile()]
+            return {
+                "kind": "native",
+                "size": file.stat().st_size,
+                "files": len(files),
+                "unpackedBytes": sum(m.size for m in files),
+                "entries": names[:50],
+            }
+    except (tarfile.TarError, OSError, ValueError, KeyError) as exc:
+        raise BadInputError(
+            f"{file}: not a gu image (.gvmi, docker save tarball or native .tar.gz): {exc}"
+        ) from None
 
 
 def save_docker_image(ref: str, out: Path, docker_host: str | None = None) -> str:

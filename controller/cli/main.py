@@ -14,6 +14,7 @@ Layout (a command lives with its concern, the group only wires them)::
                                 controller/cli/images.py   images
     gu keys new|pub | login     controller/cli/keys.py     keys, app log-in
     gu agent                    agent/cli.py               the provider agent
+    gu vmkit assets             agent/cli.py               the vm runtime's guest assets
 
 ``GuGroup.invoke`` is the one place where errors of the layers below (client,
 config, loader) become short stderr messages and the exit codes documented in
@@ -113,6 +114,20 @@ def agent_command(args: tuple[str, ...]) -> None:
     from agent.cli import agent_command as run
 
     run.main(args=list(args), prog_name="gu agent", standalone_mode=True)
+
+
+@cli.command(
+    "vmkit",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+    short_help="gVMkit (the vm runtime): build its guest assets.",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def vmkit_command(args: tuple[str, ...]) -> None:
+    """gVMkit's provider-side tools: `gu vmkit --help`."""
+    from agent.cli import vmkit_group as run  # the agent's side, like `gu agent`
+
+    run.main(args=list(args), prog_name="gu vmkit", standalone_mode=True)
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from controller.client import Client  # noqa: E402
+from controller.client import Client, HubUnreachable  # noqa: E402
 from tests.helpers import start_hub_subprocess  # noqa: E402
 
 IMAGE = "sha3-256:" + "b" * 64
@@ -108,13 +108,16 @@ def count_bound(client: Client, since: int, prefix: str, want: int, limit: float
     bound: set[str] = set()
     rv = since
     while time.perf_counter() - start < limit and len(bound) < want:
-        for ev in client.watch(rv, kinds=["Placement"], timeout=2):
-            rv = ev["resourceVersion"]
-            obj = ev.get("object")
-            if obj and obj["spec"].get("node") and obj["spec"]["session"].startswith(prefix):
-                bound.add(obj["metadata"]["name"])
-            if len(bound) >= want:
-                break
+        try:
+            for ev in client.watch(rv, kinds=["Placement"], timeout=2):
+                rv = ev["resourceVersion"]
+                obj = ev.get("object")
+                if obj and obj["spec"].get("node") and obj["spec"]["session"].startswith(prefix):
+                    bound.add(obj["metadata"]["name"])
+                if len(bound) >= want:
+                    break
+        except HubUnreachable as exc:  # a busy hub answered too late: say so, go on
+            print(f"bench_pool: {exc}", file=sys.stderr)
     return len(bound)
 
 
