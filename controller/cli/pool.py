@@ -49,6 +49,15 @@ def peers_command(state: CliState, output: str) -> None:
     click.echo(format_table(["NODE", "NAME", "READY", "LAST-SEEN", "SESSIONS", "LABELS"], rows))
 
 
+def runtimes_line(inventory: dict[str, Any]) -> str:
+    """``native, docker, vm (tcg)``: each offered runtime, a VM runtime with its accel."""
+    accel = {r["name"]: r.get("accel") for r in inventory.get("runtimeInfo") or []}
+    return ", ".join(
+        f"{name} ({accel[name]})" if accel.get(name) else name
+        for name in inventory.get("runtimes") or []
+    )
+
+
 @click.command("peer")
 @click.argument("node")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
@@ -86,7 +95,7 @@ def peer_command(state: CliState, node: str, output: str) -> None:
             ["Memory", f"{mem['gib']} GiB available of {mem['total']} GiB"],
             ["Storage", f"{disk['gib']} GiB free of {disk['totalGib']} GiB"],
             ["Workloads", str(usage.get("workloads", 0))],
-            ["Runtimes", ", ".join(peer["inventory"].get("runtimes", [])) or "<none>"],
+            ["Runtimes", runtimes_line(peer["inventory"]) or "<none>"],
         ]
     else:
         lines.append(["Inventory", "not reported yet"])

@@ -1,0 +1,197 @@
+"""gVMkit end to end: a real hub, a real agent running QEMU VMs under TCG.
+
+Built once for the module: a hub; agent ``vm`` with the test's guest assets
+(``--vm-assets``, ``--vm-accel tcg``); an App, an ImagePolicy and a busybox
+``.gvmi`` built with ``gu image build --runtime vm --from-dir`` and pushed with
+``gu image push``. Two VMs boot in all: one that exits 7, one that runs
+until it is suspended, resumed, outlives a ``kill -9`` of its agent and is
+deleted.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.client import Client
+from tests.conftest import HubProcess, make_hub
+from tests.helpers import run_gu, wait_for
+from tests.test_agent import AgentProcess
+from tests.test_agent_e2e import session_gone, tear_down
+from tests.vmkit import busybox_root, vm_assets
+
+
+@dataclass
+class Pool:
+    hub: HubProcess
+    admin: Client
+    agent: AgentProcess
+    image: str
+    assets: Path
+    tmp: Path
+
+
+SCRIPT = """\
+case "$1" in
+exit7) echo hello-from-vm; echo oops >&2; exit 7 ;;
+count) i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done ;;
+esac
+"""
+
+
+def vm_session(pool: Pool, name: str, mode: str, **spec: Any) -> None:
+    pool.admin.apply(
+        [
+            {
+                "apiVersion": "gu/v1",
+                "kind": "Session",
+                "metadata": {"name": name},
+                "spec": {
+                    "app": "vms",
+                    "workload": {
+                        "runtime": "vm",
+                        "image": {"hash": pool.image},
+                        "args": [mode],
+                        "resources": {"cpu": 1, "memoryMiB": 192},
+                    },
+                    **spec,
+                },
+            }
+        ]
+    )
+
+
+def placement_in(pool: Pool, session: str, state: str, timeout: float = 120) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        ps = pool.admin.list("Placement", selector=f"gu/session={session}")
+        return ps[0] if len(ps) == 1 and ps[0]["status"].get("state") == state else None
+
+    return wait_for(found, timeout=timeout, what=f"{session}'s placement {state}")
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True)
+    return {int(x) for x in out.stdout.split()}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    assets = vm_assets()
+    tmp = tmp_path_factory.mktemp("vm-pool")
+    hub = make_hub(tmp)
+    hub.start()
+    admin = hub.client()
+    agents: list[AgentProcess] = []
+    try:
+        root = busybox_root(tmp / "root", SCRIPT)
+        gvmi = tmp / "busybox.gvmi"
+        built = run_gu(
+            "image", "build", "--runtime", "vm", "--from-dir", str(root),
+            "--entrypoint", "/bin/sh", "--entrypoint", "/run.sh", "-o", str(gvmi), env=hub.env,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr
+        image = built.stdout.strip()
+        pushed = run_gu("image", "push", str(gvmi), env=hub.env)
+        assert pushed.returncode == 0 and pushed.stdout.strip() == image, pushed.stderr
+        admin.apply(
+            [
+                {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "vms"}, "spec": {}},
+                {
+                    "apiVersion": "gu/v1",
+                    "kind": "ImagePolicy",
+                    "metadata": {"name": "vms"},
+                    "spec": {"apps": ["vms"], "allowImages": [image]},
+                },
+            ]
+        )
+        token = admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+        agent = AgentProcess(hub, tmp / "vm", tmp / "vm.log")
+        agent.start(
+            "--join-token", token, "--name", "vm", "--heartbeat", "1",
+            "--runtimes", "native,vm", "--vm-assets", str(assets), "--vm-accel", "tcg",
+        )  # fmt: skip
+        agents.append(agent)
+        wait_for(
+            lambda: [p for p in admin.call("GET", "/peers") if p["ready"]],
+            timeout=30,
+            what="the agent Ready",
+        )
+        yield Pool(hub, admin, agent, image, assets, tmp)
+    finally:
+        tear_down(hub, admin, agents, "gu-vm-e2e")
+
+
+def test_the_agent_offers_vm_with_its_accel_and_qemu_version(pool: Pool) -> None:
+    (provider,) = pool.admin.list("Provider")
+    inventory = provider["status"]["inventory"]
+    assert inventory["runtimes"] == ["native", "vm"]
+    info = {r["name"]: r for r in inventory["runtimeInfo"]}
+    assert info["vm"]["accel"] == "tcg" and info["vm"]["version"]
+    peer = run_gu("peer", pool.agent.node_id, env=pool.hub.env)
+    assert peer.returncode == 0 and "tcg" in peer.stdout, peer.stdout
+
+
+def test_exit_code_and_both_streams_reach_the_placement_and_gu_logs(pool: Pool) -> None:
+    vm_session(pool, "exit7", "exit7")
+    p = placement_in(pool, "exit7", "Failed")
+    assert p["status"]["exitCode"] == 7
+    logs = wait_for(
+        lambda: (
+            (r := run_gu("logs", "exit7", env=pool.hub.env)).returncode == 0
+            and "oops" in r.stdout
+            and r.stdout
+        ),
+        timeout=30,
+        what="gu logs of exit7",
+    )
+    assert "hello-from-vm" in logs and "oops" in logs
+    pool.admin.delete("Session", "exit7")
+    wait_for(lambda: session_gone(pool, "exit7"), timeout=60, what="exit7 deleted")
+
+
+def test_suspend_resume_adoption_and_deletion_of_one_vm(pool: Pool) -> None:
+    before = qemu_pids()
+    vm_session(pool, "counter", "count")
+    p = placement_in(pool, "counter", "Running")
+    name = p["metadata"]["name"]
+    vm_dir = pool.tmp / "vm" / "runtimes" / "vm" / name
+    pid = int((vm_dir / "qemu.pid").read_text())
+    assert pid in qemu_pids() and pid not in before
+
+    def count() -> int:
+        words = (vm_dir / "stdout").read_bytes().split()
+        return int(words[-1]) if words else 0
+
+    wait_for(lambda: count() >= 3, timeout=30, what="the counter to count")
+    vm_session(pool, "counter", "count", suspend=True)
+    placement_in(pool, "counter", "Suspended")
+    frozen = count()
+    time.sleep(1.0)
+    assert count() <= frozen + 1  # (one line may have been on its way)
+    vm_session(pool, "counter", "count", suspend=False)
+    placement_in(pool, "counter", "Running")
+    wait_for(lambda: count() > frozen + 1, timeout=30, what="the counter to go on")
+    assert int((vm_dir / "qemu.pid").read_text()) == pid
+
+    pool.agent.stop(signal.SIGKILL)
+    assert pid in qemu_pids()  # the VM outlives its agent
+    pool.agent.start(
+        "--heartbeat", "1", "--runtimes", "native,vm",
+        "--vm-assets", str(pool.assets), "--vm-accel", "tcg",
+    )  # fmt: skip
+    time.sleep(3)  # a few passes of the restarted agent
+    assert placement_in(pool, "counter", "Running")
+    assert "adopted" in pool.agent.log()
+    assert pid in qemu_pids()
+
+    pool.admin.delete("Session", "counter")
+    wait_for(lambda: session_gone(pool, "counter"), timeout=60, what="counter deleted")
+    wait_for(lambda: pid not in qemu_pids(), timeout=30, what="QEMU gone")
+    wait_for(lambda: not vm_dir.exists(), timeout=30, what="the VM's files gone")
