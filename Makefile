@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := specs controller agent runtimes
 
-.PHONY: setup system demo test lint format pytest bench clean
+.PHONY: setup system vmkit demo test lint format pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,12 @@ setup: $(STAMP)
 system:
 	bash .ci/system.sh
 
+# the vm runtime's guest kernel and initramfs, built once (the cloud kernel via apt-get download)
+VMKIT := $(VENV)/vmkit-assets
+vmkit: setup system
+	@test -f $(VMKIT)/assets.json || $(BIN)/gu vmkit assets -o $(VMKIT) \
+	  || echo "gu: could not build the VM guest assets (the VM tests will say why)" >&2
+
 demo: setup system
 	bash examples/demo.sh
 
@@ -28,7 +34,7 @@ lint: setup
 	$(BIN)/mypy $(PACKAGES)
 	$(BIN)/lint-imports --no-cache
 
-pytest: setup system
+pytest: setup system vmkit
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint pytest
