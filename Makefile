@@ -25,7 +25,7 @@ vmkit: setup system
 	@test -f $(VMKIT)/assets.json || $(BIN)/gu vmkit assets -o $(VMKIT) \
 	  || echo "gu: could not build the VM guest assets (the VM tests will say why)" >&2
 
-demo: setup system
+demo: setup system vmkit
 	bash examples/demo.sh
 
 lint: setup

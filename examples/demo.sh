@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a hub with its embedded SQLite store, one local agent, the quickstart
 # manifests, and the session converging to Succeeded; then, where this machine has
-# Docker (an engine that answers, or dockerd to start as root), a docker Session too.
+# Docker (an engine that answers, or dockerd to start as root), a docker Session too,
+# and where it has QEMU and the guest assets (make vmkit), a VM Session (gVMkit).
 # Everything lives under .demo/ and everything started here is stopped on exit (also on
 # Ctrl-C or an error).
 set -euo pipefail
@@ -58,11 +59,19 @@ else
   step "no Docker here (no engine answers, and dockerd cannot be started): native only"
 fi
 [ -n "$DOCKER_ENGINE" ] && docker_args=(--docker-host "$DOCKER_ENGINE")
+VMKIT=.venv/vmkit-assets
+vm_args=()
+if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f "$VMKIT/assets.json" ]; then
+  step "QEMU and the guest assets are here: the agent will offer the vm runtime (accel auto: KVM if a probe boots, else TCG)"
+  vm_args=(--vm-assets "$VMKIT")
+else
+  step "no QEMU or no guest assets (make vmkit): no vm runtime"
+fi
 
 step "enrol a local agent with a join token"
 TOKEN=$($GU hub token create --ttl 1h)
 $GU agent --hub "$HUB" --join-token "$TOKEN" --state-dir "$DEMO/agent" --name demo-agent \
-  --label pool=demo --heartbeat 2 "${docker_args[@]}" >"$DEMO/agent.log" 2>&1 &
+  --label pool=demo --heartbeat 2 "${docker_args[@]}" "${vm_args[@]}" >"$DEMO/agent.log" 2>&1 &
 pids+=($!)
 wait_until 30 "the agent to be Ready" bash -c "$GU peers -o json | $PY -c 'import json,sys; sys.exit(not any(p[\"ready\"] for p in json.load(sys.stdin)))'"
 $GU peers
@@ -129,5 +138,40 @@ YAML
   [ "$phase" = Succeeded ] || { echo "demo: the docker session ended $phase" >&2; exit 1; }
   step "the container's output (gu logs hello-docker): one network interface, lo"
   $GU logs hello-docker
+fi
+if [ ${#vm_args[@]} -gt 0 ]; then
+  step "vm: a busybox root built into a .gvmi with gu image build --runtime vm, and pushed"
+  grep -o 'event=vm_accel[^"]*' "$DEMO/agent.log" | head -n 1 || true
+  mkdir -p "$DEMO/vmroot/bin" "$DEMO/vm"
+  cp /bin/busybox "$DEMO/vmroot/bin/busybox"
+  ln -sf busybox "$DEMO/vmroot/bin/sh"
+  VM_HASH=$($GU image build --runtime vm --from-dir "$DEMO/vmroot" --entrypoint /bin/sh -o "$DEMO/hello.gvmi")
+  $GU image inspect "$DEMO/hello.gvmi"
+  $GU image push "$DEMO/hello.gvmi"
+  sed "s/sha3-256:IMAGE_HASH/$VM_HASH/" examples/vm/session.yaml >"$DEMO/vm/session.yaml"
+  cat >"$DEMO/vm/imagepolicy.yaml" <<YAML
+apiVersion: gu/v1
+kind: ImagePolicy
+metadata:
+  name: demo-vm-images
+spec:
+  apps: [demo]
+  allowImages: ["$VM_HASH"]
+YAML
+  $GU apply -f "$DEMO/vm"
+  last=""
+  for _ in $(seq 1 600); do
+    phase=$($GU get session hello-vm -o json | $PY -c 'import json,sys; print(json.load(sys.stdin)["status"].get("phase","Pending"))')
+    if [ "$phase" != "$last" ]; then
+      $GU get sessions
+      last=$phase
+    fi
+    case "$phase" in Succeeded|Failed) break ;; esac
+    sleep 0.2
+  done
+  [ "$phase" = Succeeded ] || { echo "demo: the vm session ended $phase" >&2; exit 1; }
+  step "the VM's output (gu logs hello-vm): the guest kernel, one network interface (lo)"
+  $GU logs hello-vm
+  $GU peer demo-agent | grep Runtimes
 fi
 step "done: everything is stopped; the state stays in $DEMO/ to look at"

@@ -232,7 +232,13 @@ def initramfs(busybox: Path, modules: dict[str, bytes]) -> bytes:
         if name in modules:
             entries.append((f"lib/modules/{name}.ko", FILE, modules[name]))
     entries.append(("init", EXEC, INIT_SCRIPT.read_bytes()))
-    return gz(cpio(entries))
+    return pad4(gz(cpio(entries)))
+
+
+def pad4(data: bytes) -> bytes:
+    """``data`` padded with zeros to a multiple of 4 bytes: the kernel finds an archive
+    appended after it (the per-VM run spec) only at a 4-byte boundary."""
+    return data + b"\0" * (-len(data) % 4)
 
 
 def run_cpio(script: str) -> bytes:
@@ -326,5 +332,6 @@ __all__ = [
     "find_assets",
     "initramfs",
     "is_static_elf",
+    "pad4",
     "run_cpio",
 ]

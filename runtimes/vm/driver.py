@@ -63,7 +63,7 @@ from runtimes.base import (
     check_name,
     tail_budget,
 )
-from runtimes.vm.assets import Assets, AssetsError, find_assets, run_cpio
+from runtimes.vm.assets import Assets, AssetsError, find_assets, pad4, run_cpio
 from specs import gvmi
 from specs.logfmt import logfmt
 
@@ -312,7 +312,7 @@ class VmRuntime:
 
         with tempfile.TemporaryDirectory(prefix="gu-vm-probe-") as tmp:
             d = Path(tmp)
-            (d / "initrd.img").write_bytes(assets.initramfs.read_bytes() + run_cpio(""))
+            (d / "initrd.img").write_bytes(pad4(assets.initramfs.read_bytes()) + run_cpio(""))
             argv = [
                 self.qemu,
                 "-nodefaults",
@@ -404,7 +404,7 @@ class VmRuntime:
             script = run_script(argv, env, image.metadata.workingDir, image.metadata.user, name)
             initrd = d / "initrd.img"
             with open(os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                f.write(assets.initramfs.read_bytes())
+                f.write(pad4(assets.initramfs.read_bytes()))  # (assets of any build)
                 f.write(run_cpio(script))
             for port in ("status", "stdout", "stderr", "console.log"):
                 (d / port).touch(mode=0o644)

@@ -12,6 +12,7 @@ if [ "${BENCH_QUICK:-}" = 1 ]; then
   $PY tests/bench/bench_scheduler.py --providers 200 --placements 2000
   $PY tests/bench/bench_image_verify.py --size-mib 64
   $PY tests/bench/bench_security.py --size-mib 64
+  $PY tests/bench/bench_vm.py --runs 3
 else
   $PY tests/bench/bench_core.py
   $PY tests/bench/bench_startup.py
@@ -19,4 +20,5 @@ else
   $PY tests/bench/bench_scheduler.py
   $PY tests/bench/bench_image_verify.py
   $PY tests/bench/bench_security.py
+  $PY tests/bench/bench_vm.py
 fi
