@@ -428,10 +428,8 @@ class VmRuntime:
                 workload.resources.cpu,
                 workload.resources.memoryMiB,
             )
-            if os.geteuid() == 0:  # QEMU runs as nobody: it must reach its own files
-                os.chmod(d, 0o711)
-                for port in ("status", "stdout", "stderr", "console.log"):
-                    os.chmod(d / port, 0o666)
+            # (as root QEMU becomes nobody only after it opened every file above, so the
+            # folder stays 0700 and the files the agent's)
             with open(d / "qemu.err", "wb") as err:
                 proc = subprocess.Popen(
                     cmd,
