@@ -141,7 +141,7 @@ YAML
 fi
 if [ ${#vm_args[@]} -gt 0 ]; then
   step "vm: a busybox root built into a .gvmi with gu image build --runtime vm, and pushed"
-  grep -o 'event=vm_accel[^"]*' "$DEMO/agent.log" | head -n 1 || true
+  grep -o 'event=vm_accel.*' "$DEMO/agent.log" | head -n 1 || true
   mkdir -p "$DEMO/vmroot/bin" "$DEMO/vm"
   cp /bin/busybox "$DEMO/vmroot/bin/busybox"
   ln -sf busybox "$DEMO/vmroot/bin/sh"

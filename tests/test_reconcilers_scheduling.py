@@ -779,6 +779,14 @@ def test_a_herd_of_new_providers_wakes_each_waiting_session_once_per_window(
     assert sorted(n for n, _ in deferred) == sorted(waiting)  # ... but once, at the end
     assert all(0 < d <= session_reconciler.WAKE_WINDOW for _, d in deferred)
 
+    # a Session that starts waiting inside the window is queued for its end as well
+    add_session(store, "late", workload=big)
+    c.reconcile("Session", "late")
+    node = add_provider(store, 35, memory_gib=2)
+    assert rec.sessions_for_provider(store.get("Provider", node), store) == []
+    assert [n for n, _ in deferred[len(waiting) :]] == ["late"]
+    waiting.add("late")
+
     t[0] += session_reconciler.WAKE_WINDOW  # a new window: the next change wakes them again
     node = add_provider(store, 40, memory_gib=2)
     assert set(rec.sessions_for_provider(store.get("Provider", node), store)) == waiting

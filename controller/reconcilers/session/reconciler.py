@@ -87,7 +87,7 @@ class SessionReconciler:
         self.clock: Callable[[], float] = time.monotonic
         self._wake_lock = threading.Lock()
         self._next_wake = 0.0  # monotonic: waiting Sessions were woken until then
-        self._trailing = False  # a deferred wake is pending for the current window
+        self._deferred: set[str] = set()  # queued for the current window's end
 
     def __call__(self, obj: Obj, ctx: Context) -> Result | None:
         """Converge one Session (see the module docstring)."""
@@ -205,13 +205,14 @@ class SessionReconciler:
         with self._wake_lock:
             if now >= self._next_wake:
                 self._next_wake = now + WAKE_WINDOW
-                self._trailing = False
+                self._deferred = set()
                 return waiting
-            if self._trailing:
-                return set()
-            self._trailing = True
+            # inside the window: each waiting Session once, at the window's end (also one
+            # that started waiting after the window's first change)
+            later = waiting - self._deferred
+            self._deferred |= later
             delay = self._next_wake - now
-        for name in waiting:
+        for name in later:
             self.defer(name, delay)
         return set()
 
