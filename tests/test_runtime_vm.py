@@ -334,3 +334,47 @@ def test_missing_assets_say_what_to_run(tmp_path: Path) -> None:
             "x", workload(), tmp_path / "nothing.gvmi"
         )
     assert shutil.which("qemu-system-x86_64")
+
+
+def test_the_same_folder_through_docker_runs_the_same_in_a_vm(
+    rt: VmRuntime, tmp_path: Path, docker_engine: Any
+) -> None:
+    """A folder built with --from-dir, and the same folder imported into Docker, saved
+    and built with --from-docker-archive: the same run config and the same output."""
+    root = busybox_root(tmp_path / "root", 'echo "same $(cat /marker) $*"\n')
+    (root / "marker").write_text("m1")
+    from_dir = tmp_path / "dir.gvmi"
+    gvmi.build_from_dir(root, from_dir, gvmi.Metadata(entrypoint=["/bin/sh", "/run.sh"], cmd=["x"]))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(root, arcname=".")
+    client = docker_engine.client()
+    archive = tmp_path / "saved.tar"
+    try:
+        client.api.import_image_from_data(
+            buf.getvalue(),
+            repository="gu-test/vm-same",
+            tag="latest",
+            changes=['ENTRYPOINT ["/bin/sh", "/run.sh"]', 'CMD ["x"]'],
+        )
+        image = client.images.get("gu-test/vm-same:latest")
+        with open(archive, "wb") as f:
+            for chunk in image.save(named=False):
+                f.write(chunk)
+        client.images.remove(image.id, force=True)
+    finally:
+        client.close()
+    from_docker = tmp_path / "docker.gvmi"
+    gvmi.build_from_docker_archive(archive, from_docker)
+    meta = gvmi.read(from_docker).metadata
+    assert meta.argv([], []) == gvmi.read(from_dir).metadata.argv([], []) == [
+        "/bin/sh", "/run.sh", "x"
+    ]  # fmt: skip
+    outputs = []
+    for name, img in (("from-dir", from_dir), ("from-docker", from_docker)):
+        rt.start(name, workload(), img)
+        st = wait_state(rt, name, {"Succeeded", "Failed"})
+        assert st.state == "Succeeded", st
+        outputs.append(rt.logs(name))
+        rt.remove(name)
+    assert outputs == [b"same m1 x\n", b"same m1 x\n"]
