@@ -296,9 +296,12 @@ class SQLiteStore(ObjectStore):
         }
 
     def _fetch(self, kind: str, name: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT * FROM objects WHERE kind=? AND name=?", (kind, name)
-        ).fetchone()
+        # inside a transaction _reader() is the writer's connection: its own writes
+        row = (
+            self._reader()
+            .execute("SELECT * FROM objects WHERE kind=? AND name=?", (kind, name))
+            .fetchone()
+        )
         return self._row_to_obj(row) if row else None
 
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
@@ -353,12 +356,7 @@ class SQLiteStore(ObjectStore):
 
     def try_get(self, kind: str, name: str) -> dict[str, Any] | None:
         """One object, or None."""
-        row = (
-            self._reader()
-            .execute("SELECT * FROM objects WHERE kind=? AND name=?", (kind, name))
-            .fetchone()
-        )
-        return self._row_to_obj(row) if row else None
+        return self._fetch(kind, name)
 
     def list(
         self, kind: str, selector: dict[str, str | None] | None = None
