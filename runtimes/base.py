@@ -36,6 +36,7 @@ driver may use it as a file, cgroup or container name without escaping.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -188,6 +189,39 @@ def tail_budget(tail_bytes: int, out_size: int, err_size: int) -> tuple[int, int
     return min(out_size, tail - err_take), err_take
 
 
+def file_size(path: Path) -> int:
+    """Bytes in ``path`` now (0 if it is missing)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_tail(path: Path, count: int | None) -> bytes:
+    """The last ``count`` bytes of ``path`` (all of it for None; b"" if it is missing)."""
+    try:
+        with open(path, "rb") as f:
+            if count is None:
+                return f.read()
+            if count <= 0:
+                return b""
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - count))
+            return f.read(count)
+    except OSError:
+        return b""
+
+
+def read_logs(stdout: Path, stderr: Path, tail_bytes: int | None = None) -> bytes:
+    """``logs()`` of a driver that keeps the two streams in files: stdout then stderr;
+    with ``tail_bytes``, the end of each as :func:`tail_budget` shares it out (only that
+    much is read)."""
+    if tail_bytes is None:
+        return read_tail(stdout, None) + read_tail(stderr, None)
+    out_take, err_take = tail_budget(tail_bytes, file_size(stdout), file_size(stderr))
+    return read_tail(stdout, out_take) + read_tail(stderr, err_take)
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe placement name, else raise :class:`InvalidName`."""
     if not _NAME_RE.match(name):
@@ -294,5 +328,8 @@ __all__ = [
     "WorkloadNotFound",
     "WorkloadStatus",
     "check_name",
+    "file_size",
+    "read_logs",
+    "read_tail",
     "tail_budget",
 ]

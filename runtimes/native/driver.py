@@ -50,7 +50,8 @@ from runtimes.base import (
     WorkloadNotFound,
     WorkloadStatus,
     check_name,
-    tail_budget,
+    read_logs,
+    read_tail,
 )
 from runtimes.cgroups import CgroupLayout, CgroupMode, Cgroups
 from runtimes.native.records import (
@@ -65,11 +66,9 @@ from runtimes.native.records import (
     STOP_FILE,
     Record,
     exit_message,
-    file_size,
     now,
     read_exit,
     read_json,
-    read_tail,
     stop_message,
     write_json,
 )
@@ -317,11 +316,7 @@ class NativeRuntime:
         wd = self._workdir(name)
         if not (wd / PROC_FILE).exists():
             raise WorkloadNotFound(self.name, name)
-        out, err = wd / STDOUT_FILE, wd / STDERR_FILE
-        if tail_bytes is None:
-            return read_tail(out, None) + read_tail(err, None)
-        out_take, err_take = tail_budget(tail_bytes, file_size(out), file_size(err))
-        return read_tail(out, out_take) + read_tail(err, err_take)
+        return read_logs(wd / STDOUT_FILE, wd / STDERR_FILE, tail_bytes)
 
     def remove(self, name: str) -> None:
         """Kill the workload at once if it still runs (call stop() first to be polite),

@@ -11,7 +11,6 @@ these and ``/proc`` again, so it answers exactly as the old one would have.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,24 +110,3 @@ def read_exit(path: Path) -> tuple[int | None, datetime | None]:
         return int(text.strip()), datetime.fromtimestamp(mtime, UTC)
     except ValueError:
         return None, None
-
-
-def file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def read_tail(path: Path, count: int | None) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            if count is None:
-                return f.read()
-            if count <= 0:
-                return b""
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - count))
-            return f.read(count)
-    except OSError:
-        return b""

@@ -61,7 +61,7 @@ from runtimes.base import (
     WorkloadNotFound,
     WorkloadStatus,
     check_name,
-    tail_budget,
+    read_logs,
 )
 from runtimes.vm.assets import Assets, AssetsError, find_assets, pad4, run_cpio
 from specs import gvmi
@@ -651,14 +651,7 @@ class VmRuntime:
 
     def logs(self, name: str, tail_bytes: int | None = None) -> bytes:
         d, _ = self._record(name)
-        out = (d / "stdout").read_bytes() if (d / "stdout").exists() else b""
-        err = (d / "stderr").read_bytes() if (d / "stderr").exists() else b""
-        if tail_bytes is None:
-            return out + err
-        take_out, take_err = tail_budget(tail_bytes, len(out), len(err))
-        return (out[len(out) - take_out :] if take_out else b"") + (
-            err[len(err) - take_err :] if take_err else b""
-        )
+        return read_logs(d / "stdout", d / "stderr", tail_bytes)
 
     def remove(self, name: str) -> None:
         d = self._dir(name)
