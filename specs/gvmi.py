@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Final
 
-from specs.images import hash_file
+from specs.images import CHUNK_SIZE, Hasher, hash_file
 
 MAGIC: Final = b"\x89GVMI\r\n\x1a"
 VERSION: Final = 1
@@ -209,16 +209,8 @@ def read(path: Path) -> Image:
 
 def verify_squashfs(image: Image) -> bool:
     """Whether the squashfs bytes hash to what the metadata says."""
-    h = hashlib.sha3_256()
-    remaining = image.squashfs_size
     with open(image.path, "rb") as f:
-        while remaining:
-            chunk = f.read(min(remaining, 1 << 20))
-            if not chunk:
-                return False
-            h.update(chunk)
-            remaining -= len(chunk)
-    return "sha3-256:" + h.hexdigest() == image.squashfs_hash
+        return _hash_stream(f, image.squashfs_size) == image.squashfs_hash
 
 
 # ------------------------------------------------------------------- building
@@ -296,15 +288,15 @@ def build_from_dir(root: Path, out: Path, meta: Metadata) -> str:
 
 
 def _hash_stream(f: IO[bytes], size: int) -> str:
-    h = hashlib.sha3_256()
-    remaining = size
-    while remaining:
-        chunk = f.read(min(remaining, 1 << 20))
+    """The image-style hash (``sha3-256:<hex>``) of the next ``size`` bytes of ``f``
+    (fewer if it ends first, so a short file never matches)."""
+    h = Hasher()
+    while h.size < size:
+        chunk = f.read(min(size - h.size, CHUNK_SIZE))
         if not chunk:
             break
         h.update(chunk)
-        remaining -= len(chunk)
-    return "sha3-256:" + h.hexdigest()
+    return h.hash
 
 
 # ----------------------------------------------------------- docker archives
@@ -378,6 +370,31 @@ def apply_layer(root: Path, layer: IO[bytes], where: str) -> None:
                 target.chmod(member.mode & 0o7777)
 
 
+def _member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
+    try:
+        f = tar.extractfile(name)
+    except KeyError:
+        f = None
+    if f is None:
+        raise GvmiError(f"{where}: {name!r} is missing (is it a `docker save` tarball?)")
+    return f
+
+
+def docker_image(tar: tarfile.TarFile, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one image of an open ``docker save`` tarball: (its ``manifest.json`` entry,
+    its image config); :class:`GvmiError` if it is not one image's tarball."""
+    try:
+        manifest = json.load(_member(tar, "manifest.json", where))
+        entry = manifest[0]
+        config = json.load(_member(tar, entry["Config"], where))
+        entry["Layers"] = list(entry["Layers"])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise GvmiError(f"{where}: manifest.json is not a docker save manifest ({exc})") from None
+    if len(manifest) != 1:
+        raise GvmiError(f"{where}: holds {len(manifest)} images; save exactly one")
+    return entry, config
+
+
 def read_docker_archive(archive: Path, root: Path) -> Metadata:
     """Unpack a ``docker save`` tarball's filesystem into ``root``; return its run config.
 
@@ -390,30 +407,10 @@ def read_docker_archive(archive: Path, root: Path) -> Metadata:
     except (OSError, tarfile.TarError) as exc:
         raise GvmiError(f"{archive}: not a readable tar archive ({exc})") from None
     with outer:
-
-        def member(name: str) -> IO[bytes]:
-            try:
-                f = outer.extractfile(name)
-            except KeyError:
-                f = None
-            if f is None:
-                raise GvmiError(f"{archive}: {name!r} is missing (is it a `docker save` tarball?)")
-            return f
-
-        try:
-            manifest = json.load(member("manifest.json"))
-            entry = manifest[0]
-            config = json.load(member(entry["Config"]))
-            layers = list(entry["Layers"])
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise GvmiError(
-                f"{archive}: manifest.json is not a docker save manifest ({exc})"
-            ) from None
-        if len(manifest) != 1:
-            raise GvmiError(f"{archive}: holds {len(manifest)} images; save exactly one")
-        for i, name in enumerate(layers, 1):
+        entry, config = docker_image(outer, where)
+        for i, name in enumerate(entry["Layers"], 1):
             # a layer blob is a tar or a gzipped one, read in place (seekable) from the outer tar
-            apply_layer(root, member(name), f"{where}: layer {i} ({name})")
+            apply_layer(root, _member(outer, name, where), f"{where}: layer {i} ({name})")
     run = config.get("config") or {}
     env: dict[str, str] = {}
     for item in run.get("Env") or []:
@@ -454,6 +451,7 @@ __all__ = [
     "apply_layer",
     "build_from_dir",
     "build_from_docker_archive",
+    "docker_image",
     "read",
     "read_docker_archive",
     "verify_squashfs",

@@ -173,9 +173,7 @@ def build_vm_image(
         )
     try:
         if from_dir is not None:
-            env = overrides.pop("env", {})
-            meta = gvmi.Metadata(**{"env": env, **overrides})
-            return gvmi.build_from_dir(from_dir, out, meta)
+            return gvmi.build_from_dir(from_dir, out, gvmi.Metadata(**overrides))
         if from_docker_archive is not None:
             if not from_docker_archive.is_file():
                 raise BadInputError(f"{from_docker_archive}: no such file")
@@ -212,11 +210,7 @@ def describe_image(file: Path) -> dict[str, Any]:
         with tarfile.open(file, mode="r:*") as tar:
             names = tar.getnames()
             if "manifest.json" in names:
-                member = tar.extractfile("manifest.json")
-                manifest = json.load(member) if member else []
-                entry = manifest[0] if manifest else {}
-                config_member = tar.extractfile(entry.get("Config", ""))
-                config = json.load(config_member) if config_member else {}
+                entry, config = gvmi.docker_image(tar, str(file))
                 run = config.get("config") or {}
                 return {
                     "kind": "docker",
@@ -237,6 +231,8 @@ def describe_image(file: Path) -> dict[str, Any]:
                 "unpackedBytes": sum(m.size for m in files),
                 "entries": names[:50],
             }
+    except gvmi.GvmiError as exc:
+        raise BadInputError(str(exc)) from None
     except (tarfile.TarError, OSError, ValueError, KeyError) as exc:
         raise BadInputError(
             f"{file}: not a gu image (.gvmi, docker save tarball or native .tar.gz): {exc}"
