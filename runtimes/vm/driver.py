@@ -126,6 +126,47 @@ def qemu_version(qemu: str) -> str:
     return first.removeprefix("QEMU emulator version ").split(" ")[0]
 
 
+def boot_argv(qemu: str, accel: str, memory_mib: int, kernel: Path, initrd: Path) -> list[str]:
+    """What every boot of the assets has, the workload's and the KVM probe's alike: no
+    defaults, no display, no NIC, the kernel and initrd, ``-no-reboot``, a virtio-serial
+    bus for the guest's ports (and ``-cpu max`` under KVM)."""
+    argv = [
+        qemu,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-accel",
+        accel,
+        "-m",
+        str(max(MIN_MEMORY_MIB, memory_mib)),
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        APPEND,
+        "-no-reboot",
+        "-nic",
+        "none",
+        "-device",
+        "virtio-serial-pci",
+    ]
+    if accel == "kvm":
+        argv += ["-cpu", "max"]
+    return argv
+
+
+def file_port(d: Path, port: str) -> list[str]:
+    """A guest port ``gu.<port>`` whose output QEMU appends to the file ``d/<port>``."""
+    return [
+        "-chardev",
+        f"file,id={port},path={d / port},append=on",
+        "-device",
+        f"virtserialport,chardev={port},name=gu.{port}",
+    ]
+
+
 def qemu_argv(
     qemu: str,
     d: Path,
@@ -137,29 +178,14 @@ def qemu_argv(
     memory_mib: int,
 ) -> list[str]:
     """The whole QEMU command line for one workload (see the module doc)."""
-    argv = [
-        qemu,
+    argv = boot_argv(qemu, accel, memory_mib, assets.kernel, d / "initrd.img")
+    argv += [
         "-name",
         f"gu-{name},process=gu-{name}",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
         "-pidfile",
         str(d / "qemu.pid"),
-        "-accel",
-        accel,
-        "-m",
-        str(max(MIN_MEMORY_MIB, memory_mib)),
         "-smp",
         str(max(1, -(-int(cpu * 1000) // 1000))),
-        "-kernel",
-        str(assets.kernel),
-        "-initrd",
-        str(d / "initrd.img"),
-        "-append",
-        APPEND,
-        "-no-reboot",
         "-serial",
         f"file:{d / 'console.log'}",
         "-drive",
@@ -167,28 +193,17 @@ def qemu_argv(
         f"size={image.squashfs_size}",
         "-device",
         "virtio-blk-pci,drive=root",
-        "-device",
-        "virtio-serial-pci",
         "-qmp",
         f"unix:{d / 'qmp.sock'},server=on,wait=off",
-        "-nic",
-        "none",
     ]
     for port in ("status", "stdout", "stderr"):
-        argv += [
-            "-chardev",
-            f"file,id={port},path={d / port},append=on",
-            "-device",
-            f"virtserialport,chardev={port},name=gu.{port}",
-        ]
+        argv += file_port(d, port)
     argv += [
         "-chardev",
         f"socket,id=control,path={d / 'ctl.sock'},server=on,wait=off",
         "-device",
         "virtserialport,chardev=control,name=gu.control",
     ]
-    if accel == "kvm":
-        argv += ["-cpu", "max"]
     if os.geteuid() == 0:
         # QEMU drops to nobody after setting up, which the seccomp filter's
         # elevateprivileges=deny would kill it for (SIGSYS); once it is nobody, with
@@ -313,32 +328,9 @@ class VmRuntime:
         with tempfile.TemporaryDirectory(prefix="gu-vm-probe-") as tmp:
             d = Path(tmp)
             (d / "initrd.img").write_bytes(pad4(assets.initramfs.read_bytes()) + run_cpio(""))
-            argv = [
-                self.qemu,
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-accel",
-                accel,
-                "-m",
-                "128",
-                "-kernel",
-                str(assets.kernel),
-                "-initrd",
-                str(d / "initrd.img"),
-                "-append",
-                APPEND,
-                "-no-reboot",
-                "-device",
-                "virtio-serial-pci",
-                "-chardev",
-                f"file,id=status,path={d / 'status'}",
-                "-device",
-                "virtserialport,chardev=status,name=gu.status",
-                "-nic",
-                "none",
-            ]
+            argv = boot_argv(
+                self.qemu, accel, MIN_MEMORY_MIB, assets.kernel, d / "initrd.img"
+            ) + file_port(d, "status")
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             deadline = time.monotonic() + KVM_PROBE_DEADLINE
             try:
@@ -670,4 +662,4 @@ class VmRuntime:
         )
 
 
-__all__ = ["ACCELS", "VmRuntime", "qemu_argv", "run_script"]
+__all__ = ["ACCELS", "VmRuntime", "boot_argv", "qemu_argv", "run_script"]
