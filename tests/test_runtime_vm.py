@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from runtimes.vm import VmRuntime
 from runtimes.vm.driver import Qmp
 from specs import gvmi
 from specs.kinds import Workload
-from tests.vmkit import busybox_root, need, vm_assets
+from tests.vmkit import busybox_root, need, qemu_pids, vm_assets
 
 HASH = "sha3-256:" + "ab" * 32
 
@@ -231,11 +230,6 @@ def image(tmp_path: Path, script: str) -> Path:
     out = tmp_path / "img.gvmi"
     gvmi.build_from_dir(root, out, gvmi.Metadata(entrypoint=["/bin/sh", "/run.sh"]))
     return out
-
-
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True)
-    return {int(x) for x in out.stdout.split()}
 
 
 def test_a_vm_exits_with_its_code_and_its_two_streams(rt: VmRuntime, tmp_path: Path) -> None:

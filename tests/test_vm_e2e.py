@@ -11,7 +11,6 @@ deleted.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from tests.conftest import HubProcess, make_hub
 from tests.helpers import run_gu, wait_for
 from tests.test_agent import AgentProcess
 from tests.test_agent_e2e import session_gone, tear_down
-from tests.vmkit import busybox_root, vm_assets
+from tests.vmkit import busybox_root, qemu_pids, vm_assets
 
 
 @dataclass
@@ -74,11 +73,6 @@ def placement_in(pool: Pool, session: str, state: str, timeout: float = 120) -> 
         return ps[0] if len(ps) == 1 and ps[0]["status"].get("state") == state else None
 
     return wait_for(found, timeout=timeout, what=f"{session}'s placement {state}")
-
-
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True)
-    return {int(x) for x in out.stdout.split()}
 
 
 @pytest.fixture(scope="module")

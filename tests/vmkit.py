@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,9 @@ def busybox_root(folder: Path, script: str) -> Path:
     (folder / "run.sh").write_text("#!/bin/sh\n" + script)
     (folder / "run.sh").chmod(0o755)
     return folder
+
+
+def qemu_pids() -> set[int]:
+    """The pids of every QEMU process on this machine now."""
+    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True)
+    return {int(x) for x in out.stdout.split()}

@@ -38,6 +38,7 @@ from runtimes.vm import VmRuntime
 from runtimes.vm.assets import cpio, find_assets, gz
 from specs import gvmi
 from specs.kinds import Workload
+from tests.vmkit import busybox_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,16 +55,6 @@ def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def busybox_root(folder: Path, script: str) -> Path:
-    (folder / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy("/bin/busybox", folder / "bin" / "busybox")
-    if not (folder / "bin" / "sh").exists():
-        (folder / "bin" / "sh").symlink_to("busybox")
-    (folder / "run.sh").write_text("#!/bin/sh\n" + script)
-    (folder / "run.sh").chmod(0o755)
-    return folder
 
 
 def bare_boot(kernel: Path, initrd: Path) -> float:
