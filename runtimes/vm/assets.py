@@ -51,6 +51,9 @@ MODULES: Final = (
     "net_failover",
     "virtio_net",
 )
+#: The modules every VM needs (the rest, ``failover`` to ``virtio_net``, only a VM on a
+#: VirtualNetwork): a kernel without them cannot boot a gVMkit guest.
+REQUIRED_MODULES: Final = MODULES[: MODULES.index("overlay") + 1]
 #: The Debian package that has the kernel (its dependency names the current version).
 KERNEL_PACKAGE: Final = "linux-image-cloud-amd64"
 INIT_SCRIPT: Final = Path(__file__).with_name("init.sh")
@@ -273,7 +276,7 @@ def build_assets(
                 raise AssetsError(f"--kernel-deb {deb}: no such file")
             vmlinuz, mods, version = unpack_deb(deb, work / "deb")
         modules = module_files(mods) if mods is not None and mods.is_dir() else {}
-        missing = [m for m in MODULES[:9] if m not in modules]
+        missing = [m for m in REQUIRED_MODULES if m not in modules]
         if missing and kernel is None:
             raise AssetsError(
                 f"the kernel package lacks modules {', '.join(missing)}: use a cloud-amd64 kernel"
