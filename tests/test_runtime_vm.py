@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -212,6 +213,44 @@ def test_a_layer_escaping_the_root_is_refused_and_nothing_is_written(
 # --------------------------------------------------------------------- VMs
 
 
+@pytest.mark.parametrize(
+    ("user", "out"),
+    [
+        ("1000:1000", "1000 1000"),
+        ("app", "1234 777"),
+        ("app:staff", "1234 50"),
+        ("1234", "1234 777"),
+        ("42", "42 0"),
+        ("nosuch", "is not in its /etc/passwd"),
+        ("app:nogroup", "is not in its /etc/group"),
+    ],
+)
+def test_the_image_user_is_resolved_in_the_guest_root_as_docker_does(
+    tmp_path: Path, user: str, out: str
+) -> None:
+    # the guest's own run.sh and busybox, in a chroot on the host (no VM needed)
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    from runtimes.vm.driver import run_script
+
+    r = tmp_path / "r"
+    for d in (".gu", "etc", "tmp", "dev"):
+        (r / d).mkdir(parents=True)
+    bb = shutil.which("busybox")
+    assert bb, "busybox-static is installed by make setup"
+    shutil.copy(bb, r / ".gu" / "busybox")
+    (r / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:1234:777::/:/bin/sh\n")
+    (r / "etc" / "group").write_text("root:x:0:\nstaff:x:50:\n")
+    argv = ["/.gu/busybox", "sh", "-c", "echo $(/.gu/busybox id -u) $(/.gu/busybox id -g)"]
+    script = run_script(argv, {}, "/tmp", user, "h").replace("/mnt/root", str(r))
+    proc = subprocess.run(
+        [bb, "sh", "-c", script + "gu_run"], capture_output=True, text=True, timeout=10
+    )
+    said = proc.stdout + proc.stderr
+    assert out in said, said
+    assert (proc.returncode == 0) == ("not in" not in out)
+
+
 @pytest.fixture(scope="module")
 def assets() -> Path:
     return vm_assets()
@@ -225,18 +264,20 @@ def rt(assets: Path, tmp_path: Path) -> Any:
         runtime.remove(name)
 
 
-def image(tmp_path: Path, script: str) -> Path:
-    root = busybox_root(tmp_path / "root", script)
-    out = tmp_path / "img.gvmi"
-    gvmi.build_from_dir(root, out, gvmi.Metadata(entrypoint=["/bin/sh", "/run.sh"]))
+def image(tmp_path: Path, script: str, name: str = "img", **meta: Any) -> Path:
+    root = busybox_root(tmp_path / name, script)
+    out = tmp_path / f"{name}.gvmi"
+    gvmi.build_from_dir(root, out, gvmi.Metadata(entrypoint=["/bin/sh", "/run.sh"], **meta))
     return out
 
 
 def test_a_vm_exits_with_its_code_and_its_two_streams(rt: VmRuntime, tmp_path: Path) -> None:
     img = image(
         tmp_path,
-        'echo hello-from-vm; echo oops >&2; echo "$GREETING at $(pwd)"; '
+        'echo hello-from-vm; echo oops >&2; echo "$GREETING at $(pwd) as $(/bin/busybox id -u)"; '
         "/bin/busybox ip -o link | /bin/busybox cut -d: -f2; exit 7\n",
+        workingDir="/tmp",
+        user="1000:1000",
     )
     caps = rt.fingerprint()
     assert caps.available and caps.accel == "tcg" and caps.version, caps
@@ -244,7 +285,8 @@ def test_a_vm_exits_with_its_code_and_its_two_streams(rt: VmRuntime, tmp_path: P
     st = wait_state(rt, "exit7", {"Succeeded", "Failed"})
     assert (st.state, st.exit_code, st.reason) == ("Failed", 7, "Error")
     out = rt.logs("exit7")
-    assert out.startswith(b"hello-from-vm\nhi at /\n")
+    # the image's env (the workload's over it), workingDir and user apply in the guest
+    assert out.startswith(b"hello-from-vm\nhi at /tmp as 1000\n")
     assert out.endswith(b"oops\n")
     # no network device at all: the guest has only lo
     assert [x.strip() for x in out.split(b"\n")[2:-2]] == [b"lo"]
@@ -256,7 +298,9 @@ def test_suspend_resume_network_adopt_stop_and_remove_on_one_vm(
     rt: VmRuntime, tmp_path: Path, assets: Path
 ) -> None:
     img = image(
-        tmp_path, "i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done\n"
+        tmp_path,
+        "trap 'echo got-term; exit 0' TERM\n"
+        "i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done\n",
     )
     before = qemu_pids()
     rt.start("counter", workload(), img)
@@ -303,10 +347,44 @@ def test_suspend_resume_network_adopt_stop_and_remove_on_one_vm(
 
     st = again.stop("counter", grace=5)
     assert st.state == "Stopped", st
+    # a graceful stop reached the entrypoint inside the guest as SIGTERM
+    assert again.logs("counter").endswith(b"got-term\n") and st.exit_code == 0
     assert pid not in qemu_pids()
     again.remove("counter")
     assert not (tmp_path / "vm" / "counter").exists()
     assert qemu_pids() <= before
+
+
+def test_a_guest_that_panics_or_hangs_is_failed_with_a_reason_that_says_which(
+    assets: Path, tmp_path: Path
+) -> None:
+    """Real faults, both VMs at once: the kernel panicked through sysrq (QEMU exits:
+    panic=-1, -no-reboot), and every guest process but init and the workload stopped
+    (the heartbeat with them), with a short heartbeat deadline."""
+    rt = VmRuntime(tmp_path / "vm", assets_dir=assets, accel="tcg", heartbeat_deadline=5)
+    before = qemu_pids()
+    panic = image(tmp_path, "echo c > /proc/sysrq-trigger; /bin/busybox sleep 60\n", "panic")
+    hang = image(
+        tmp_path,
+        "echo frozen; /bin/busybox sleep 1; /bin/busybox kill -STOP -1\n"
+        "while :; do /bin/busybox sleep 1; done\n",
+        "hang",
+    )
+    try:
+        rt.start("panic", workload(), panic)
+        rt.start("hang", workload(), hang)
+        st = wait_state(rt, "panic", {"Succeeded", "Failed"})
+        assert (st.state, st.reason) == ("Failed", "GuestCrashed"), st
+        assert "Kernel panic" in st.message, st.message  # the console's tail says why
+        st = wait_state(rt, "hang", {"Succeeded", "Failed"})
+        assert (st.state, st.reason) == ("Failed", "GuestHung"), st
+        assert "no heartbeat from the guest for 5 s" in st.message
+        assert rt.logs("hang") == b"frozen\n"  # it had run, then went silent
+        assert rt.inspect("hang").reason == "GuestHung"  # the verdict stays
+        assert qemu_pids() <= before  # the hung VM was killed
+    finally:
+        for name in rt.adopt():
+            rt.remove(name)
 
 
 def test_kvm_asked_for_where_it_does_not_boot_is_refused_clearly(

@@ -62,6 +62,7 @@ from runtimes.base import (
     WorkloadStatus,
     check_name,
     read_logs,
+    read_tail,
 )
 from runtimes.vm.assets import Assets, AssetsError, find_assets, pad4, run_cpio
 from specs import gvmi
@@ -102,13 +103,30 @@ def sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+#: Sets ``$u`` and ``$g`` from an image's ``user`` (``NAME|UID[:GROUP|GID]``, as Docker
+#: reads it), inside the guest's root: names from its ``/etc/passwd`` and ``/etc/group``, a
+#: numeric uid that has no passwd line gets gid 0. Busybox has no ``chpst``; its ``nsenter``
+#: with no namespace named drops supplementary groups, then sets the gid and the uid.
+AS_USER: Final = (
+    "gu_user() { bb=/.gu/busybox; u=${1%%:*}; g=; case $1 in *:*) g=${1#*:};; esac; "
+    "case $u in *[!0-9]*) f=1;; *) f=3;; esac; "
+    'p=$($bb awk -F: -v f=$f -v n="$u" \'$f==n{print $3":"$4; exit}\' /etc/passwd 2>&-); '
+    'if [ -z "$p" ]; then [ $f = 3 ] || { echo "gu: the image\'s user $u is not in its '
+    '/etc/passwd: add it, or give a numeric uid" >&2; exit 126; }; p=$u:0; fi; '
+    'u=${p%%:*}; [ -n "$g" ] || g=${p#*:}; '
+    "case $g in *[!0-9]*) n=$g; g=$($bb awk -F: -v n=\"$n\" '$1==n{print $3; exit}' "
+    '/etc/group 2>&-); [ -n "$g" ] || { echo "gu: the image\'s group $n is not in its '
+    '/etc/group: add it, or give a numeric gid" >&2; exit 126; };; esac; }; gu_user'
+)
+
+
 def run_script(argv: list[str], env: dict[str, str], workdir: str, user: str, hostname: str) -> str:
     """The per-VM ``/gu/run.sh`` the init sources: ``gu_run`` chroots and execs ``argv``."""
     env_words = " ".join(sh_quote(f"{k}={v}") for k, v in sorted(env.items()))
     as_user = ""
     if user and user not in ("root", "0", "0:0"):
-        as_user = "/.gu/busybox chpst -u " + sh_quote(user) + " "
-    inner = f'cd -- "$1" || exit 126; shift; exec {as_user}"$@"'
+        as_user = f"{AS_USER} {sh_quote(user)}; exec /.gu/busybox nsenter -F -S $u -G $g "
+    inner = f'cd -- "$1" || exit 126; shift; {as_user or "exec "}"$@"'
     words = " ".join(sh_quote(a) for a in argv)
     return (
         f"GU_HOSTNAME={sh_quote(hostname)}\n"
@@ -251,6 +269,7 @@ class VmRuntime:
         accel: str = "auto",
         qemu: str | None = None,
         boot_deadline: float = BOOT_DEADLINE,
+        heartbeat_deadline: float = HEARTBEAT_DEADLINE,
     ) -> None:
         if accel not in ACCELS:
             raise RuntimeFailure(f"--vm-accel {accel!r}: use one of {', '.join(ACCELS)}")
@@ -259,6 +278,7 @@ class VmRuntime:
         self.accel_wanted = accel
         self.qemu = qemu or shutil.which(QEMU) or f"/usr/bin/{QEMU}"
         self.boot_deadline = boot_deadline
+        self.heartbeat_deadline = heartbeat_deadline
         self._accel: str | None = None  # chosen by fingerprint()
         self._caps: Capabilities | None = None
 
@@ -406,6 +426,7 @@ class VmRuntime:
                 "accel": self._accel,
                 "createdAt": _iso(_now()),
                 "bootDeadline": self.boot_deadline,
+                "heartbeatDeadline": self.heartbeat_deadline,
                 "memoryMiB": workload.resources.memoryMiB,
                 "cpu": workload.resources.cpu,
             }
@@ -557,9 +578,10 @@ class VmRuntime:
             )
         last_beat = (d / "status").stat().st_mtime
         resumed = float(rec.get("resumedAt") or 0)
-        if time.time() - max(last_beat, resumed) > HEARTBEAT_DEADLINE:
+        beat_deadline = float(rec.get("heartbeatDeadline") or self.heartbeat_deadline)
+        if time.time() - max(last_beat, resumed) > beat_deadline:
             return self._fail(
-                d, rec, "GuestHung", f"no heartbeat from the guest for {HEARTBEAT_DEADLINE:.0f} s"
+                d, rec, "GuestHung", f"no heartbeat from the guest for {beat_deadline:.0f} s"
             )
         return WorkloadStatus("Running", None, "Started", "the VM runs", pid, started_at)
 
@@ -569,11 +591,19 @@ class VmRuntime:
         return self.inspect(d.name)
 
     def _console_tail(self, d: Path) -> str:
+        """The console's last lines, led by the kernel's panic line when it printed one
+        (its register dump that follows says less to a user than the panic's cause)."""
         try:
-            data = (d / "console.log").read_bytes()[-300:]
+            lines = [
+                x.strip()
+                for x in read_tail(d / "console.log", 16384).decode(errors="replace").splitlines()
+                if x.strip()
+            ]
         except OSError:
             return ""
-        return " | ".join(x for x in data.decode(errors="replace").splitlines() if x.strip())[-300:]
+        panic = next((x for x in lines if "Kernel panic" in x), "")
+        tail = " | ".join(lines)[-300:]
+        return (panic[:200] + " … " + tail[-100:]) if panic else tail
 
     def _paused(self, d: Path) -> bool:
         try:
