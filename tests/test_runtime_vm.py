@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from agent.main import AgentConfigError, build_runtimes
 from runtimes.base import ImageRejected, StartFailed
+from runtimes.registry import RuntimeOptions
 from runtimes.vm import VmRuntime
 from runtimes.vm.driver import Qmp
 from specs import gvmi
@@ -388,13 +391,35 @@ def test_a_guest_that_panics_or_hangs_is_failed_with_a_reason_that_says_which(
 
 
 def test_kvm_asked_for_where_it_does_not_boot_is_refused_clearly(
-    assets: Path, tmp_path: Path
+    assets: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caps = VmRuntime(tmp_path / "vm", assets_dir=assets, accel="kvm").fingerprint()
-    if caps.available:  # a host where KVM boots
-        assert caps.accel == "kvm"
-    else:
-        assert "kvm" in caps.reason.lower() and "tcg" in caps.reason
+    """As the agent sees it at start: ``--vm-accel kvm`` where a KVM guest does not boot
+    (here: /dev/kvm exists, the guest hangs) is not offered, and says why; asked for by
+    name (``--runtimes vm``) it stops the agent with that reason; ``auto`` falls back to
+    TCG and says which it chose."""
+    caplog.set_level(logging.INFO)
+    kvm = RuntimeOptions(vm_accel="kvm", vm_assets=assets)
+    offered = build_runtimes(tmp_path / "a", None, kvm)
+    if "vm" in offered.drivers:  # a host where KVM boots
+        assert offered.capabilities["vm"].accel == "kvm"
+        return
+    assert "native" in offered.drivers
+    said = [
+        m
+        for m in (r.getMessage() for r in caplog.records)
+        if "runtime_unavailable" in m and "runtime=vm" in m
+    ]
+    assert len(said) == 1, said
+    assert "a KVM guest does not boot here" in said[0] and "--vm-accel tcg" in said[0]
+    with pytest.raises(AgentConfigError, match="a KVM guest does not boot here"):
+        build_runtimes(tmp_path / "b", ["native", "vm"], kvm)
+    caplog.clear()
+    auto = build_runtimes(tmp_path / "c", ["vm"], RuntimeOptions(vm_accel="auto", vm_assets=assets))
+    caps = auto.capabilities["vm"]
+    assert caps.available and caps.accel == "tcg"
+    assert caps.details["accelNote"].startswith("kvm probe failed")
+    chose = [r.getMessage() for r in caplog.records if "vm_accel" in r.getMessage()]
+    assert chose and "accel=tcg" in chose[-1] and "kvm probe failed" in chose[-1], chose
 
 
 def test_missing_assets_say_what_to_run(tmp_path: Path) -> None:
