@@ -95,6 +95,9 @@ Obj = dict[str, Any]
 LOG_TAIL_BYTES: Final = 256 * 1024
 LOG_UPLOAD_PERIOD: Final = 2.0
 RESYNC_PERIOD: Final = 1.0
+#: A workload that is Starting (a VM booting, an image loading) is looked at again this
+#: soon, so Running is reported when it happens rather than at the next resync.
+STARTING_POLL: Final = 0.1
 STOP_GRACE: Final = 10.0
 RESTART_BACKOFF_INITIAL: Final = 1.0
 RESTART_BACKOFF_CAP: Final = 60.0
@@ -303,6 +306,8 @@ class WorkloadReconciler:
             mine = self._with_workload(name, placement, work)
         if mine is not None:
             self._report(name, mine, generation)
+            if mine.get("state") == "Starting" and mine.get("reason") != "BackOff":
+                self.queue.add_after(name, STARTING_POLL)
 
     def _without_workload(self, name: str, placement: Obj) -> Obj | None:
         spec = placement.get("spec") or {}

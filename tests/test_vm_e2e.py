@@ -3,9 +3,9 @@
 Built once for the module: a hub; agent ``vm`` with the test's guest assets
 (``--vm-assets``, ``--vm-accel tcg``); an App, an ImagePolicy and a busybox
 ``.gvmi`` built with ``gu image build --runtime vm --from-dir`` and pushed with
-``gu image push``. Two VMs boot in all: one that exits 7, one that runs
-until it is suspended, resumed, outlives a ``kill -9`` of its agent and is
-deleted.
+``gu image push``. Three VMs boot in all: one that exits 7, one that exits 0,
+one that runs until it is suspended, resumed, outlives a ``kill -9`` of its
+agent and is deleted. A tampered image boots none.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Pool:
 SCRIPT = """\
 case "$1" in
 exit7) echo hello-from-vm; echo oops >&2; exit 7 ;;
+ok) echo fine; exit 0 ;;
 count) i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done ;;
 esac
 """
@@ -148,6 +149,64 @@ def test_exit_code_and_both_streams_reach_the_placement_and_gu_logs(pool: Pool) 
     assert "hello-from-vm" in logs and "oops" in logs
     pool.admin.delete("Session", "exit7")
     wait_for(lambda: session_gone(pool, "exit7"), timeout=60, what="exit7 deleted")
+
+
+def test_exit_0_succeeds(pool: Pool) -> None:
+    vm_session(pool, "ok", "ok")
+    p = placement_in(pool, "ok", "Succeeded")
+    assert p["status"]["exitCode"] == 0
+    pool.admin.delete("Session", "ok")
+    wait_for(lambda: session_gone(pool, "ok"), timeout=60, what="ok deleted")
+
+
+def test_a_byte_flipped_gvmi_is_refused_before_qemu_starts(pool: Pool) -> None:
+    root = busybox_root(pool.tmp / "root-tampered", SCRIPT + "# tampered\n")
+    gvmi = pool.tmp / "tampered.gvmi"
+    built = run_gu(
+        "image", "build", "--runtime", "vm", "--from-dir", str(root),
+        "--entrypoint", "/bin/sh", "--entrypoint", "/run.sh", "-o", str(gvmi), env=pool.hub.env,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    image = built.stdout.strip()
+    assert image != pool.image
+    pushed = run_gu("image", "push", str(gvmi), env=pool.hub.env)
+    assert pushed.returncode == 0, pushed.stderr
+    policy = pool.admin.get("ImagePolicy", "vms")
+    policy["spec"]["allowImages"] = [pool.image, image]
+    pool.admin.apply([{k: policy[k] for k in ("apiVersion", "kind", "metadata", "spec")}])
+    stored = pool.hub.state_dir / "images" / "sha3-256" / image.split(":", 1)[1]
+    data = bytearray(stored.read_bytes())
+    assert bytes(data) == gvmi.read_bytes()
+    data[len(data) // 2] ^= 0x01  # same size: only a re-hash can tell
+    stored.chmod(0o644)
+    stored.write_bytes(bytes(data))
+
+    before = qemu_pids()
+    pool.admin.apply(
+        [
+            {
+                "apiVersion": "gu/v1",
+                "kind": "Session",
+                "metadata": {"name": "tampered"},
+                "spec": {
+                    "app": "vms",
+                    "workload": {
+                        "runtime": "vm",
+                        "image": {"hash": image},
+                        "args": ["ok"],
+                        "resources": {"cpu": 1, "memoryMiB": 192},
+                    },
+                },
+            }
+        ]
+    )
+    p = placement_in(pool, "tampered", "Failed", timeout=60)
+    assert p["status"]["reason"] == "ImageHashMismatch", p["status"]
+    assert not (qemu_pids() - before)  # no QEMU was started for it
+    assert not (pool.tmp / "vm" / "runtimes" / "vm" / p["metadata"]["name"] / "qemu.pid").exists()
+    assert "event=image_rejected" in pool.agent.log()
+    pool.admin.delete("Session", "tampered")
+    wait_for(lambda: session_gone(pool, "tampered"), timeout=60, what="tampered deleted")
 
 
 def test_suspend_resume_adoption_and_deletion_of_one_vm(pool: Pool) -> None:

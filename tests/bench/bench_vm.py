@@ -15,6 +15,10 @@
    processes (the shim and the container's), where an engine answers.
 4. ``.gvmi`` size against a one-layer ``docker save``-style tarball of the same
    folder.
+5. Apply → placement Running through a hub and an agent (``--vm-accel tcg``), one
+   Session at a time, p50/p99 over ``--runs``; baseline: the driver's own
+   start → Running of figure 1 (``added_p50``/``added_p99`` are the hub's and the
+   agent's cost over it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from controller.client import Client
 from runtimes.vm import VmRuntime
 from runtimes.vm.assets import cpio, find_assets, gz
 from specs import gvmi
 from specs.kinds import Workload
-from tests.vmkit import busybox_root
+from tests.bench.bench_docker import wait_running
+from tests.dockerd import find_or_start, import_busybox
+from tests.helpers import start_hub_subprocess
+from tests.vmkit import busybox_root, qemu_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,6 +142,117 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def idle_container_rss_kib() -> int | None:
+    """VmRSS of one idle busybox container's processes (its shim and its ``sleep``),
+    where an engine answers or can be started; else None."""
+    engine = find_or_start()
+    if engine is None:
+        return None
+    try:
+        image = import_busybox(engine, "gu-bench/vm-rss:latest")
+        client = engine.client()
+        try:
+            c = client.containers.run(image, ["sleep", "600"], detach=True, network_mode="none")
+            try:
+                for _ in range(100):
+                    c.reload()
+                    if c.attrs["State"]["Status"] == "running":
+                        break
+                    time.sleep(0.05)
+                time.sleep(2)
+                pid = int(c.attrs["State"]["Pid"])
+                shim = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                return rss_kib(pid) + rss_kib(shim)
+            finally:
+                c.remove(force=True)
+        finally:
+            client.close()
+    finally:
+        engine.stop()
+
+
+def through_the_hub(tmp: Path, image: Path, assets: Path, runs: int) -> list[float]:
+    """Apply → placement Running for ``runs`` Sessions one at a time (each deleted, and
+    its QEMU gone, before the next)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        hub, url, config = start_hub_subprocess(tmp)
+        procs.append(hub)
+        client = Client.from_config(config)
+        with open(image, "rb") as f:
+            digest = client.request("POST", "/v1/images", content=f).json()["hash"]
+        client.apply(
+            [
+                {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "bench"}, "spec": {}},
+                {
+                    "apiVersion": "gu/v1",
+                    "kind": "ImagePolicy",
+                    "metadata": {"name": "bench"},
+                    "spec": {"apps": ["bench"], "allowImages": [digest]},
+                },
+            ]
+        )
+        join = client.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "agent.main", "--hub", url, "--join-token", join,
+                    "--state-dir", str(tmp / "agent"), "--heartbeat", "1",
+                    "--runtimes", "vm", "--vm-assets", str(assets), "--vm-accel", "tcg",
+                ],
+                env=dict(os.environ, GU_LOG_LEVEL="WARNING"),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        for _ in range(300):
+            if any(p["ready"] for p in client.call("GET", "/peers")):
+                break
+            time.sleep(0.1)
+        took = []
+        for i in range(runs + 1):  # the first pulls the image into the agent's cache
+            name = f"vm{i}"
+            rv = client.call("GET", "/v1/placements")["resourceVersion"]
+            before = qemu_pids()
+            t = time.perf_counter()
+            client.apply(
+                [
+                    {
+                        "apiVersion": "gu/v1",
+                        "kind": "Session",
+                        "metadata": {"name": name},
+                        "spec": {
+                            "app": "bench",
+                            "workload": {
+                                "runtime": "vm",
+                                "image": {"hash": digest},
+                                "resources": {"cpu": 1, "memoryMiB": 256},
+                            },
+                        },
+                    }
+                ]
+            )
+            wait_running(client, name, rv)
+            if i:
+                took.append(time.perf_counter() - t)
+            started = qemu_pids() - before
+            client.delete("Session", name)
+            for _ in range(600):  # bounded: 60 s
+                if not client.list("Placement") and not (qemu_pids() & started):
+                    break
+                time.sleep(0.1)
+        return took
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
@@ -226,8 +345,18 @@ def main() -> None:
             time.sleep(0.1)
         time.sleep(2)
         assert st.pid is not None
-        emit("idle_vm_host_rss", rss_kib(st.pid) / 1024, "MiB", memoryMiB=256)
+        vm_rss = rss_kib(st.pid)
         rt.remove("idle")
+        container_rss = idle_container_rss_kib()
+        if container_rss is not None:
+            emit("idle_container_rss_baseline", container_rss / 1024, "MiB")
+        emit(
+            "idle_vm_host_rss",
+            vm_rss / 1024,
+            "MiB",
+            memoryMiB=256,
+            ratio=round(vm_rss / container_rss, 2) if container_rss else None,
+        )
 
         # 4. image size
         buf = io.BytesIO()
@@ -239,6 +368,23 @@ def main() -> None:
             image.stat().st_size / 1e6,
             "MB",
             ratio=round(image.stat().st_size / len(buf.getvalue()), 3),
+        )
+
+        # 5. apply → Running through a hub and an agent
+        hub = through_the_hub(tmp / "pool", image, args.assets, args.runs)
+        emit("apply_to_running_p50", pct(hub, 50) * 1000, "ms", runs=len(hub), accel="tcg")
+        emit("apply_to_running_p99", pct(hub, 99) * 1000, "ms")
+        emit(
+            "added_p50",
+            (pct(hub, 50) - pct(to_running, 50)) * 1000,
+            "ms",
+            baseline="start_to_running_p50",
+        )
+        emit(
+            "added_p99",
+            (pct(hub, 99) - pct(to_running, 99)) * 1000,
+            "ms",
+            baseline="start_to_running_p99",
         )
 
 
