@@ -304,6 +304,14 @@ class WorkloadReconciler:
             mine = self._without_workload(name, placement)
         else:
             mine = self._with_workload(name, placement, work)
+        preemption = (placement.get("spec") or {}).get("preemption")
+        if mine is not None and preemption and mine.get("state") in ("Suspended", "Stopped"):
+            mine = {
+                **mine,
+                "reason": "Preempted",
+                "message": f"preempted by Session {preemption.get('session')} "
+                f"(priority {preemption.get('priority')})",
+            }
         if mine is not None:
             self._report(name, mine, generation)
             if mine.get("state") == "Starting" and mine.get("reason") != "BackOff":

@@ -46,7 +46,7 @@ one-off callers.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import overload
@@ -247,6 +247,66 @@ class Decision:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Query:
+    """What a Session asks of a node, read once per ``schedule`` (or preemption) call."""
+
+    runtime: str
+    os: str | None
+    min_cores: int | None
+    min_memory_mib: int | None
+    labels: tuple[tuple[str, str], ...]
+    idle_only: bool
+    cpu: float
+    memory_mib: float
+
+    @classmethod
+    def of(cls, session: Session) -> Query:
+        spec = session.spec
+        selector = spec.providers.selector
+        resources = spec.workload.resources
+        return cls(
+            runtime=spec.workload.runtime,
+            os=selector.os.lower() if selector is not None and selector.os else None,
+            min_cores=selector.minCores if selector is not None else None,
+            min_memory_mib=selector.minMemoryMiB if selector is not None else None,
+            labels=tuple(selector.labels.items()) if selector is not None else (),
+            idle_only=bool(selector is not None and selector.idle),
+            cpu=resources.cpu,
+            memory_mib=resources.memoryMiB,
+        )
+
+    def static_refusal(
+        self, node: NodeView, exclude: Set[str], allowed: Allowed | None
+    ) -> tuple[str | None, str | None]:
+        """(the predicate ``node`` fails before resources, or None; the policy's reason, or
+        None): what no preemption can change."""
+        if node.node_id in exclude:
+            return ALREADY_USED, None
+        if node.inventory is not None and self.runtime not in node.runtimes:
+            return f"{LACK_RUNTIME} {self.runtime}", None  # no inventory: lacks cpu below
+        if self.os is not None and node.os != self.os:
+            return WRONG_OS, None
+        if self.min_cores is not None and node.cores < self.min_cores:
+            return FEW_CORES, None
+        if self.labels and any(node.labels.get(k) != v for k, v in self.labels):
+            return LABELS, None
+        if self.idle_only and node.active:
+            return NOT_IDLE, None
+        why = allowed(node) if allowed is not None else None
+        return None, why or None
+
+    def resource_refusal(self, node: NodeView, free_cpu: float, free_mib: float) -> str | None:
+        """``LACK_CPU``/``LACK_MEMORY`` if the workload does not fit in what is free."""
+        if self.cpu > free_cpu + _EPSILON:
+            return LACK_CPU
+        if self.memory_mib > free_mib + _EPSILON or (
+            self.min_memory_mib is not None and node.available_mib < self.min_memory_mib
+        ):
+            return LACK_MEMORY
+        return None
+
+
 def schedule(
     session: Session,
     nodes: Sequence[NodeView],
@@ -263,10 +323,7 @@ def schedule(
     """
     if want <= 0:
         return Decision([])
-    spec = session.spec
-    selector = spec.providers.selector
-    resources = spec.workload.resources
-    listed = spec.providers.nodes
+    listed = session.spec.providers.nodes
 
     total = len(nodes)
     counts: dict[str, int] = {}
@@ -291,43 +348,16 @@ def schedule(
             counts[NOT_LISTED] = ready_total - len(candidates)
         ranked = candidates
 
-    want_os = selector.os.lower() if selector is not None and selector.os else None
-    min_cores = selector.minCores if selector is not None else None
-    min_mem = selector.minMemoryMiB if selector is not None else None
-    want_labels = list(selector.labels.items()) if selector is not None else []
-    idle_only = bool(selector is not None and selector.idle)
-    cpu = resources.cpu
-    memory = resources.memoryMiB
-    runtime = spec.workload.runtime
-    lack_runtime = f"{LACK_RUNTIME} {runtime}"
-
+    query = Query.of(session)
     chosen: list[str] = []
     policy: dict[str, int] = {}
     for node in ranked:
-        refused: str | None = None
-        if node.node_id in exclude:
-            refused = ALREADY_USED
-        elif node.inventory is not None and runtime not in node.runtimes:  # no inventory: lacks cpu
-            refused = lack_runtime
-        elif want_os is not None and node.os != want_os:
-            refused = WRONG_OS
-        elif min_cores is not None and node.cores < min_cores:
-            refused = FEW_CORES
-        elif want_labels and any(node.labels.get(k) != v for k, v in want_labels):
-            refused = LABELS
-        elif idle_only and node.active:
-            refused = NOT_IDLE
-        else:
-            why = allowed(node) if allowed is not None else None
-            if why:
-                policy[why] = policy.get(why, 0) + 1
-                continue
-            if cpu > node.cores - node.allocated_cpu + _EPSILON:
-                refused = LACK_CPU
-            elif memory > node.free_memory_mib + _EPSILON or (
-                min_mem is not None and node.available_mib < min_mem
-            ):
-                refused = LACK_MEMORY
+        refused, why = query.static_refusal(node, exclude, allowed)
+        if why:
+            policy[why] = policy.get(why, 0) + 1
+            continue
+        if refused is None:
+            refused = query.resource_refusal(node, node.free_cpu, node.free_memory_mib)
         if refused is None:
             chosen.append(node.node_id)
             if len(chosen) == want:
@@ -352,4 +382,14 @@ def _explain(chosen: int, total: int, counts: dict[str, int], policy: dict[str, 
     return f"{chosen}/{total} providers: " + ", ".join(parts)
 
 
-__all__ = ["Allowed", "Decision", "NodeView", "RankedNodes", "rank_key", "schedule"]
+__all__ = [
+    "LACK_CPU",
+    "LACK_MEMORY",
+    "Allowed",
+    "Decision",
+    "NodeView",
+    "Query",
+    "RankedNodes",
+    "rank_key",
+    "schedule",
+]

@@ -108,12 +108,15 @@ class ImagePolicy(Model):
 # ---------------------------------------------------------------- Priority
 
 
+OnPreempted = Literal["Suspend", "Stop"]
+
+
 class PrioritySpec(Model):
     """A priority class. Higher ``value`` wins providers from lower ones."""
 
     value: int = Field(ge=-1_000_000, le=1_000_000_000)
     preemptionPolicy: Literal["PreemptLowerPriority", "Never"] = "PreemptLowerPriority"
-    onPreempted: Literal["Suspend", "Stop"] = "Suspend"
+    onPreempted: OnPreempted = "Suspend"
     default: bool = False
     description: str = ""
 
@@ -239,6 +242,9 @@ class PlacementSummary(Model):
 
 class SessionStatus(Status):
     phase: SessionPhase = "Pending"
+    #: the priority the Session is scheduled at: its class (None: no Priority) and value
+    priorityClass: str | None = None
+    priority: int = 0
     placements: list[PlacementSummary] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)
 
@@ -331,6 +337,20 @@ PlacementState = Literal[
 DesiredState = Literal["Running", "Suspended", "Stopped"]
 
 
+class Preemption(Model):
+    """Set by the hub on a placement it preempted: by which Session, how, and when.
+
+    While set, the placement's desiredState is ``Suspended`` (``action: Suspend``: it
+    keeps its memory and resumes on the same provider) or ``Stopped`` (``Stop``: its
+    slot is filled again by a new placement, queued at its priority).
+    """
+
+    session: Name
+    priority: int
+    action: OnPreempted
+    at: datetime
+
+
 class Admission(Model):
     """The hub's signed word that this placement's image is allowed (checked by the agent).
 
@@ -360,6 +380,10 @@ class PlacementSpec(Model):
     restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
     network: Name | None = None
     admission: Admission | None = None
+    #: the Session's priority value and what preemption does to it (from its Priority)
+    priority: int = 0
+    onPreempted: OnPreempted = "Suspend"
+    preemption: Preemption | None = None
 
 
 class PlacementStatus(Status):

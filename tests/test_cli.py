@@ -202,7 +202,9 @@ def test_prune_removes_objects_gone_from_the_folder_but_not_other_sets(
     other = workdir / "other"
     other.mkdir()
     (other / "priority.yaml").write_text(
-        MANIFESTS["priority.yaml"].replace("name: batch", "name: interactive")
+        MANIFESTS["priority.yaml"]
+        .replace("name: batch", "name: interactive")
+        .replace("default: true", "default: false")  # one default only
     )
     assert gu(hub, workdir, "apply", "-f", "deploy").returncode == 0
     assert gu(hub, workdir, "apply", "-f", "other").returncode == 0
@@ -371,8 +373,18 @@ def test_get_output_formats(hub: HubProcess, workdir: Path) -> None:
 def test_get_sessions_table_has_session_columns(hub: HubProcess, workdir: Path) -> None:
     assert gu(hub, workdir, "apply", "-f", "deploy").returncode == 0
     lines = gu(hub, workdir, "get", "sessions").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "APP", "PHASE", "READY", "PLACEMENTS", "AGE"]
+    assert lines[0].split() == ["NAME", "APP", "PRIORITY", "PHASE", "READY", "PLACEMENTS", "AGE"]
     assert lines[1].split()[:2] == ["hello", "demo"]
+    # once reconciled: the default class of the folder (batch, 100)
+    row = wait_for(
+        lambda: (
+            (r := gu(hub, workdir, "get", "sessions").stdout.splitlines()[1].split())[2] == "100"
+            and r
+        ),
+        timeout=10,
+        what="the session's priority in the table",
+    )
+    assert row[:4] == ["hello", "demo", "100", "(batch)"]
 
 
 def test_kind_aliases_name_the_same_objects(hub: HubProcess, workdir: Path) -> None:

@@ -28,7 +28,7 @@ from controller.api.common import ApiProblem, Caller, kind_of
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
 from controller.feed import line
-from controller.store import StoreError
+from controller.store import Store, StoreError
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS
 from specs.selectors import match_labels, parse_selector
 
@@ -183,6 +183,9 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
         raise ApiProblem(422, f"{bad} invalid object(s); nothing was applied", errors)
     for obj in objects:
         authz.check(who, "apply", obj["kind"], obj)
+    clash = default_priority_errors(d.store, objects)
+    if clash:
+        raise ApiProblem(422, "two default Priorities; nothing was applied", clash)
     refused = admit(d.store, d.images, objects)
     if refused:
         raise ApiProblem(
@@ -202,6 +205,31 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
         "results": [vars(r) for r in results],
         "resourceVersion": d.store.resource_version,
     }
+
+
+def default_priority_errors(store: Store, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most one Priority may have ``default: true`` once the apply is done (the stored
+    ones overlaid with the batch): an error on each one in the batch that would be a
+    second, naming both."""
+    if not any(o["kind"] == "Priority" for o in batch):
+        return []
+    final = {o["metadata"]["name"]: bool(o["spec"].get("default")) for o in store.list("Priority")}
+    for obj in batch:
+        if obj["kind"] == "Priority":
+            final[obj["metadata"]["name"]] = bool((obj.get("spec") or {}).get("default"))
+    defaults = [name for name, default in final.items() if default]  # the stored one first
+    if len(defaults) < 2:
+        return []
+    return [
+        {
+            "index": index,
+            "path": "spec.default",
+            "message": f"Priority {obj['metadata']['name']} and Priority {defaults[0]} both say "
+            "default: true; only one Priority may be the default: set default: false on one",
+        }
+        for index, obj in enumerate(batch)
+        if obj["kind"] == "Priority" and obj["metadata"]["name"] in defaults[1:]
+    ]
 
 
 def hub_finalizers(kind: str) -> list[str]:

@@ -192,6 +192,15 @@ def _provider_mem(obj: dict[str, Any]) -> str:
     return f"{human_bytes(total)} ({human_bytes(free)} free)"
 
 
+def _session_priority(obj: dict[str, Any]) -> str:
+    """``1000 (urgent)``: the value it is scheduled at and its class; ``0`` without one."""
+    value = _get(obj, "status", "priority")
+    if value is None:
+        return "-"
+    cls = _get(obj, "status", "priorityClass")
+    return f"{value} ({cls})" if cls else str(value)
+
+
 def _ready(obj: dict[str, Any]) -> str:
     return _text(condition(obj, "Ready").get("status"))
 
@@ -199,6 +208,7 @@ def _ready(obj: dict[str, Any]) -> str:
 _KIND_COLUMNS: dict[str, list[tuple[str, Any]]] = {
     "Session": [
         ("APP", lambda o: _text(_get(o, "spec", "app"))),
+        ("PRIORITY", _session_priority),
         ("PHASE", lambda o: _text(_get(o, "status", "phase"))),
         ("READY", _ready),
         ("PLACEMENTS", _session_placements),

@@ -110,6 +110,27 @@ def resources_of(placement: Obj) -> tuple[float, float]:
     return float(res.get("cpu", _DEFAULT_CPU)), float(res.get("memoryMiB", _DEFAULT_MEMORY))
 
 
+def is_preempted(placement: Obj) -> bool:
+    """Whether the hub preempted this placement (``spec.preemption`` is set)."""
+    return bool((placement.get("spec") or {}).get("preemption"))
+
+
+def holds_of(placement: Obj) -> tuple[float, float]:
+    """(cpu, memoryMiB) an active placement holds on its node. A preempted one gives its
+    cpu back at once; a suspended one keeps its memory (its process, container or VM is
+    still resident), a stopped one gives that back too."""
+    cpu, mem = resources_of(placement)
+    preemption = (placement.get("spec") or {}).get("preemption")
+    if preemption:
+        return 0.0, mem if preemption.get("action") == "Suspend" else 0.0
+    return cpu, mem
+
+
+def priority_of(placement: Obj) -> int:
+    """The priority value the placement was scheduled at (0 if none)."""
+    return int((placement.get("spec") or {}).get("priority") or 0)
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not value:
         return None
@@ -168,6 +189,13 @@ class ClusterState:
         self._unbound: dict[str, set[str]] = {}
         self._alloc: dict[str, tuple[float, float, int]] = {}
         self._holds: dict[str, tuple[str, float, float]] = {}
+        self._preempted: dict[str, set[str]] = {}  # session → its active preempted placements
+        #: Priority objects by name (the feed carries them too: resolving a Session's class
+        #: costs no store read)
+        self.priorities: dict[str, Obj] = {}
+        #: moves whenever capacity may have been freed (an allocation released, a provider
+        #: added or changed): what a waiting Session could not use before may fit now
+        self.capacity_epoch = 0
         self.relists = 0
 
     # ------------------------------------------------------------- refresh
@@ -212,6 +240,9 @@ class ClusterState:
         self._unbound.clear()
         self._alloc.clear()
         self._holds.clear()
+        self._preempted.clear()
+        self.capacity_epoch += 1
+        self.priorities = {p["metadata"]["name"]: p for p in self.store.list("Priority")}
         for placement in self.store.list("Placement"):
             self._put_placement(placement)
         if self.liveness is not None:
@@ -229,6 +260,11 @@ class ClusterState:
                     self._drop_placement(change.name)
             elif current is None or current["metadata"]["resourceVersion"] < change.rv:
                 self._put_placement(obj)
+        elif change.kind == "Priority":
+            if change.type == "DELETED":
+                self.priorities.pop(change.name, None)
+            else:
+                self.priorities[change.name] = obj
         elif change.kind == "Provider":
             seen = self._provider_rv.get(change.name, -1)
             if seen >= change.rv:
@@ -248,10 +284,12 @@ class ClusterState:
         view.allocated_cpu, view.allocated_memory_mib, view.active = cpu, mem, count
         self.nodes.upsert(view)
         self._provider_rv[view.node_id] = provider["metadata"]["resourceVersion"]
+        self.capacity_epoch += 1
 
     def _put_placement(self, placement: Obj) -> None:
         name = placement["metadata"]["name"]
-        self._drop_placement(name)
+        before = self._holds.get(name)
+        self._drop_placement(name, freed=False)
         self.placements[name] = placement
         spec = placement.get("spec") or {}
         session = str(spec.get("session") or "")
@@ -261,14 +299,21 @@ class ClusterState:
         if node:
             self._by_node.setdefault(node, set()).add(name)
             if active:
-                cpu, mem = resources_of(placement)
+                cpu, mem = holds_of(placement)
                 self._holds[name] = (node, cpu, mem)
                 self._allocate(node, cpu, mem, 1)
-        elif active and not placement["metadata"].get("deletionTimestamp"):
+                if is_preempted(placement):
+                    self._preempted.setdefault(session, set()).add(name)
+        hold = self._holds.get(name)
+        if before is not None and (
+            hold is None or hold[0] != before[0] or hold[1] < before[1] or hold[2] < before[2]
+        ):
+            self.capacity_epoch += 1  # it gave something back
+        if not node and active and not placement["metadata"].get("deletionTimestamp"):
             # (a placement being deleted waits for nothing: no capacity wakes its Session)
             self._unbound.setdefault(session, set()).add(name)
 
-    def _drop_placement(self, name: str) -> None:
+    def _drop_placement(self, name: str, freed: bool = True) -> None:
         old = self.placements.pop(name, None)
         if old is None:
             return
@@ -276,12 +321,15 @@ class ClusterState:
         session = str(spec.get("session") or "")
         _discard(self._by_session, session, name)
         _discard(self._unbound, session, name)
+        _discard(self._preempted, session, name)
         if spec.get("node"):
             _discard(self._by_node, spec["node"], name)
         hold = self._holds.pop(name, None)
         if hold is not None:
             node, cpu, mem = hold
             self._allocate(node, -cpu, -mem, -1)
+            if freed:
+                self.capacity_epoch += 1
 
     def _allocate(self, node: str, cpu: float, mem: float, count: int) -> None:
         old_cpu, old_mem, old_count = self._alloc.get(node, (0.0, 0.0, 0))
@@ -311,6 +359,15 @@ class ClusterState:
         """Sessions with an active placement that has no node yet."""
         return {s for s, names in self._unbound.items() if names}
 
+    def sessions_waiting(self) -> set[str]:
+        """Sessions that wait for capacity: an unbound placement, or a preempted one that
+        resumes when its node has room again."""
+        return self.sessions_with_unbound() | {s for s, names in self._preempted.items() if names}
+
+    def placements_on(self, node: str) -> list[Obj]:
+        """The placements bound to ``node`` (any state), by name."""
+        return [self.placements[n] for n in sorted(self._by_node.get(node, ()))]
+
     def taken(self, name: str) -> bool:
         """Whether a Placement of that name exists."""
         return name in self.placements
@@ -329,11 +386,14 @@ __all__ = [
     "SESSION_LABEL",
     "TERMINAL_STATES",
     "ClusterState",
+    "holds_of",
     "is_active",
     "is_lost",
+    "is_preempted",
     "new_placement",
     "node_view",
     "placement_name",
+    "priority_of",
     "resources_of",
     "state_of",
 ]

@@ -27,6 +27,7 @@ def apply_plan(plan: SessionPlan, obj: Obj, ctx: Context) -> Obj:
         or plan.remove_finalizer
         or plan.ensure_finalizer
         or plan.events
+        or plan.other_events
         or (plan.status is not None and plan.status != obj.get("status"))
     )
     if nothing:
@@ -50,6 +51,8 @@ def apply_plan(plan: SessionPlan, obj: Obj, ctx: Context) -> Obj:
             obj = ctx.update_status(obj, plan.status)
         for reason, message, type_ in plan.events:
             ctx.event(obj, reason, message, type_)
+        for session, reason, message, type_ in plan.other_events:
+            ctx.event({"kind": "Session", "metadata": {"name": session}}, reason, message, type_)
         if plan.remove_finalizer:
             obj = ctx.remove_finalizer(obj, SESSION_FINALIZER)
     return obj

@@ -11,6 +11,7 @@ hub-signed admission for its node. Testable without a store or a clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,14 +23,20 @@ from controller.reconcilers.placement import (
     is_lost,
     new_placement,
     placement_name,
+    resources_of,
     state_of,
 )
+from controller.reconcilers.preemption import NodeChoice
+from controller.reconcilers.session.queue import Ahead
 from controller.reconcilers.session.status import (
     DELETED,
     NODE_LOST,
     POLICY_VIOLATION,
+    PREEMPTED,
+    PREEMPTING,
     RECONCILING,
     REPLACING,
+    RESUMED,
     SCHEDULED,
     SESSION_FINALIZER,
     UNSCHEDULABLE,
@@ -39,7 +46,7 @@ from controller.reconcilers.session.status import (
     running_or_starting,
     session_status,
 )
-from controller.scheduler import Allowed, RankedNodes, schedule
+from controller.scheduler import Allowed, Decision, RankedNodes, schedule
 from specs.kinds import Session
 from specs.meta import set_condition
 
@@ -48,6 +55,32 @@ Obj = dict[str, Any]
 _TEMPLATE_FIELDS = ("app", "workload", "restartPolicy", "network")
 _EVENT_ITEMS = 10
 _REQUEUE_SLACK = 0.05  # wake just after a deadline, not just before it
+_EPSILON = 1e-9
+#: a pass that yielded to a Session ahead of it looks again this soon (the one ahead is
+#: queued at once and has placed by then)
+YIELD_RETRY = 0.2
+
+#: ``preempt(want, exclude)``: up to ``want`` nodes where preempting lower-priority work
+#: makes room (``controller.reconcilers.preemption.find_preemptions`` bound to the pass)
+Preempt = Callable[[int, AbstractSet[str]], list[NodeChoice]]
+
+
+@dataclass(frozen=True)
+class ResolvedPriority:
+    """A Session's priority: its class (None: no Priority applies) and what it may do."""
+
+    name: str | None = None
+    value: int = 0
+    preemption_policy: str = "PreemptLowerPriority"
+    on_preempted: str = "Suspend"
+
+    @property
+    def label(self) -> str:
+        """``urgent=1000``, or ``0`` without a class."""
+        return f"{self.name}={self.value}" if self.name else str(self.value)
+
+
+NO_PRIORITY = ResolvedPriority()
 
 
 @dataclass
@@ -63,6 +96,14 @@ class SessionPlan:
     ensure_finalizer: bool = False
     remove_finalizer: bool = False
     requeue_after: float | None = None
+    #: events on other Sessions (the victims of a preemption): (session, reason, message, type)
+    other_events: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: after this pass the Session waits for capacity: unbound placements, and preempted
+    #: ones that wait for room on their node to resume ((node, cpu) each)
+    unbound: int = 0
+    to_resume: list[tuple[str, float]] = field(default_factory=list)
+    #: whether it looked for room and found none (False: it yielded to a Session ahead)
+    unfit: bool = False
 
     def edit(self, placement: Obj) -> Obj:
         """A copy of ``placement`` to change spec/annotations on (one per placement)."""
@@ -120,6 +161,10 @@ def summarize(items: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def _iso(now: datetime) -> str:
+    return now.isoformat().replace("+00:00", "Z")
+
+
 def _template(session: Session) -> Obj:
     spec = session.spec
     return {
@@ -143,12 +188,20 @@ def plan_session(
     taken: Callable[[str], bool],
     allowed: Allowed | None = None,
     violation: str | None = None,
+    priority: ResolvedPriority = NO_PRIORITY,
+    ahead: Ahead | None = None,
+    preempt: Preempt | None = None,
 ) -> SessionPlan:
     """What one pass over a live Session should write (pure; see the module docstring).
 
     ``obj`` is the stored Session, ``session`` its parsed form, ``placements``
     its placements by name, ``taken(name)`` whether a placement name is in use.
+    ``ahead`` is where it stands in the wait queue: while a Session ahead of it
+    could use what is free (``ahead.ready``) it binds, resumes and preempts
+    nothing. ``preempt`` (None: ``preemptionPolicy: Never``) finds victims.
     """
+    ahead = ahead or Ahead()
+    blocked = bool(ahead.ready)
     plan = SessionPlan()
     spec = session.spec
     name = session.metadata.name
@@ -231,23 +284,63 @@ def plan_session(
         kept = [p for p in kept if p["metadata"]["name"] not in gone | retiring]
     need = max(0, want - len(kept))
 
-    # 3. desired state of what stays
+    # 3. desired state of what stays; a preempted placement resumes (same provider)
+    # once its node has room for its cpu again
+    resumed: list[str] = []
     for p in kept:
-        if running_or_starting(p) and p["spec"].get("desiredState") != target:
+        if not running_or_starting(p):
+            continue
+        pspec = p["spec"]
+        if (pspec.get("priority") or 0) != priority.value or (
+            pspec.get("onPreempted") or "Suspend"
+        ) != priority.on_preempted:
+            edited = plan.edit(p)
+            edited["spec"]["priority"] = priority.value
+            edited["spec"]["onPreempted"] = priority.on_preempted
+        preemption = pspec.get("preemption")
+        if preemption:
+            node = pspec.get("node") or ""
+            cpu, _ = resources_of(p)
+            home = nodes.get(node)
+            room = home is not None and home.ready and cpu <= home.free_cpu + _EPSILON
+            if room and not blocked and not spec.suspend:
+                edited = plan.edit(p)
+                edited["spec"].pop("preemption", None)
+                edited["spec"]["desiredState"] = target
+                resumed.append(
+                    f"{p['metadata']['name']} on {node} after {_since(preemption, now)} "
+                    f"(preempted by Session {preemption.get('session')})"
+                )
+            else:
+                plan.to_resume.append((node, cpu))
+            continue
+        if pspec.get("desiredState") != target:
             plan.edit(p)["spec"]["desiredState"] = target
 
     # 4. scheduling
     unbound = [p for p in kept if not p["spec"].get("node") and running_or_starting(p)]
     scheduled: list[str] = []
+    preempting: list[str] = []
     unschedulable = ""
     created: list[Obj] = []
     if (unbound or need) and not problems and not violation and not spec.suspend:
         exclude = {
             p["spec"]["node"] for p in kept if p["spec"].get("node") and running_or_starting(p)
         }
-        decision = schedule(session, nodes, len(unbound) + need, allowed, exclude)
+        wanted = len(unbound) + need
+        if blocked:
+            decision = Decision([], ahead.message)
+        else:
+            decision = schedule(session, nodes, wanted, allowed, exclude)
         chosen = list(decision.nodes)
+        if len(chosen) < wanted and preempt is not None and not blocked:
+            for choice in preempt(wanted - len(chosen), exclude | set(chosen)):
+                chosen.append(choice.node)
+                preempting += _mark_victims(plan, choice, name, priority, now)
         unschedulable = decision.reason
+        if ahead.message and not blocked:
+            unschedulable = f"{unschedulable}; {ahead.message}" if unschedulable else ""
+        plan.unfit = len(chosen) < wanted and not blocked
         for p in unbound:
             if chosen:
                 node = chosen.pop(0)
@@ -256,7 +349,7 @@ def plan_session(
                 scheduled.append(f"{p['metadata']['name']} → {node}")
             else:
                 plan.set_status(
-                    p, {"state": "Pending", "reason": UNSCHEDULABLE, "message": decision.reason}
+                    p, {"state": "Pending", "reason": UNSCHEDULABLE, "message": unschedulable}
                 )
         copied = {k: template[k] for k in _TEMPLATE_FIELDS}
         for _ in range(need):
@@ -264,7 +357,16 @@ def plan_session(
             while taken(pname) or any(c["metadata"]["name"] == pname for c in created):
                 pname = placement_name(name)
             node = chosen.pop(0) if chosen else None
-            created.append(new_placement(pname, name, copied, node, target, decision.reason))
+            created.append(
+                new_placement(
+                    pname,
+                    name,
+                    {**copied, "priority": priority.value, "onPreempted": priority.on_preempted},
+                    node,
+                    target,
+                    unschedulable,
+                )
+            )
             if node is not None:
                 scheduled.append(f"{pname} → {node}")
         plan.create = created
@@ -284,7 +386,11 @@ def plan_session(
         and state_of(p) not in TERMINAL_STATES
     ]
     if still_unbound and not problems and not violation and not spec.suspend:
-        plan.wake_at(retry_unschedulable)
+        plan.wake_at(YIELD_RETRY if blocked else retry_unschedulable)
+        plan.unbound = len(still_unbound)
+    if plan.to_resume:
+        plan.wake_at(YIELD_RETRY if blocked else retry_unschedulable)
+        plan.unfit = plan.unfit or not blocked
     plan.status = session_status(
         obj,
         session,
@@ -306,6 +412,12 @@ def plan_session(
         plan.events.append(
             (REPLACING, "spec changed, replacing " + summarize(sorted(replaced)), "Normal")
         )
+    if preempting:
+        plan.events.append(
+            (PREEMPTING, f"at priority {priority.label}: " + summarize(preempting), "Normal")
+        )
+    if resumed:
+        plan.events.append((RESUMED, summarize(resumed), "Normal"))
     if scheduled:
         plan.events.append((SCHEDULED, summarize(scheduled), "Normal"))
     if still_unbound and unschedulable and not problems and not spec.suspend:
@@ -313,6 +425,45 @@ def plan_session(
             (UNSCHEDULABLE, f"{len(still_unbound)} placement(s): {unschedulable}", "Warning")
         )
     return plan
+
+
+def _since(preemption: Obj, now: datetime) -> str:
+    try:
+        at = datetime.fromisoformat(str(preemption.get("at")))
+    except ValueError:
+        return "a while"
+    return f"{max(0.0, (now - at).total_seconds()):.1f}s"
+
+
+def _mark_victims(
+    plan: SessionPlan, choice: NodeChoice, name: str, priority: ResolvedPriority, now: datetime
+) -> list[str]:
+    """Suspend or stop ``choice``'s victims for Session ``name``; what to say about each."""
+    said = []
+    for victim in choice.victims:
+        edited = plan.edit(victim.placement)
+        edited["spec"]["desiredState"] = "Suspended" if victim.action == "Suspend" else "Stopped"
+        edited["spec"]["preemption"] = {
+            "session": name,
+            "priority": priority.value,
+            "action": victim.action,
+            "at": _iso(now),
+        }
+        verb = "suspended" if victim.action == "Suspend" else "stopped"
+        said.append(
+            f"{victim.name} of Session {victim.session} (priority {victim.priority}) "
+            f"on {choice.node} {verb}"
+        )
+        plan.other_events.append(
+            (
+                victim.session,
+                PREEMPTED,
+                f"placement {victim.name} {verb} on {choice.node} for Session {name} "
+                f"(priority {priority.label})",
+                "Warning",
+            )
+        )
+    return said
 
 
 def attach_admissions(

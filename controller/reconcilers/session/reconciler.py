@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from controller.liveness import Liveness
 from controller.policy import PolicyCheck, PolicyHook
 from controller.reconcile import Context, Controller, Result
 from controller.reconcilers.placement import SESSION_LABEL, TERMINAL_STATES, ClusterState, state_of
+from controller.reconcilers.preemption import NodeChoice, find_preemptions
 from controller.reconcilers.refs import (
     MISSING_REFERENCE,
     READY,
@@ -31,17 +33,22 @@ from controller.reconcilers.refs import (
 )
 from controller.reconcilers.session.apply import apply_plan
 from controller.reconcilers.session.plan import (
+    NO_PRIORITY,
+    Preempt,
+    ResolvedPriority,
     SessionPlan,
     attach_admissions,
     plan_deletion,
     plan_session,
 )
+from controller.reconcilers.session.queue import Waiter, WaitQueue, queue_key
 from controller.reconcilers.session.status import INVALID_SPEC, REFERENCES_RESOLVED, conditions_of
 from controller.reconcilers.session.watches import (
     provider_facts,
     sessions_naming,
     sessions_of_policy_apps,
 )
+from controller.scheduler import Allowed, RankedNodes, schedule
 from controller.store import Store
 from specs.kinds import Session
 from specs.meta import get_condition, set_condition
@@ -62,6 +69,45 @@ def session_problems(spec: Obj, store: Store) -> list[str]:
         *missing_references(store, "Priority", [spec.get("priority")]),
         *missing_references(store, "VirtualNetwork", [spec.get("network")]),
     ]
+
+
+def resolve_priority(name: str | None, priorities: Mapping[str, Obj]) -> ResolvedPriority:
+    """The Priority a Session is scheduled at: the one it names, else the ``default: true``
+    one, else value 0 (a named one that is missing is reported as a missing reference)."""
+    if name is None:
+        defaults = sorted(n for n, o in priorities.items() if (o.get("spec") or {}).get("default"))
+        if not defaults:
+            return NO_PRIORITY
+        name = defaults[0]
+    obj = priorities.get(name)
+    if obj is None:
+        return NO_PRIORITY
+    spec = obj.get("spec") or {}
+    return ResolvedPriority(
+        name=name,
+        value=int(spec.get("value") or 0),
+        preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
+        on_preempted=str(spec.get("onPreempted") or "Suspend"),
+    )
+
+
+def _fits(
+    session: Session,
+    allowed: Allowed | None,
+    exclude: set[str],
+    unbound: int,
+    to_resume: list[tuple[str, float]],
+) -> Callable[[RankedNodes], bool]:
+    """The wait queue's test for one Session: could it bind or resume anything now?"""
+
+    def fits(nodes: RankedNodes) -> bool:
+        for node, cpu in to_resume:
+            view = nodes.get(node)
+            if view is not None and view.ready and cpu <= view.free_cpu + 1e-9:
+                return True
+        return bool(unbound) and bool(schedule(session, nodes, 1, allowed, exclude).nodes)
+
+    return fits
 
 
 class SessionReconciler:
@@ -88,6 +134,8 @@ class SessionReconciler:
         self._wake_lock = threading.Lock()
         self._next_wake = 0.0  # monotonic: waiting Sessions were woken until then
         self._deferred: set[str] = set()  # queued for the current window's end
+        #: Sessions waiting for capacity, in serving order (under ``state.lock``)
+        self.queue = WaitQueue()
 
     def __call__(self, obj: Obj, ctx: Context) -> Result | None:
         """Converge one Session (see the module docstring)."""
@@ -104,14 +152,24 @@ class SessionReconciler:
                 return None
         check = self.policy(session, ctx.store) if self.policy and session else None
         check = check or PolicyCheck()
+        ready: list[str] = []
         with self.state.lock:
             self.state.refresh()
             placements = self.state.placements_of(name)
             if session is None:
+                self.queue.remove(name)
                 plan = plan_deletion(
                     obj, placements, self.state.nodes, now=now, node_grace=self.node_grace
                 )
             else:
+                priority = resolve_priority(session.spec.priority, self.state.priorities)
+                key = queue_key(priority.value, obj["metadata"].get("creationTimestamp", ""), name)
+                epoch = self.state.capacity_epoch
+                ahead = self.queue.ahead(key, self.state.nodes, epoch)
+                ready = ahead.ready
+                preempt: Preempt | None = None
+                if priority.preemption_policy == "PreemptLowerPriority":
+                    preempt = self._preempter(session, priority, check.allowed)
                 plan = plan_session(
                     obj,
                     session,
@@ -124,14 +182,63 @@ class SessionReconciler:
                     taken=self.state.taken,
                     allowed=check.allowed,
                     violation=check.violation,
+                    priority=priority,
+                    ahead=ahead,
+                    preempt=preempt,
                 )
+                if plan.status is not None:
+                    plan.status["priorityClass"] = priority.name
+                    plan.status["priority"] = priority.value
                 self._reference_events(obj, problems, plan)
                 if check.admit is not None:
                     attach_admissions(plan, placements, check.admit, self.state.nodes)
             apply_plan(plan, obj, ctx)
+            if session is not None:
+                self._queue(name, session, key, epoch, plan, placements, check.allowed)
+        for other in ready:  # ahead of this one and able to go: let it
+            if self.defer is not None:
+                self.defer(other, 0.0)
         if plan.requeue_after is None:
             return None
         return Result(requeue_after=plan.requeue_after)
+
+    def _preempter(
+        self, session: Session, priority: ResolvedPriority, allowed: Allowed | None
+    ) -> Preempt:
+        def preempt(want: int, exclude: AbstractSet[str]) -> list[NodeChoice]:
+            return find_preemptions(
+                session,
+                priority.value,
+                self.state.nodes,
+                want,
+                self.state.placements_on,
+                allowed,
+                exclude,
+            )
+
+        return preempt
+
+    def _queue(
+        self,
+        name: str,
+        session: Session,
+        key: tuple[int, str, str],
+        epoch: int,
+        plan: SessionPlan,
+        placements: list[Obj],
+        allowed: Allowed | None,
+    ) -> None:
+        """Keep the Session's place in the wait queue while it waits (under the lock)."""
+        if not plan.unbound and not plan.to_resume:
+            self.queue.remove(name)
+            return
+        exclude = {
+            str(p["spec"]["node"])
+            for p in placements
+            if p["spec"].get("node") and state_of(p) not in TERMINAL_STATES
+        }
+        fits = _fits(session, allowed, exclude, plan.unbound, plan.to_resume)
+        self.queue.put(name, Waiter(key, fits, epoch if plan.unfit else -1))
 
     def _reference_events(self, obj: Obj, problems: list[str], plan: SessionPlan) -> None:
         """The MissingReference warning, and a note when a reference stall clears."""
@@ -170,7 +277,7 @@ class SessionReconciler:
         if changed["spec"].get("node") and state_of(changed) in TERMINAL_STATES:
             with self.state.lock:
                 self.state.refresh()
-                waiting = self.state.sessions_with_unbound()
+                waiting = self.state.sessions_waiting()
             out |= self._wake_waiting(waiting - out)
         return sorted(out)
 
@@ -190,7 +297,7 @@ class SessionReconciler:
         flipped = before is None or not exists or before[0] != facts[0]
         with self.state.lock:
             self.state.refresh()
-            waiting = self.state.sessions_with_unbound()
+            waiting = self.state.sessions_waiting()
             out = self.state.sessions_on_node(node) if flipped else set()
         return sorted(out | self._wake_waiting(waiting))
 

@@ -22,6 +22,7 @@ from controller.reconcilers.placement import (
     STARTING_STATES,
     TERMINAL_STATES,
     is_lost,
+    is_preempted,
     state_of,
 )
 from controller.reconcilers.refs import MISSING_REFERENCE, READY, STALLED
@@ -43,6 +44,9 @@ REFERENCES_RESOLVED = "ReferencesResolved"
 SCHEDULED = "Scheduled"
 DELETED = "Deleted"
 REPLACING = "Replacing"
+PREEMPTED = "Preempted"  # a placement of this Session was suspended or stopped for another
+PREEMPTING = "Preempting"  # this Session suspended or stopped lower-priority placements
+RESUMED = "Resumed"
 
 
 def running_or_starting(p: Obj) -> bool:
@@ -112,6 +116,8 @@ def session_status(
         phase = "Succeeded"
     elif spec.suspend:
         phase = "Suspended"
+    elif counts["suspended"] and not counts["running"] and not counts["pending"]:
+        phase = "Suspended"  # preempted
     elif counts["running"] and counts["running"] + counts["succeeded"] >= want:
         phase = "Running"
     else:
@@ -190,6 +196,27 @@ def session_status(
         conditions = set_condition(conditions, STALLED, "True", stalled[0], stalled[1], now)
     else:
         conditions = [c for c in conditions if c.type != STALLED]
+
+    preempted = [
+        p for p in sorted(final, key=by_name) if is_preempted(p) and running_or_starting(p)
+    ]
+    if preempted:
+        first = preempted[0]["spec"]["preemption"]
+        then = (
+            "they resume on the same provider when it has room"
+            if first.get("action") == "Suspend"
+            else "they run again when there is room"
+        )
+        verb = "suspended" if first.get("action") == "Suspend" else "stopped"
+        message = (
+            f"{len(preempted)} placement(s) {verb} for Session {first.get('session')} "
+            f"(priority {first.get('priority')}); {then}"
+        )
+        conditions = set_condition(conditions, PREEMPTED, "True", PREEMPTED, message, now)
+        if stalled is None and phase == "Suspended":
+            conditions = set_condition(conditions, READY, "False", PREEMPTED, message, now)
+    else:
+        conditions = [c for c in conditions if c.type != PREEMPTED]
 
     out = dict(obj.get("status") or {})
     out["observedGeneration"] = obj["metadata"]["generation"]
