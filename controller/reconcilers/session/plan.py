@@ -104,6 +104,8 @@ class SessionPlan:
     to_resume: list[tuple[str, float]] = field(default_factory=list)
     #: whether it looked for room and found none (False: it yielded to a Session ahead)
     unfit: bool = False
+    #: where it stood in the wait queue, if the pass had to ask
+    ahead: Ahead | None = None
 
     def edit(self, placement: Obj) -> Obj:
         """A copy of ``placement`` to change spec/annotations on (one per placement)."""
@@ -189,19 +191,24 @@ def plan_session(
     allowed: Allowed | None = None,
     violation: str | None = None,
     priority: ResolvedPriority = NO_PRIORITY,
-    ahead: Ahead | None = None,
+    ahead: Callable[[], Ahead] | None = None,
     preempt: Preempt | None = None,
 ) -> SessionPlan:
     """What one pass over a live Session should write (pure; see the module docstring).
 
     ``obj`` is the stored Session, ``session`` its parsed form, ``placements``
     its placements by name, ``taken(name)`` whether a placement name is in use.
-    ``ahead`` is where it stands in the wait queue: while a Session ahead of it
-    could use what is free (``ahead.ready``) it binds, resumes and preempts
-    nothing. ``preempt`` (None: ``preemptionPolicy: Never``) finds victims.
+    ``ahead()`` says where it stands in the wait queue (asked only by a pass that
+    would bind, resume or preempt; kept in ``plan.ahead``): while a Session ahead
+    of it could use what is free (``ready``) it does none of these.
+    ``preempt`` (None: ``preemptionPolicy: Never``) finds victims.
     """
-    ahead = ahead or Ahead()
-    blocked = bool(ahead.ready)
+
+    def where() -> Ahead:
+        if plan.ahead is None:
+            plan.ahead = ahead() if ahead is not None else Ahead()
+        return plan.ahead
+
     plan = SessionPlan()
     spec = session.spec
     name = session.metadata.name
@@ -303,7 +310,7 @@ def plan_session(
             cpu, _ = resources_of(p)
             home = nodes.get(node)
             room = home is not None and home.ready and cpu <= home.free_cpu + _EPSILON
-            if room and not blocked and not spec.suspend:
+            if room and not spec.suspend and not where().ready:
                 edited = plan.edit(p)
                 edited["spec"].pop("preemption", None)
                 edited["spec"]["desiredState"] = target
@@ -328,8 +335,10 @@ def plan_session(
             p["spec"]["node"] for p in kept if p["spec"].get("node") and running_or_starting(p)
         }
         wanted = len(unbound) + need
+        standing = where()
+        blocked = bool(standing.ready)
         if blocked:
-            decision = Decision([], ahead.message)
+            decision = Decision([], standing.message)
         else:
             decision = schedule(session, nodes, wanted, allowed, exclude)
         chosen = list(decision.nodes)
@@ -338,8 +347,8 @@ def plan_session(
                 chosen.append(choice.node)
                 preempting += _mark_victims(plan, choice, name, priority, now)
         unschedulable = decision.reason
-        if ahead.message and not blocked:
-            unschedulable = f"{unschedulable}; {ahead.message}" if unschedulable else ""
+        if standing.message and not blocked:
+            unschedulable = f"{unschedulable}; {standing.message}" if unschedulable else ""
         plan.unfit = len(chosen) < wanted and not blocked
         for p in unbound:
             if chosen:
@@ -385,6 +394,7 @@ def plan_session(
         and p["metadata"]["name"] not in retiring
         and state_of(p) not in TERMINAL_STATES
     ]
+    blocked = plan.ahead is not None and bool(plan.ahead.ready)
     if still_unbound and not problems and not violation and not spec.suspend:
         plan.wake_at(YIELD_RETRY if blocked else retry_unschedulable)
         plan.unbound = len(still_unbound)

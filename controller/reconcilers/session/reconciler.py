@@ -165,8 +165,7 @@ class SessionReconciler:
                 priority = resolve_priority(session.spec.priority, self.state.priorities)
                 key = queue_key(priority.value, obj["metadata"].get("creationTimestamp", ""), name)
                 epoch = self.state.capacity_epoch
-                ahead = self.queue.ahead(key, self.state.nodes, epoch)
-                ready = ahead.ready
+                nodes = self.state.nodes
                 preempt: Preempt | None = None
                 if priority.preemption_policy == "PreemptLowerPriority":
                     preempt = self._preempter(session, priority, check.allowed)
@@ -183,9 +182,10 @@ class SessionReconciler:
                     allowed=check.allowed,
                     violation=check.violation,
                     priority=priority,
-                    ahead=ahead,
+                    ahead=lambda: self.queue.ahead(key, nodes, epoch),
                     preempt=preempt,
                 )
+                ready = plan.ahead.ready if plan.ahead is not None else []
                 if plan.status is not None:
                     plan.status["priorityClass"] = priority.name
                     plan.status["priority"] = priority.value
