@@ -38,7 +38,7 @@ class Pool:
     tmp: Path
 
 
-def docker_session(pool: Pool, name: str, script: str, **spec: Any) -> None:
+def docker_session(pool: Pool, name: str, script: str, cpu: float = 0.2, **spec: Any) -> None:
     pool.admin.apply(
         [
             {
@@ -51,7 +51,7 @@ def docker_session(pool: Pool, name: str, script: str, **spec: Any) -> None:
                         "runtime": "docker",
                         "image": {"hash": pool.image},
                         "command": ["sh", "-c", script],
-                        "resources": {"cpu": 0.2, "memoryMiB": 32},
+                        "resources": {"cpu": cpu, "memoryMiB": 32},
                     },
                     **spec,
                 },
@@ -198,6 +198,41 @@ def test_suspend_pauses_and_resume_runs_the_same_container(pool: Pool) -> None:
         client.close()
     pool.admin.delete("Session", "pausable")
     wait_for(lambda: session_gone(pool, "pausable"), timeout=60, what="pausable deleted")
+
+
+def test_an_urgent_session_pauses_a_batch_container_which_resumes_after(pool: Pool) -> None:
+    """Priorities on Docker: the victim is paused (same container), then unpaused."""
+    pool.admin.apply(
+        [
+            {"apiVersion": "gu/v1", "kind": "Priority", "metadata": {"name": n}, "spec": s}
+            for n, s in (("d-batch", {"value": 0}), ("d-urgent", {"value": 1000}))
+        ]
+    )
+    cores = provider_named(pool, "dock")["status"]["inventory"]["cpu"]["cores"]
+    count = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done"
+    docker_session(pool, "d-low", count, cpu=cores, priority="d-batch")
+    p = placement_in(pool, "d-low", "Running")
+    client = pool.engine.client()
+    try:
+        container = client.containers.get(f"gu-{p['metadata']['name']}")
+        wait_for(lambda: len(container.logs().split()) >= 3, timeout=20, what="the counter")
+        docker_session(pool, "d-urgent", "echo urgent; sleep 2", cpu=cores, priority="d-urgent")
+        victim = placement_in(pool, "d-low", "Suspended")
+        assert victim["status"]["reason"] == "Preempted"
+        container.reload()
+        assert container.attrs["State"]["Paused"] is True
+        frozen = len(container.logs().split())
+        placement_in(pool, "d-urgent", "Succeeded")
+        assert len(container.logs().split()) <= frozen + 1
+        placement_in(pool, "d-low", "Running")
+        again = client.containers.get(f"gu-{p['metadata']['name']}")
+        assert again.id == container.id and again.attrs["State"]["Paused"] is False
+        wait_for(lambda: len(again.logs().split()) > frozen + 1, timeout=20, what="it counts on")
+    finally:
+        client.close()
+    for name in ("d-low", "d-urgent"):
+        pool.admin.delete("Session", name)
+        wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
 
 
 def test_a_restarted_agent_adopts_its_container_and_deletion_removes_container_and_image(

@@ -85,7 +85,7 @@ class Pool:
         for name in names:
             self.admin.delete("Session", name)
         for name in names:
-            wait_for(lambda n=name: session_gone(self, n), timeout=60, what=f"{name} deleted")  # type: ignore[misc]
+            wait_for(lambda n=name: session_gone(self, n), timeout=60, what=f"{name} deleted")
 
 
 @pytest.fixture(scope="module")

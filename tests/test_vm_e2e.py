@@ -46,7 +46,7 @@ esac
 """
 
 
-def vm_session(pool: Pool, name: str, mode: str, **spec: Any) -> None:
+def vm_session(pool: Pool, name: str, mode: str, cpu: float = 1, **spec: Any) -> None:
     pool.admin.apply(
         [
             {
@@ -59,7 +59,7 @@ def vm_session(pool: Pool, name: str, mode: str, **spec: Any) -> None:
                         "runtime": "vm",
                         "image": {"hash": pool.image},
                         "args": [mode],
-                        "resources": {"cpu": 1, "memoryMiB": 192},
+                        "resources": {"cpu": cpu, "memoryMiB": 192},
                     },
                     **spec,
                 },
@@ -248,3 +248,38 @@ def test_suspend_resume_adoption_and_deletion_of_one_vm(pool: Pool) -> None:
     wait_for(lambda: session_gone(pool, "counter"), timeout=60, what="counter deleted")
     wait_for(lambda: pid not in qemu_pids(), timeout=30, what="QEMU gone")
     wait_for(lambda: not vm_dir.exists(), timeout=30, what="the VM's files gone")
+
+
+def test_an_urgent_session_pauses_a_batch_vm_which_resumes_after(pool: Pool) -> None:
+    """Priorities on VMs: the victim's QEMU is paused (QMP stop), then continued: same pid."""
+    pool.admin.apply(
+        [
+            {"apiVersion": "gu/v1", "kind": "Priority", "metadata": {"name": n}, "spec": s}
+            for n, s in (("v-batch", {"value": 0}), ("v-urgent", {"value": 1000}))
+        ]
+    )
+    (provider,) = pool.admin.list("Provider")
+    cores = provider["status"]["inventory"]["cpu"]["cores"]
+    vm_session(pool, "v-low", "count", cpu=cores, priority="v-batch")
+    p = placement_in(pool, "v-low", "Running")
+    vm_dir = pool.tmp / "vm" / "runtimes" / "vm" / p["metadata"]["name"]
+    pid = int((vm_dir / "qemu.pid").read_text())
+
+    def count() -> int:
+        words = (vm_dir / "stdout").read_bytes().split()
+        return int(words[-1]) if words else 0
+
+    wait_for(lambda: count() >= 3, timeout=30, what="the counter to count")
+    vm_session(pool, "v-urgent", "ok", cpu=cores, priority="v-urgent")
+    victim = placement_in(pool, "v-low", "Suspended")
+    assert victim["status"]["reason"] == "Preempted"
+    frozen = count()
+    placement_in(pool, "v-urgent", "Succeeded")
+    assert count() <= frozen + 1
+    placement_in(pool, "v-low", "Running")
+    wait_for(lambda: count() > frozen + 1, timeout=30, what="the counter to go on")
+    assert int((vm_dir / "qemu.pid").read_text()) == pid and pid in qemu_pids()
+    for name in ("v-low", "v-urgent"):
+        pool.admin.delete("Session", name)
+        wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+    wait_for(lambda: pid not in qemu_pids(), timeout=30, what="QEMU gone")
