@@ -108,6 +108,25 @@ $GU logs hello
 step "the provider (gu peer)"
 $GU peer demo-agent
 
+step "priorities: a batch job takes the whole provider; an urgent one suspends it; it resumes after"
+CORES=$($GU get providers -o json | $PY -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["status"]["inventory"]["cpu"]["cores"])')
+mkdir -p "$DEMO/priorities"
+for f in examples/priorities/*.yaml; do
+  sed "s/cpu: 2$/cpu: $CORES/" "$f" >"$DEMO/priorities/$(basename "$f")"
+done
+$GU apply -f "$DEMO/priorities/priorities.yaml" -f "$DEMO/priorities/batch.yaml"
+wait_until 60 "batch-job to run" bash -c "$GU get session batch-job -o json | $PY -c 'import json,sys; sys.exit(json.load(sys.stdin)[\"status\"].get(\"phase\") != \"Running\")'"
+$GU get sessions
+$GU apply -f "$DEMO/priorities/priorities.yaml" -f "$DEMO/priorities/render.yaml"
+wait_until 30 "batch-job to be suspended" bash -c "$GU get session batch-job -o json | $PY -c 'import json,sys; sys.exit(json.load(sys.stdin)[\"status\"].get(\"phase\") != \"Suspended\")'"
+$GU get sessions
+$GU get placements
+wait_until 60 "render to succeed" bash -c "$GU get session render -o json | $PY -c 'import json,sys; sys.exit(json.load(sys.stdin)[\"status\"].get(\"phase\") != \"Succeeded\")'"
+wait_until 30 "batch-job to resume" bash -c "$GU get session batch-job -o json | $PY -c 'import json,sys; sys.exit(json.load(sys.stdin)[\"status\"].get(\"phase\") != \"Running\")'"
+$GU get sessions
+$GU describe session batch-job | sed -n '/Events/,$p'
+$GU delete session batch-job render >/dev/null
+
 if [ -n "$DOCKER_ENGINE" ]; then
   step "docker: a busybox image (docker import), saved with gu image build --runtime docker"
   IMAGE_ID=$($PY -m tests.dockerd import gu-demo/busybox:latest --host "$DOCKER_ENGINE")
