@@ -43,7 +43,14 @@ class Pool:
     image: str
     cores: int
 
-    def session(self, name: str, priority: str, lines: int) -> str:
+    def session(
+        self,
+        name: str,
+        priority: str,
+        lines: int,
+        cpu: float | None = None,
+        memory: int = 32,
+    ) -> str:
         marker = f"{MARK}-{name}"
         self.admin.apply(
             [
@@ -59,7 +66,7 @@ class Pool:
                             "image": {"hash": self.image},
                             "command": ["./run.sh"],
                             "args": [marker, str(lines)],
-                            "resources": {"cpu": self.cores, "memoryMiB": 32},
+                            "resources": {"cpu": cpu or self.cores, "memoryMiB": memory},
                         },
                     },
                 }
@@ -246,3 +253,54 @@ def test_a_hub_killed_right_after_the_urgent_apply_ends_the_same(pool: Pool) -> 
     pool.hub.start()
     suspended_then_resumed(pool, "low3", marker, "urgent3")
     pool.delete("low3", "urgent3")
+
+
+def test_of_three_classes_the_lowest_goes_first_and_equals_never_preempt(pool: Pool) -> None:
+    pool.admin.apply(
+        [
+            {"apiVersion": "gu/v1", "kind": "Priority", "metadata": {"name": n}, "spec": s}
+            for n, s in (("mid", {"value": 500}), ("top", {"value": 2000}))
+        ]
+    )
+    half = pool.cores / 2
+    mid = pool.session("mid1", "mid", 600, cpu=half)
+    low = pool.session("low1", "batch", 600, cpu=half)
+    pool.placement_in("mid1", "Running")
+    pool.placement_in("low1", "Running")
+    pool.session("mid2", "mid", 5, cpu=pool.cores)  # needs mid1's cpu too: equal, so it waits
+    waiting = wait_for(
+        lambda: (ps := pool.placements("mid2")) and ps[0]["status"].get("reason") and ps[0],
+        timeout=10,
+        what="mid2 waiting",
+    )
+    assert not waiting["spec"]["node"]
+    assert pool.placements("mid1")[0]["status"]["state"] == "Running"
+    assert pool.placements("low1")[0]["status"]["state"] == "Running"
+    pool.delete("mid2")
+    pool.session("top1", "top", 5, cpu=half)  # one half is enough: the low one goes
+    victim = pool.placement_in("low1", "Suspended")
+    assert victim["spec"]["preemption"]["session"] == "top1"
+    assert pool.placements("mid1")[0]["status"]["state"] == "Running"
+    assert workload_pids(mid) and workload_pids(low)  # suspended, not stopped
+    pool.placement_in("top1", "Succeeded", timeout=60)
+    pool.placement_in("low1", "Running")
+    pool.delete("mid1", "low1", "top1")
+
+
+def test_memory_a_suspended_victim_holds_is_not_given_to_another(pool: Pool) -> None:
+    (provider,) = pool.admin.list("Provider")
+    free_mib = provider["status"]["usage"]["memoryAvailableBytes"] // 2**20
+    pool.session("big", "batch", 600, memory=int(free_mib * 0.5))
+    pool.placement_in("big", "Running")
+    pool.session("u-cpu", "urgent", 600, cpu=pool.cores - 0.5, memory=32)
+    pool.placement_in("big", "Suspended")
+    pool.placement_in("u-cpu", "Running")
+    pool.session("u-mem", "urgent", 5, cpu=0.25, memory=int(free_mib * 0.6))
+    waiting = wait_for(
+        lambda: (ps := pool.placements("u-mem")) and ps[0]["status"].get("reason") and ps[0],
+        timeout=10,
+        what="u-mem waiting",
+    )
+    assert not waiting["spec"]["node"]
+    assert "lack memory" in waiting["status"]["message"], waiting["status"]
+    pool.delete("u-mem", "u-cpu", "big")

@@ -31,6 +31,7 @@ capacity.
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import string
 import threading
@@ -131,6 +132,12 @@ def priority_of(placement: Obj) -> int:
     return int((placement.get("spec") or {}).get("priority") or 0)
 
 
+def _created(placement: Obj) -> float:
+    """The placement's creation time in seconds (0 if it has none)."""
+    stamp = _parse_time(placement["metadata"].get("creationTimestamp"))
+    return stamp.timestamp() if stamp is not None else 0.0
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not value:
         return None
@@ -190,6 +197,10 @@ class ClusterState:
         self._alloc: dict[str, tuple[float, float, int]] = {}
         self._holds: dict[str, tuple[str, float, float]] = {}
         self._preempted: dict[str, set[str]] = {}  # session → its active preempted placements
+        #: node → what a higher priority may preempt there, in the order it is taken:
+        #: (priority, -created, name), lowest priority then newest first
+        self._preemptible: dict[str, list[tuple[int, float, str]]] = {}
+        self._preemptible_key: dict[str, tuple[str, tuple[int, float, str]]] = {}
         #: Priority objects by name (the feed carries them too: resolving a Session's class
         #: costs no store read)
         self.priorities: dict[str, Obj] = {}
@@ -241,6 +252,8 @@ class ClusterState:
         self._alloc.clear()
         self._holds.clear()
         self._preempted.clear()
+        self._preemptible.clear()
+        self._preemptible_key.clear()
         self.capacity_epoch += 1
         self.priorities = {p["metadata"]["name"]: p for p in self.store.list("Priority")}
         for placement in self.store.list("Placement"):
@@ -304,6 +317,12 @@ class ClusterState:
                 self._allocate(node, cpu, mem, 1)
                 if is_preempted(placement):
                     self._preempted.setdefault(session, set()).add(name)
+                elif spec.get("desiredState") != "Stopped" and not placement["metadata"].get(
+                    "deletionTimestamp"
+                ):
+                    key = (priority_of(placement), -_created(placement), name)
+                    bisect.insort(self._preemptible.setdefault(node, []), key)
+                    self._preemptible_key[name] = (node, key)
         hold = self._holds.get(name)
         if before is not None and (
             hold is None or hold[0] != before[0] or hold[1] < before[1] or hold[2] < before[2]
@@ -322,6 +341,12 @@ class ClusterState:
         _discard(self._by_session, session, name)
         _discard(self._unbound, session, name)
         _discard(self._preempted, session, name)
+        victim = self._preemptible_key.pop(name, None)
+        if victim is not None:
+            keys = self._preemptible[victim[0]]
+            del keys[bisect.bisect_left(keys, victim[1])]
+            if not keys:
+                del self._preemptible[victim[0]]
         if spec.get("node"):
             _discard(self._by_node, spec["node"], name)
         hold = self._holds.pop(name, None)
@@ -367,6 +392,26 @@ class ClusterState:
     def placements_on(self, node: str) -> list[Obj]:
         """The placements bound to ``node`` (any state), by name."""
         return [self.placements[n] for n in sorted(self._by_node.get(node, ()))]
+
+    def preemption_order(self, below: int) -> list[str]:
+        """Nodes with something a Session at priority ``below`` may preempt, the lowest
+        such priority first (then by node id)."""
+        return [
+            node
+            for _, node in sorted(
+                (keys[0][0], node) for node, keys in self._preemptible.items() if keys[0][0] < below
+            )
+        ]
+
+    def preemptible_on(self, node: str, below: int) -> list[Obj]:
+        """The active placements on ``node`` a Session at priority ``below`` may preempt
+        (strictly lower, not preempted or stopping yet), lowest priority then newest first.
+        Indexed: a node with nothing below costs one lookup."""
+        keys = self._preemptible.get(node)
+        if not keys or keys[0][0] >= below:
+            return []
+        end = bisect.bisect_left(keys, (below,))
+        return [self.placements[k[2]] for k in keys[:end]]
 
     def taken(self, name: str) -> bool:
         """Whether a Placement of that name exists."""

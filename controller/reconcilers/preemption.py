@@ -18,11 +18,14 @@ room is not a choice.
 Among the nodes that can make room, the best are those whose victims have the
 lowest highest priority, then the fewest victims, then the newest victims (the
 least work lost), then the scheduler's rank; one node per wanted placement.
+Nodes are tried lowest preemptible priority first, and the search stops after
+``CANDIDATES_MIN`` (or ``CANDIDATES_SHARE`` of the pool) nodes that can make room:
+in a pool of a thousand full providers a decision looks at a hundred.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +41,11 @@ from controller.scheduler import Allowed, NodeView, Query, RankedNodes, rank_key
 from specs.kinds import Session
 
 Obj = dict[str, Any]
+
+#: how many nodes that can make room the search looks at before it chooses (Kubernetes'
+#: defaults: minCandidateNodesAbsolute 100, minCandidateNodesPercentage 10)
+CANDIDATES_MIN = 100
+CANDIDATES_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,9 @@ def _created(placement: Obj) -> float:
         return 0.0
 
 
-def candidates_on(placements: Sequence[Obj], priority: int) -> list[Victim]:
-    """The placements of ``placements`` that a Session at ``priority`` may preempt, in the
-    order they are taken: lowest priority first, then newest first."""
-    out = []
+def candidates_on(placements: Iterable[Obj], priority: int) -> Iterator[Victim]:
+    """The placements of ``placements`` (given lowest priority, then newest first) that a
+    Session at ``priority`` may preempt, made as they are asked for."""
     for p in placements:
         spec = p["spec"]
         if (
@@ -100,14 +107,12 @@ def candidates_on(placements: Sequence[Obj], priority: int) -> list[Victim]:
             continue
         cpu, memory = resources_of(p)
         action = "Stop" if spec.get("onPreempted") == "Stop" else "Suspend"
-        out.append(
-            Victim(p, priority_of(p), action, cpu, memory if action == "Stop" else 0.0, _created(p))
+        yield Victim(
+            p, priority_of(p), action, cpu, memory if action == "Stop" else 0.0, _created(p)
         )
-    out.sort(key=lambda v: (v.priority, -v.created, v.name))
-    return out
 
 
-def victims_for(query: Query, view: NodeView, candidates: list[Victim]) -> list[Victim] | None:
+def victims_for(query: Query, view: NodeView, candidates: Iterable[Victim]) -> list[Victim] | None:
     """The fewest of ``candidates`` (taken in order) whose preemption lets ``query`` fit on
     ``view``; None if even all of them would not."""
     free_cpu, free_mib = view.free_cpu, view.free_memory_mib
@@ -134,35 +139,56 @@ def find_preemptions(
     priority: int,
     nodes: RankedNodes,
     want: int,
-    placements_on: Callable[[str], Sequence[Obj]],
+    preemptible_on: Callable[[str, int], Sequence[Obj]],
     allowed: Allowed | None = None,
     exclude: AbstractSet[str] = frozenset(),
+    order: Sequence[str] | None = None,
 ) -> list[NodeChoice]:
     """Up to ``want`` distinct nodes where preempting lower-priority work makes room for
-    ``session`` (at ``priority``), best first (see the module docstring)."""
+    ``session`` (at ``priority``), best first (see the module docstring).
+
+    ``preemptible_on(node, priority)`` gives a node's placements below ``priority``
+    (``ClusterState.preemptible_on``, indexed). ``order`` (None: every Ready node) is
+    the nodes to try, lowest preemptible priority first
+    (``ClusterState.preemption_order``); the search stops once it has
+    ``max(CANDIDATES_MIN, CANDIDATES_SHARE × Ready nodes, want)`` nodes that can make room,
+    as Kubernetes' preemption does, so a decision costs what it examines, not the pool.
+    """
     if want <= 0:
         return []
     query = Query.of(session)
     listed = session.spec.providers.nodes
-    views: list[NodeView] = (
-        [v for v in (nodes.get(n) for n in set(listed)) if v is not None and v.ready]
-        if listed is not None
-        else list(nodes.ranked_ready())
-    )
+    if listed is not None:
+        names: Iterable[str] = sorted(set(listed))
+    elif order is not None:
+        names = order
+    else:
+        names = [v.node_id for v in nodes.ranked_ready()]
+    enough = max(CANDIDATES_MIN, int(CANDIDATES_SHARE * nodes.ready_count), want)
     choices: list[tuple[tuple[int, int, float, tuple[bool, float, float, str]], NodeChoice]] = []
-    for view in views:
+    for name in names:
+        view = nodes.get(name)
+        if view is None or not view.ready:
+            continue
         refused, why = query.static_refusal(view, exclude, allowed)
         if refused is not None or why:
             continue
-        candidates = candidates_on(placements_on(view.node_id), priority)
-        if not candidates:
-            continue
-        victims = victims_for(query, view, candidates)
+        victims = victims_for(query, view, candidates_on(preemptible_on(name, priority), priority))
         if victims:
-            choice = NodeChoice(view.node_id, victims)
+            choice = NodeChoice(name, victims)
             choices.append((choice.key(view), choice))
+            if len(choices) >= enough:
+                break
     choices.sort(key=lambda item: item[0])
     return [choice for _, choice in choices[:want]]
 
 
-__all__ = ["NodeChoice", "Victim", "candidates_on", "find_preemptions", "victims_for"]
+__all__ = [
+    "CANDIDATES_MIN",
+    "CANDIDATES_SHARE",
+    "NodeChoice",
+    "Victim",
+    "candidates_on",
+    "find_preemptions",
+    "victims_for",
+]

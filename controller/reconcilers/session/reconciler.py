@@ -211,9 +211,10 @@ class SessionReconciler:
                 priority.value,
                 self.state.nodes,
                 want,
-                self.state.placements_on,
+                self.state.preemptible_on,
                 allowed,
                 exclude,
+                self.state.preemption_order(priority.value),
             )
 
         return preempt
