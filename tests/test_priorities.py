@@ -15,6 +15,8 @@ import pytest
 
 from controller.api.objects import default_priority_errors
 from controller.reconcile import Controller
+from controller.reconcilers.preemption import candidates_on, victims_for
+from controller.scheduler import NodeView, Query
 from controller.store import SQLiteStore, Store
 from tests.test_reconcilers_scheduling import (
     IMAGE,
@@ -275,3 +277,71 @@ def test_a_second_default_is_refused_naming_both(store: Store) -> None:
     assert default_priority_errors(store, [prio("normal", True)]) == []
     two = default_priority_errors(store, [prio("a", True), prio("b", True)])
     assert [e["index"] for e in two] == [0, 1]
+
+
+# ----------------------------------------------------------- pure victim choice
+
+
+def _placement(
+    name: str, priority: int, cpu: float, memory: int, on: str, created: str
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": {
+            "session": name,
+            "node": "n",
+            "desiredState": "Running",
+            "priority": priority,
+            "onPreempted": on,
+            "workload": {"resources": {"cpu": cpu, "memoryMiB": memory}},
+        },
+        "status": {"state": "Running"},
+    }
+
+
+def _query(cpu: float, memory: int) -> Query:
+    return Query("native", None, None, None, (), False, cpu, memory)
+
+
+def test_victims_are_the_fewest_lowest_first_and_only_stopped_ones_free_memory() -> None:
+    view = NodeView("n", ready=True, allocated_cpu=4, allocated_memory_mib=3072, active=3)
+    view.cores, view.memory_mib, view.available_mib = 4, 4096, 4096
+    old_low = _placement("old-low", 0, 1, 1024, "Suspend", "2026-01-01T00:00:00Z")
+    new_low = _placement("new-low", 0, 1, 1024, "Suspend", "2026-01-02T00:00:00Z")
+    mid = _placement("mid", 5, 2, 1024, "Stop", "2026-01-01T00:00:00Z")
+    ordered = [new_low, old_low, mid]  # as the index gives them: lowest, then newest first
+
+    got = victims_for(_query(1, 512), view, candidates_on(ordered, 10))
+    assert [v.name for v in got or []] == ["new-low"]  # the newest of the lowest, and one
+    got = victims_for(_query(2, 512), view, candidates_on(ordered, 10))
+    assert [v.name for v in got or []] == ["new-low", "old-low"]
+    # 2 GiB free after suspensions? no: suspended victims keep memory; only mid (Stop) frees
+    got = victims_for(_query(2, 2048), view, candidates_on(ordered, 10))
+    assert [v.name for v in got or []] == ["mid"]
+    assert victims_for(_query(1, 512), view, candidates_on(ordered, 0)) is None  # equal: none
+    assert victims_for(_query(4, 4096), view, candidates_on(ordered, 10)) is None
+
+
+@pytest.mark.usefixtures("app")
+def test_a_suspended_victim_resumes_before_a_newer_session_of_its_priority_takes_the_room(
+    store: Store, controller: Controller
+) -> None:
+    node = add_provider(store, 1, cores=2)
+    add_priority(store, "batch", 0)
+    add_priority(store, "urgent", 1000)
+    job(store, "low", "batch", cpu=2)
+    low = run(controller, store, "low")
+    job(store, "high", "urgent", cpu=2)
+    reconcile_everything(controller, store)
+    agent_reports(store, low, "Suspended")
+    high = only(store, "high")["metadata"]["name"]
+    agent_reports(store, high, "Running")
+    job(store, "aa-newer", "batch", cpu=2)  # same priority as low, applied after it
+    reconcile_everything(controller, store)
+    assert only(store, "aa-newer")["spec"]["node"] is None
+
+    agent_reports(store, high, "Succeeded")
+    reconcile_everything(controller, store)  # "aa-newer" is reconciled before "low": it yields
+    assert not store.get("Placement", low)["spec"].get("preemption")
+    assert store.get("Placement", low)["spec"]["node"] == node
+    assert only(store, "aa-newer")["spec"]["node"] is None

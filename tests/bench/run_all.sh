@@ -13,6 +13,8 @@ if [ "${BENCH_QUICK:-}" = 1 ]; then
   $PY tests/bench/bench_image_verify.py --size-mib 64
   $PY tests/bench/bench_security.py --size-mib 64
   $PY tests/bench/bench_vm.py --runs 3
+  $PY tests/bench/bench_docker.py --sessions 5 --size-mib 10
+  $PY tests/bench/bench_preempt.py --runs 5 --providers 200 --urgent 20
 else
   $PY tests/bench/bench_core.py
   $PY tests/bench/bench_startup.py
@@ -21,4 +23,6 @@ else
   $PY tests/bench/bench_image_verify.py
   $PY tests/bench/bench_security.py
   $PY tests/bench/bench_vm.py
+  $PY tests/bench/bench_docker.py
+  $PY tests/bench/bench_preempt.py
 fi
