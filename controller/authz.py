@@ -3,7 +3,8 @@
 - **admin**: everything.
 - **app**: Sessions whose ``spec.app`` is itself (get, list, watch, apply,
   delete); read Providers (to pick unused ones); push and read images.
-- **agent**: its own Provider (read, status) and the Placements on its node
+- **agent**: its own Provider (read only: the hub writes its status from
+  heartbeats) and the Placements on its node
   (read, watch, status); pull images — only those its Placements run, which the
   image routes check (``controller/api/images.py``), since that needs the store.
 
@@ -64,7 +65,11 @@ def check(
     elif p.role == "agent":
         if verb == "pull":
             allowed = True
-        elif kind in ("Provider", "Placement") and verb in (*_READ, "status"):
+        elif (kind == "Provider" and verb in _READ) or (
+            kind == "Placement" and verb in (*_READ, "status")
+        ):
+            # never a Provider's status: the hub writes it from heartbeats, so an agent
+            # cannot declare itself Ready, re-date its last beat or relabel itself
             allowed = obj is None or visible(p, kind, obj)
     if not allowed:
         what = f"{verb} {kind}" if kind else verb

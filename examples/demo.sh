@@ -69,9 +69,9 @@ else
 fi
 
 step "enrol a local agent with a join token"
-TOKEN=$($GU hub token create --ttl 1h)
+TOKEN=$($GU hub token create --ttl 1h --uses 1 --label pool=demo)
 $GU agent --hub "$HUB" --join-token "$TOKEN" --state-dir "$DEMO/agent" --name demo-agent \
-  --label pool=demo --heartbeat 2 "${docker_args[@]}" "${vm_args[@]}" >"$DEMO/agent.log" 2>&1 &
+  --heartbeat 2 "${docker_args[@]}" "${vm_args[@]}" >"$DEMO/agent.log" 2>&1 &
 pids+=($!)
 wait_until 30 "the agent to be Ready" bash -c "$GU peers -o json | $PY -c 'import json,sys; sys.exit(not any(p[\"ready\"] for p in json.load(sys.stdin)))'"
 $GU peers

@@ -81,11 +81,27 @@ class App(Model):
 # ------------------------------------------------------------- ImagePolicy
 
 
+#: Labels an agent reports about itself (``gu agent --label``) reach schedulers under
+#: this prefix; they are claims, so no ImagePolicy may select on them.
+SELF_LABEL_PREFIX = "self."
+
+
+def _trusted_selector(selector: dict[str, str]) -> dict[str, str]:
+    claimed = sorted(k for k in selector if k.startswith(SELF_LABEL_PREFIX))
+    if claimed:
+        raise ValueError(
+            f"{', '.join(claimed)}: labels under {SELF_LABEL_PREFIX!r} are what agents say "
+            "of themselves and cannot be trusted; select on labels the admin sets "
+            "(`gu hub token create --label K=V`, `gu label provider NODE K=V`)"
+        )
+    return selector
+
+
 class ProviderAllow(Model):
-    """Providers an app may use: listed node ids, or providers whose labels match."""
+    """Providers an app may use: listed node ids, or providers whose (trusted) labels match."""
 
     nodes: list[NodeId] = Field(default_factory=list)
-    selector: Labels = Field(default_factory=dict)
+    selector: Annotated[Labels, AfterValidator(_trusted_selector)] = Field(default_factory=dict)
 
 
 class ImagePolicySpec(Model):

@@ -201,7 +201,7 @@ def test_a_bad_join_token_is_refused_with_a_clear_message(agents: Any, admin: Cl
     assert a.wait(timeout=30) == 3
     out = a.log()
     assert "refused to enrol" in out
-    assert "join token unknown or expired" in out
+    assert "join token unknown, expired, revoked or used up" in out
     assert "gu hub token create" in out
     assert "gujt1_not-a-real-token" not in out  # the token is never echoed
     assert admin.list("Provider") == []

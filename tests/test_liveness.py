@@ -271,6 +271,11 @@ def test_usage_only_heartbeats_write_no_change_and_wake_no_reconcile(
             }
         )
         await until(lambda: idle(hub), "the hub to settle")
+        for _ in range(20):  # settled: no write for 0.3 s (the first Ready flip may be late)
+            rv = hub.store.resource_version
+            await asyncio.sleep(0.3)
+            if hub.store.resource_version == rv and idle(hub):
+                break
         rv, reconciles = hub.store.resource_version, hub.controller.stats()["reconciles"]
 
         for n in range(1, 51):  # a burst of usage-only beats

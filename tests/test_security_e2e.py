@@ -1,7 +1,9 @@
 """Security end to end: a real hub, three real agents, and an app that logs in with its key.
 
-The pool: agents ``a0`` and ``a1`` labelled ``pool=a``, ``b0`` labelled
-``pool=b``. The app ``a`` makes its key with ``gu keys new``, logs in with
+The pool: agent ``a0`` enrolled with a join token labelled ``pool=a`` (``gu hub
+token create --label pool=a --uses 1``), ``b0`` with one labelled ``pool=b``, and
+``a1`` with an unlabelled token but ``--label pool=a`` on its own command line: a
+claim, which no policy trusts until the admin labels it (``gu label provider``). The app ``a`` makes its key with ``gu keys new``, logs in with
 ``gu login`` into its own client config, and does everything else through the
 ``gu`` CLI as a user would (build, push, sign, apply). The admin (the hub's own
 config) writes the App and the ImagePolicy objects.
@@ -152,10 +154,24 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     admin = hub.client()
     agents: dict[str, AgentProcess] = {}
     try:
-        token = admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
-        for name, label in (("a0", "pool=a"), ("a1", "pool=a"), ("b0", "pool=b")):
+        plain = admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+        for name, token_label, own_label in (
+            ("a0", "pool=a", "pool=a"),
+            ("a1", None, "pool=a"),  # claims pool=a itself: not trusted
+            ("b0", "pool=b", "pool=b"),
+        ):
+            token = plain
+            if token_label:
+                made = run_gu(
+                    "hub", "token", "create", "--ttl", "10m", "--uses", "1",
+                    "--label", token_label, env=hub.env,
+                )  # fmt: skip
+                assert made.returncode == 0, made.stderr
+                token = made.stdout.strip()
             agent = AgentProcess(hub, tmp / f"agent-{name}", tmp / f"agent-{name}.log")
-            agent.start("--join-token", token, "--name", name, "--label", label, "--heartbeat", "1")
+            agent.start(
+                "--join-token", token, "--name", name, "--label", own_label, "--heartbeat", "1"
+            )  # fmt: skip
             agents[name] = agent
 
         app_env = {**os.environ, "GU_CONFIG": str(tmp / "app-config.yaml")}
@@ -214,6 +230,25 @@ def test_a_policy_for_pool_a_runs_the_session_there_and_only_there(pool: Pool) -
     pool.policy("a-pool", allowImages=[image], allowProviders={"selector": {"pool": "a"}})
     marker = f"{MARK_PREFIX}-poola"
     pool.gu("apply", "-f", str(pool.session_file("poola", image, marker, count=3)))
+    # a1 says pool=a of itself: the policy trusts only a0's label, from its token
+    wait_for(
+        lambda: (
+            [p for p in pool.placements("poola") if p["status"].get("state") == "Running"]
+            and len(pool.placements("poola")) == 3
+        ),
+        timeout=30,
+        what="1 Running placement",
+    )
+    time.sleep(2.0)  # several scheduling passes
+    bound = [p["spec"].get("node") for p in pool.placements("poola") if p["spec"].get("node")]
+    assert bound == [pool.node("a0")]
+    a1 = pool.admin.get("Provider", pool.node("a1"))
+    assert a1["metadata"]["labels"] == {} and a1["spec"]["labels"] == {"pool": "a"}
+
+    refused = pool.gu("label", "provider", "a1", "pool=a", ok=False)  # the app may not
+    assert refused.returncode != 0 and "lacks permission" in refused.stderr, refused.stderr
+    labeled = run_gu("label", "provider", "a1", "pool=a", env=pool.hub.env)  # the admin may
+    assert labeled.returncode == 0 and "pool=a" in labeled.stdout, labeled.stderr
     pool_a = {pool.node("a0"), pool.node("a1")}
 
     running = wait_for(

@@ -354,6 +354,10 @@ def jointoken_body(w: World, p: str) -> dict[str, Any]:
     return {"json": {"ttl": 600}}
 
 
+def labels_body(w: World, p: str) -> dict[str, Any]:
+    return {"json": {"labels": {"zone": "matrix"}}}
+
+
 def logs_body(w: World, p: str) -> dict[str, Any]:
     return {"content": b"hello from the workload\n"}
 
@@ -456,6 +460,12 @@ ROWS: tuple[Row, ...] = (
     Row("GET", "/openapi.json", "/openapi.json", SIGNED_IN),
     # agents
     Row("POST", "/v1/jointokens", "/v1/jointokens", ADMIN_ONLY, jointoken_body),
+    Row("GET", "/v1/jointokens", "/v1/jointokens", ADMIN_ONLY),
+    Row("DELETE", "/v1/jointokens/{token_id}", "/v1/jointokens/000000000000",
+        "401 401 401 403 403 403 404"),
+    # trusted labels: the admin's alone (an agent may not relabel itself)
+    Row("PUT", "/v1/providers/{name}/labels", "/v1/providers/{own_node}/labels", ADMIN_ONLY,
+        labels_body),
     # the admin has no Provider to heartbeat for: 403 like everyone who is not an agent
     Row("POST", "/v1/agents/heartbeat", "/v1/agents/heartbeat", "401 401 401 403 200 403 403",
         heartbeat_body),
@@ -519,12 +529,13 @@ ROWS: tuple[Row, ...] = (
     Row("GET", ONE, "/v1/placements/{placement}/events", AGENT_AND_ADMIN, needs="placement"),
     Row("GET", ONE, "/v1/apps/a/events", ADMIN_ONLY),
     Row("GET", ONE, "/v1/imagepolicies/a-may-run/events", ADMIN_ONLY),
-    # status writes: the admin (controllers), and an agent for its own Provider/Placements
+    # status writes: the admin (controllers), and an agent for its own Placements; never a
+    # Provider's (the hub writes it from heartbeats: no agent declares itself Ready)
     Row("PUT", ONS, "/v1/sessions/{session}/status", ADMIN_ONLY,
         current_status("Session", "session")),
-    Row("PUT", ONS, "/v1/providers/{own_node}/status", AGENT_AND_ADMIN,
+    Row("PUT", ONS, "/v1/providers/{own_node}/status", ADMIN_ONLY,
         current_status("Provider", "own_node")),
-    Row("PUT", ONS, "/v1/providers/{other_node}/status", "401 401 401 403 404 403 200",
+    Row("PUT", ONS, "/v1/providers/{other_node}/status", ADMIN_ONLY,
         current_status("Provider", "other_node")),
     Row("PUT", ONS, "/v1/placements/{placement}/status", AGENT_AND_ADMIN,
         current_status("Placement", "placement"), "placement"),

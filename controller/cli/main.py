@@ -33,7 +33,13 @@ from controller.cli.hub import hub_group
 from controller.cli.images import image_group
 from controller.cli.keys import keys_group, login_command
 from controller.cli.objects import delete_command, describe_command, get_command
-from controller.cli.pool import logs_command, peer_command, peers_command, token_group
+from controller.cli.pool import (
+    label_group,
+    logs_command,
+    peer_command,
+    peers_command,
+    token_group,
+)
 from controller.cli.state import CliState
 
 
@@ -95,6 +101,7 @@ cli.add_command(schema_command)
 cli.add_command(peers_command)
 cli.add_command(peer_command)
 cli.add_command(logs_command)
+cli.add_command(label_group)
 cli.add_command(image_group)
 cli.add_command(keys_group)
 cli.add_command(login_command)

@@ -1,5 +1,5 @@
-"""The pool: providers (``gu peers``, ``gu peer``), workload output (``gu logs``),
-and agent join tokens (``gu hub token create``).
+"""The pool: providers (``gu peers``, ``gu peer``, ``gu label provider``), workload
+output (``gu logs``), and agent join tokens (``gu hub token create/ls/revoke``).
 
 ``gu peers``/``gu peer`` print what the Provider Information API serves
 (``/peers`` and ``/peers/{nodeId}/inf/*``); ``-o json`` prints it unchanged.
@@ -7,6 +7,7 @@ and agent join tokens (``gu hub token create``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -131,12 +132,97 @@ def token_group() -> None:
     metavar="DURATION",
     help="How long the token stays valid (e.g. 30m, 24h, 7d).",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A trusted label every provider enrolled with it gets (repeatable); "
+    "ImagePolicy selectors match these.",
+)
+@click.option("--uses", type=click.IntRange(1, 100_000), help="Enrol at most this many agents.")
 @pass_state
-def token_create_command(state: CliState, ttl: str) -> None:
+def token_create_command(
+    state: CliState, ttl: str, labels: tuple[str, ...], uses: int | None
+) -> None:
     """Print a new join token: `gu agent --hub URL --join-token TOKEN` uses it."""
     seconds = parse_duration(ttl)
-    answer = state.client().call("POST", "/v1/jointokens", json={"ttl": seconds})
+    body: dict[str, Any] = {"ttl": seconds, "labels": parse_labels(labels, "--label")}
+    if uses is not None:
+        body["uses"] = uses
+    answer = state.client().call("POST", "/v1/jointokens", json=body)
     click.echo(answer["token"])
+
+
+@token_group.command("ls")
+@pass_state
+def token_ls_command(state: CliState) -> None:
+    """List the live join tokens by id: expiry, uses left, labels (never the tokens)."""
+    items = state.client().call("GET", "/v1/jointokens")["items"]
+    now = time.time()
+    rows = [
+        [
+            t["id"],
+            f"in {_duration(t['expires'] - now)}",
+            "unlimited" if t["uses"] is None else str(t["uses"]),
+            ",".join(f"{k}={v}" for k, v in sorted(t["labels"].items())) or "-",
+        ]
+        for t in items
+    ]
+    click.echo(format_table(["ID", "EXPIRES", "USES-LEFT", "LABELS"], rows))
+
+
+@token_group.command("revoke")
+@click.argument("token_id", metavar="ID")
+@pass_state
+def token_revoke_command(state: CliState, token_id: str) -> None:
+    """Revoke a join token by the id `gu hub token ls` shows: it enrols nothing any more."""
+    state.client().call("DELETE", f"/v1/jointokens/{token_id}")
+    click.echo(f"jointoken/{token_id} revoked")
+
+
+@click.group("label")
+def label_group() -> None:
+    """Set trusted labels (admin)."""
+
+
+@label_group.command("provider")
+@click.argument("node")
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+@pass_state
+def label_provider_command(state: CliState, node: str, changes: tuple[str, ...]) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) a provider's trusted labels, the ones ImagePolicy
+    selectors match: `gu label provider NODE pool=a gpu-`."""
+    client = state.client()
+    nid = _find_peer(client.call("GET", "/peers"), node)
+    patch: dict[str, str | None] = {}
+    for item in changes:
+        if item.endswith("-") and "=" not in item:
+            patch[item[:-1]] = None
+        else:
+            patch.update(parse_labels((item,), "label"))
+    result = client.call("PUT", f"/v1/providers/{nid}/labels", json={"labels": patch})
+    shown = ",".join(f"{k}={v}" for k, v in sorted(result["metadata"]["labels"].items()))
+    click.echo(f"provider/{nid} labeled: {shown or '(no labels)'}")
+
+
+def parse_labels(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """``("k=v", …)`` → a dict; a clear error for anything else."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. pool=a", param_hint=what)
+        out[key] = value
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def parse_duration(text: str) -> int:

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from controller.liveness import Liveness
 from controller.scheduler import NodeView, RankedNodes
 from controller.store import Change, Gone, Store
-from specs.kinds import Inventory, Resources, Usage
+from specs.kinds import SELF_LABEL_PREFIX, Inventory, Resources, Usage
 
 Obj = dict[str, Any]
 
@@ -166,7 +166,10 @@ def node_view(provider: Obj) -> NodeView:
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
             since = None if ready else _parse_time(cond.get("lastTransitionTime"))
-    labels = {**(spec.get("labels") or {}), **(provider["metadata"].get("labels") or {})}
+    # trusted labels (the admin's: token, `gu label provider`) as they are; what the agent
+    # reports of itself under ``self.``, which no ImagePolicy selector may name
+    reported = {SELF_LABEL_PREFIX + k: v for k, v in (spec.get("labels") or {}).items()}
+    labels = {**reported, **(provider["metadata"].get("labels") or {})}
     return NodeView(
         node_id=provider["metadata"]["name"],
         labels=labels,
