@@ -108,6 +108,35 @@ class Authenticator:
         ).derive(raw)
         self._nonces: dict[str, _Nonce] = {}
         self._lock = threading.Lock()
+        #: (role, name, key) → when it was revoked: a token of it issued before is refused
+        self._revoked: dict[tuple[str, str, str], float] = {}
+        self._persist: Callable[[dict[tuple[str, str, str], float]], None] | None = None
+
+    # ------------------------------------------------------------ revocation
+
+    def load_revocations(
+        self,
+        revoked: dict[tuple[str, str, str], float],
+        persist: Callable[[dict[tuple[str, str, str], float]], None] | None = None,
+    ) -> None:
+        """Start from ``revoked`` (kept by the hub across restarts: tokens outlive them);
+        ``persist(revoked)`` is called with the new table after each revocation."""
+        cutoff = time.time() - self.token_ttl - 60
+        with self._lock:
+            self._revoked = {k: t for k, t in revoked.items() if t >= cutoff}
+        self._persist = persist
+
+    def revoke(self, role: str, name: str, key: str) -> None:
+        """Refuse from now on every token of this principal issued until now (a key
+        removed from an App, a deleted Provider): at once, not at their expiry."""
+        now = time.time()
+        cutoff = now - self.token_ttl - 60  # older entries can only name expired tokens
+        with self._lock:
+            self._revoked[(role, name, key)] = now
+            self._revoked = {k: t for k, t in self._revoked.items() if t >= cutoff}
+            table = dict(self._revoked)
+        if self._persist is not None:
+            self._persist(table)
 
     # ------------------------------------------------------------ log-in
 
@@ -175,6 +204,7 @@ class Authenticator:
             "n": principal.name,
             "k": principal.key,
             "exp": round(time.time() + ttl, 3),
+            "iat": round(time.time(), 3),
             "id": _b64(secrets.token_bytes(9)),
         }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
@@ -196,4 +226,11 @@ class Authenticator:
             raise AuthError("invalid bearer token (not issued by this hub)")
         if float(payload["exp"]) < time.time():
             raise AuthError("bearer token expired; log in again")
-        return Principal(payload["r"], payload["n"], payload.get("k", ""), float(payload["exp"]))
+        who = Principal(payload["r"], payload["n"], payload.get("k", ""), float(payload["exp"]))
+        revoked = self._revoked.get((who.role, who.name, who.key))
+        if revoked is not None and float(payload.get("iat", 0)) <= revoked:
+            raise AuthError(
+                f"bearer token revoked: the key of {who} was removed from this hub "
+                "(an App's publicKeys, or its Provider deleted)"
+            )
+        return who

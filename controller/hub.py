@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -37,11 +38,13 @@ from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
 from controller.store import Store, open_store
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
+from specs.logfmt import kv
 
 log = logging.getLogger("gu.hub")
 
 DEFAULT_STATE_DIR = Path("~/.local/share/gu/hub")
 DEFAULT_LISTEN = "127.0.0.1:61622"
+REVOCATIONS_KEY = "auth:revoked"
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Hub:
         self.store: Store = open_store(state / "hub.db")
         self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
+        self.auth.load_revocations(self._load_revocations(), self._save_revocations)
         self.feed = ChangeFeed(self.store)
         self.heartbeats = HeartbeatBatcher(self.store)
         self.liveness = Liveness(default_period=settings.heartbeat)
@@ -136,6 +140,20 @@ class Hub:
             if public_key in (app["spec"].get("publicKeys") or []):
                 return Principal("app", app["metadata"]["name"], public_key)
         return None
+
+    def _load_revocations(self) -> dict[tuple[str, str, str], float]:
+        """Revoked principals, kept in the store: tokens outlive a hub restart."""
+        raw = dict(self.store.meta_items(REVOCATIONS_KEY)).get(REVOCATIONS_KEY)
+        try:
+            rows = json.loads(raw) if raw else []
+            return {(r, n, k): float(t) for r, n, k, t in rows}
+        except (ValueError, TypeError):
+            log.warning(kv("revocations_unreadable", action="starting with none"))
+            return {}
+
+    def _save_revocations(self, table: dict[tuple[str, str, str], float]) -> None:
+        rows = [[r, n, k, t] for (r, n, k), t in sorted(table.items())]
+        self.store.put_meta(REVOCATIONS_KEY, json.dumps(rows))
 
     def _placement_exists(self, name: str) -> bool:
         return self.store.try_get("Placement", name) is not None

@@ -18,7 +18,7 @@ from controller.client import ApiError, Client
 from specs.identity import generate_key
 from tests.conftest import HubProcess
 from tests.helpers import run_gu, wait_for
-from tests.test_security_matrix import HEARTBEAT, enroll_request
+from tests.test_security_matrix import HEARTBEAT, app_object, enroll_request
 
 
 def enroll(
@@ -144,3 +144,33 @@ def test_an_agent_cannot_write_its_providers_status_nor_claim_the_impossible(
         timeout=15,
         what="the silent provider NotReady",
     )
+
+
+def test_a_removed_app_key_or_a_deleted_provider_loses_its_token_at_once(
+    hub: HubProcess,
+) -> None:
+    admin = hub.client()
+    key, other = generate_key(), generate_key()
+    admin.apply([app_object("rev", key, other)])
+    app = Client(hub.url, key)
+    token = app.token()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(hub.url + "/v1/whoami", headers=headers, timeout=10).status_code == 200
+
+    admin.apply([app_object("rev", other)])  # the key is taken off the App
+    gone = httpx.get(hub.url + "/v1/whoami", headers=headers, timeout=10)
+    assert gone.status_code == 401 and "revoked" in gone.text, gone.text
+    hub.stop()
+    hub.start()  # the token is still signed by this hub: the revocation outlives a restart
+    assert httpx.get(hub.url + "/v1/whoami", headers=headers, timeout=10).status_code == 401
+    kept = Client(hub.url, other)
+    assert kept.call("GET", "/v1/whoami")["name"] == "rev"  # the other key works on
+
+    admin = hub.client()
+    got = enroll(hub, new_token(admin)["token"], "doomed")
+    node, agent_token = got.json()["nodeId"], got.json()["token"]
+    agent = {"Authorization": f"Bearer {agent_token}"}
+    assert httpx.get(hub.url + "/v1/whoami", headers=agent, timeout=10).status_code == 200
+    admin.delete("Provider", node)
+    refused = httpx.get(hub.url + "/v1/whoami", headers=agent, timeout=10)
+    assert refused.status_code == 401 and "revoked" in refused.text, refused.text

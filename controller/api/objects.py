@@ -149,8 +149,14 @@ def delete_object(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
     k = kind_of(kind)
     if k in SYSTEM_KINDS and who.role != "admin":
         raise Forbidden(f"{who} lacks permission to delete {k}")
-    fetch(d, who, "delete", k, name)
-    return d.store.delete(k, name)
+    doomed = fetch(d, who, "delete", k, name)
+    result = d.store.delete(k, name)
+    if k == "App":
+        for key in doomed["spec"].get("publicKeys") or []:
+            d.auth.revoke("app", name, key)
+    elif k == "Provider":
+        d.auth.revoke("agent", name, str(doomed["spec"].get("publicKey") or ""))
+    return result
 
 
 @router.put("/v1/{kind}/{name}/status")
@@ -193,6 +199,8 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
             f"{len(refused)} object(s) refused by image policy; nothing was applied",
             refused,
         )
+    touches_apps = req.prune or any(o["kind"] == "App" for o in objects)
+    before = app_keys(d.store) if touches_apps and not req.dryRun else {}
     results = d.store.apply(
         objects,
         apply_set=req.applySet,
@@ -201,9 +209,21 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
         dry_run=req.dryRun,
         finalizers=hub_finalizers,
     )
+    if before:  # a key taken off an App (or the App pruned): its tokens stop now
+        after = app_keys(d.store)
+        for app, keys in before.items():
+            for key in keys - after.get(app, set()):
+                d.auth.revoke("app", app, key)
     return {
         "results": [vars(r) for r in results],
         "resourceVersion": d.store.resource_version,
+    }
+
+
+def app_keys(store: Store) -> dict[str, set[str]]:
+    """Every App's public keys."""
+    return {
+        a["metadata"]["name"]: set(a["spec"].get("publicKeys") or []) for a in store.list("App")
     }
 
 
