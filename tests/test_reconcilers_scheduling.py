@@ -726,7 +726,11 @@ def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> Non
     controller.reconcile("Session", "s")
     assert all(p["spec"]["node"] is None for p in placements(store))
     stalled = condition(store, "Session", "s", "Stalled")
-    assert stalled is not None and stalled["message"] == "0/2 providers: 2 not trusted"
+    assert (
+        stalled is not None
+        and stalled["message"] == "2 of 2 slots waiting: 0/2 providers: 2 not trusted"
+    )
+    assert len(placements(store)) == 1  # one placement waits for both slots
 
     spec = store.get("Provider", nid(2))["spec"]
     store.replace(
@@ -790,3 +794,25 @@ def test_a_herd_of_new_providers_wakes_each_waiting_session_once_per_window(
     t[0] += session_reconciler.WAKE_WINDOW  # a new window: the next change wakes them again
     node = add_provider(store, 40, memory_gib=2)
     assert set(rec.sessions_for_provider(store.get("Provider", node), store)) == waiting
+
+
+@pytest.mark.usefixtures("app")
+def test_a_count_no_pool_can_fill_waits_as_one_placement_and_one_reason(
+    store: Store, controller: Controller
+) -> None:
+    for i in (1, 2, 3):
+        add_provider(store, i)
+    add_session(store, providers={"count": 10000})
+    reconcile_everything(controller, store)
+    reconcile_everything(controller, store)  # the retry: the three are taken by now
+    got = placements(store)
+    assert len(got) == 4 and sum(1 for p in got if p["spec"]["node"] is None) == 1
+    stalled = condition(store, "Session", "s", "Stalled")
+    assert stalled is not None
+    assert stalled["message"] == (
+        "9997 of 10000 slots waiting: 0/3 providers: 3 already run this session"
+    )
+    rv = store.resource_version
+    reconcile_everything(controller, store)  # a retry writes nothing new
+    assert store.resource_version == rv
+    assert len(placements(store)) == 4

@@ -41,12 +41,14 @@ One pass (level-triggered and idempotent; a converged pass writes nothing):
    - *scheduling*: unbound placements and missing slots go through
      ``controller.scheduler.schedule``. Chosen nodes bind the oldest unbound
      placements first (``spec.node`` set, status reason cleared), then new
-     placements are created. A slot no provider can take becomes **one
-     unbound placement per slot** (``node: null``, status reason
-     ``Unschedulable`` and the scheduler's aggregated message), so each slot's
-     fate is visible in ``gu get placements`` and binding later is a one-field
-     change; they are retried on every Provider change that may help, when
-     capacity is freed, and every ``2 × heartbeat`` seconds.
+     placements are created. The slots no provider can take wait as **one
+     unbound placement** (``node: null``, status reason ``Unschedulable`` and
+     the scheduler's aggregated message, prefixed ``N of M slots waiting:``
+     when more than one waits), so ``count: 10000`` on three providers is four
+     placements and one reason, not ten thousand rows retried; binding later is
+     a one-field change plus new placements. It is retried on every Provider
+     change that may help, when capacity is freed, and every ``2 × heartbeat``
+     seconds.
 3. **Apply.** The writes of the plan (placement status, spec, creations,
    deletions, the Session's status and events) go in one store transaction —
    one fsync per pass, all or nothing; a ``Conflict`` (an agent wrote a status

@@ -56,6 +56,11 @@ _TEMPLATE_FIELDS = ("app", "workload", "restartPolicy", "network")
 _EVENT_ITEMS = 10
 _REQUEUE_SLACK = 0.05  # wake just after a deadline, not just before it
 _EPSILON = 1e-9
+#: unbound placements a Session keeps while its slots wait for providers: one, whatever
+#: its count (``count: 10000`` on three providers is three placements and one waiting,
+#: and the Session's reason says how many slots wait), so an unfillable count costs
+#: neither rows nor retries per slot
+MAX_UNBOUND = 1
 #: a pass that yielded to a Session ahead of it looks again this soon (the one ahead is
 #: queued at once and has placed by then)
 YIELD_RETRY = 0.2
@@ -350,22 +355,34 @@ def plan_session(
         if standing.message and not blocked:
             unschedulable = f"{unschedulable}; {standing.message}" if unschedulable else ""
         plan.unfit = len(chosen) < wanted and not blocked
+        waiting = wanted - len(chosen)  # slots no provider takes now
+        if waiting > MAX_UNBOUND and unschedulable:
+            unschedulable = f"{waiting} of {want} slots waiting: {unschedulable}"
+        left_unbound = 0
         for p in unbound:
             if chosen:
                 node = chosen.pop(0)
                 plan.edit(p)["spec"]["node"] = node
                 plan.set_status(p, {"state": "Pending"})
                 scheduled.append(f"{p['metadata']['name']} → {node}")
+            elif left_unbound >= MAX_UNBOUND:  # a slot marker too many: the Session says it
+                plan.delete[p["metadata"]["name"]] = p
+                gone.add(p["metadata"]["name"])
             else:
+                left_unbound += 1
                 plan.set_status(
                     p, {"state": "Pending", "reason": UNSCHEDULABLE, "message": unschedulable}
                 )
         copied = {k: template[k] for k in _TEMPLATE_FIELDS}
         for _ in range(need):
+            node = chosen.pop(0) if chosen else None
+            if node is None:
+                if left_unbound >= MAX_UNBOUND:
+                    break  # waits as a count in the Session's reason, not as a placement
+                left_unbound += 1
             pname = placement_name(name)
             while taken(pname) or any(c["metadata"]["name"] == pname for c in created):
                 pname = placement_name(name)
-            node = chosen.pop(0) if chosen else None
             created.append(
                 new_placement(
                     pname,
