@@ -78,3 +78,25 @@ def test_a_starting_hub_removes_the_logs_of_placements_it_does_not_have(tmp_path
         assert "event=logs_swept files=1" in hub.logs()
     finally:
         hub.stop()
+
+
+def test_an_upload_is_kept_as_its_tail_while_it_streams() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from controller.api.logs import tail_of
+
+    sent = [bytes([65 + i % 26]) * 65536 for i in range(64)]  # 4 MiB in 64 KiB chunks
+    held: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        chunk = sent.pop(0)
+        held.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": bool(sent)}
+
+    request = Request({"type": "http", "method": "PUT", "headers": []}, receive)
+    whole = b"".join(sent)
+    tail = asyncio.run(tail_of(request, 1 << 20))
+    assert tail == whole[-(1 << 20) :]
+    assert sum(held) == len(whole)  # everything was read, but only the tail was kept

@@ -236,3 +236,35 @@ def test_readers_do_not_wait_behind_a_writer(store: Store) -> None:
     assert store.names("Priority") == ["new", "old"]
     assert store.resource_version > rv0
     assert [c.name for c in store.changes(rv0)] == ["new"]
+
+
+def test_deleting_objects_removes_their_events_so_event_storage_returns_to_its_size(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from controller.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "hub.db")
+    try:
+
+        def event_rows() -> int:
+            with sqlite3.connect(tmp_path / "hub.db") as db:
+                return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+        store.create({"kind": "App", "metadata": {"name": "keep"}, "spec": {}})
+        store.record_event("App", "keep", "Made", "stays")
+        before = event_rows()
+        for i in range(1000):
+            store.create({"kind": "App", "metadata": {"name": f"a{i}"}, "spec": {}})
+            for n in range(30):  # more than the per-object cap
+                store.record_event("App", f"a{i}", "Tick", f"event {n}")
+        assert len(store.events("App", "a0")) == 20  # capped per object
+        assert event_rows() == before + 1000 * 20
+        for i in range(1000):
+            store.delete("App", f"a{i}")
+        assert event_rows() == before
+        assert store.events("App", "a0") == []
+        assert [e.message for e in store.events("App", "keep")] == ["stays"]
+    finally:
+        store.close()

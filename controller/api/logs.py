@@ -24,6 +24,17 @@ router = APIRouter()
 MAX_LOG_BYTES = 1 << 20
 
 
+async def tail_of(request: Request, limit: int) -> bytes:
+    """The last ``limit`` bytes of the request body, read as it streams in: however much
+    an agent sends, the hub holds at most about twice ``limit`` of it at once."""
+    tail = bytearray()
+    async for chunk in request.stream():
+        tail += chunk
+        if len(tail) > 2 * limit:
+            del tail[:-limit]
+    return bytes(tail[-limit:])
+
+
 @router.put("/v1/placements/{name}/logs", tags=["agents"], openapi_extra=raw_body("text/plain"))
 async def put_logs(
     name: str,
@@ -44,9 +55,7 @@ async def put_logs(
     if placement is None or not authz.visible(who, "Placement", placement):
         raise NotFound(f"Placement/{name} not found")
     authz.check(who, "status", "Placement", placement)
-    body = await request.body()
-    if len(body) > MAX_LOG_BYTES:
-        body = body[-MAX_LOG_BYTES:]
+    body = await tail_of(request, MAX_LOG_BYTES)
     await asyncio.to_thread(d.logs.store, name, body, run)
     return {"bytes": len(body)}
 

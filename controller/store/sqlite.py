@@ -345,6 +345,8 @@ class SQLiteStore(ObjectStore):
 
     def _remove(self, kind: str, name: str) -> None:
         self._db.execute("DELETE FROM objects WHERE kind=? AND name=?", (kind, name))
+        # its events go with it (bounded growth: a deleted object leaves nothing behind)
+        self._db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
 
     def _apply_set_members(self, apply_set: str) -> builtins.list[dict[str, Any]]:
         rows = self._db.execute(
