@@ -63,11 +63,21 @@ NodeId = Annotated[str, AfterValidator(_check_node)]
 # --------------------------------------------------------------------- App
 
 
+class Quota(Model):
+    """What one App's Sessions may ask for in all (None: no limit), checked at apply."""
+
+    sessions: int | None = Field(default=None, ge=0)
+    placements: int | None = Field(default=None, ge=0)
+    cpu: float | None = Field(default=None, ge=0)
+    memoryMiB: int | None = Field(default=None, ge=0)
+
+
 class AppSpec(Model):
-    """An application identity: the Ed25519 public keys it logs in with."""
+    """An application identity: the Ed25519 public keys it logs in with, and its quota."""
 
     publicKeys: list[PublicKey] = Field(default_factory=list)
     description: str = ""
+    quota: Quota | None = None
 
 
 class App(Model):

@@ -74,6 +74,67 @@ def openapi(request: Request, who: Caller) -> dict[str, Any]:
     return request.app.openapi()
 
 
+#: the largest request body the hub reads, but for the routes that stream theirs (image
+#: uploads, bounded by the image store; log uploads, kept as their tail)
+MAX_BODY_BYTES = 32 << 20
+_STREAMED = (("POST", "/v1/images"), ("PUT", "/v1/placements/"))
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``MAX_BODY_BYTES`` gets 413 with a clear message, by
+    its Content-Length or, without one, as soon as that many bytes have arrived."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or any(
+            scope["method"] == m and scope["path"].startswith(p) for m, p in _STREAMED
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        over = False
+
+        async def counted() -> Any:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # stop reading: the app sees a body cut short...
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def answer(message: Any) -> None:
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)  # ...and its answer is replaced by the 413
+
+        await self.app(scope, counted, answer)
+
+    async def _refuse(self, send: Any) -> None:
+        response = _problem(
+            413,
+            f"request body over {self.limit >> 20} MiB; the hub reads at most that "
+            "(apply fewer objects at once; push images with `gu image push`)",
+        )
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def create_app(deps: ApiDeps) -> FastAPI:
     """The API app serving from ``deps``."""
     app = FastAPI(
@@ -98,6 +159,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     for module in (login, agents, logs, peers, images, objects):
         app.include_router(module.router)
+    app.add_middleware(BodyLimit)
     return app
 
 

@@ -28,6 +28,7 @@ from controller.api.common import ApiProblem, Caller, kind_of
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
 from controller.feed import line
+from controller.quota import quota_errors
 from controller.store import Store, StoreError
 from specs.kinds import KINDS, SYSTEM_KINDS, USER_KINDS
 from specs.selectors import match_labels, parse_selector
@@ -36,6 +37,11 @@ router = APIRouter(tags=["objects"])
 
 MAX_RESOURCE_VERSION = 2**63 - 1
 """The largest resourceVersion the store can hold (a signed 64-bit SQLite INTEGER)."""
+
+
+#: objects one apply may carry (one transaction: a bigger one holds the store's writer
+#: for seconds)
+MAX_APPLY_OBJECTS = 10_000
 
 
 class ApplyRequest(BaseModel):
@@ -183,6 +189,12 @@ def object_events(kind: str, name: str, who: Caller, d: Deps) -> dict[str, Any]:
 @router.post("/v1/apply", response_model=ApplyResponse)
 def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     """Validate every object, then create/update them atomically (all or nothing)."""
+    if len(req.objects) > MAX_APPLY_OBJECTS:
+        raise ApiProblem(
+            413,
+            f"{len(req.objects)} objects in one apply; the hub takes at most "
+            f"{MAX_APPLY_OBJECTS:,} per apply: split them (several folders, or several applies)",
+        )
     objects, errors = _validate_for_apply(req.objects)
     if errors:
         bad = len({e["index"] for e in errors})  # errors are per field, several per object
@@ -192,6 +204,9 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     clash = default_priority_errors(d.store, objects)
     if clash:
         raise ApiProblem(422, "two default Priorities; nothing was applied", clash)
+    over = quota_errors(d.store, objects)
+    if over:
+        raise ApiProblem(403, f"{len(over)} App quota(s) exceeded; nothing was applied", over)
     refused = admit(d.store, d.images, objects)
     if refused:
         raise ApiProblem(

@@ -1,0 +1,95 @@
+"""Quotas and hub-wide caps against a real hub: an App's quota bounds what its Sessions
+ask for (403 naming the limit and the use), and one apply or request body is bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.client import ApiError
+from tests.conftest import HubProcess
+
+IMAGE = "sha3-256:" + "ab" * 32
+
+
+def session(name: str, cpu: float = 1, count: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "gu/v1",
+        "kind": "Session",
+        "metadata": {"name": name},
+        "spec": {
+            "app": "q",
+            "providers": {"count": count},
+            "workload": {
+                "runtime": "native",
+                "image": {"hash": IMAGE},
+                "resources": {"cpu": cpu, "memoryMiB": 64},
+            },
+        },
+    }
+
+
+def app(**quota: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gu/v1",
+        "kind": "App",
+        "metadata": {"name": "q"},
+        "spec": {"quota": quota},
+    }
+
+
+def test_an_app_over_its_quota_gets_403_naming_the_limit_and_the_use(hub: HubProcess) -> None:
+    admin = hub.client()
+    policy = {
+        "apiVersion": "gu/v1",
+        "kind": "ImagePolicy",
+        "metadata": {"name": "q"},
+        "spec": {"apps": ["q"], "allowImages": [IMAGE]},
+    }
+    admin.apply([app(sessions=2, cpu=3), policy, session("s1"), session("s2")])
+    with pytest.raises(ApiError) as third:
+        admin.apply([session("s3")])
+    assert third.value.status == 403
+    said = third.value.details[0]["message"]
+    assert "App q's quota allows 2 Sessions in all" in said
+    assert "ask for 2 now and would ask for 3 with this apply" in said, said
+    with pytest.raises(ApiError) as big:
+        admin.apply([session("s2", cpu=2.5)])  # replacing s2: 1 + 2.5 > 3
+    assert "allows 3 cpu" in big.value.details[0]["message"]
+    assert "would ask for 3.5" in big.value.details[0]["message"]
+    assert [s["metadata"]["name"] for s in admin.list("Session")] == ["s1", "s2"]
+    admin.apply([session("s2", cpu=2)])  # 1 + 2 = 3: within
+    admin.apply([app(sessions=3, cpu=10), session("s3", count=2)])  # raised in the same apply
+    assert len(admin.list("Session")) == 3
+
+
+@pytest.fixture
+def token(hub: HubProcess) -> Iterator[dict[str, str]]:
+    yield {"Authorization": f"Bearer {hub.client().token()}", "Content-Type": "application/json"}
+
+
+def test_one_apply_and_one_request_body_are_bounded(hub: HubProcess, token: dict[str, str]) -> None:
+    many = [
+        {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": f"a{i}"}, "spec": {}}
+        for i in range(10_001)
+    ]
+    r = httpx.post(hub.url + "/v1/apply", json={"objects": many}, headers=token, timeout=60)
+    assert r.status_code == 413 and "at most 10,000 per apply" in r.text
+    blob = (
+        b'{"objects": [{"kind": "App", "metadata": {"name": "x"}, "spec": {"description": "'
+        + b"a" * (33 << 20)
+        + b'"}}]}'
+    )
+    r = httpx.post(hub.url + "/v1/apply", content=blob, headers=token, timeout=60)
+    assert r.status_code == 413 and "over 32 MiB" in r.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(blob), 1 << 16):
+            yield blob[i : i + (1 << 16)]
+
+    r = httpx.post(hub.url + "/v1/apply", content=chunks(), headers=token, timeout=60)
+    assert r.status_code == 413 and "over 32 MiB" in r.text
+    assert hub.client().list("App") == []
