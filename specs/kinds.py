@@ -70,6 +70,8 @@ class Quota(Model):
     placements: int | None = Field(default=None, ge=0)
     cpu: float | None = Field(default=None, ge=0)
     memoryMiB: int | None = Field(default=None, ge=0)
+    #: bytes of the images this app pushed, kept on the hub (checked at each push)
+    imageBytes: int | None = Field(default=None, ge=0)
 
 
 class AppSpec(Model):

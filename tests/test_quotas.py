@@ -93,3 +93,31 @@ def test_one_apply_and_one_request_body_are_bounded(hub: HubProcess, token: dict
     r = httpx.post(hub.url + "/v1/apply", content=chunks(), headers=token, timeout=60)
     assert r.status_code == 413 and "over 32 MiB" in r.text
     assert hub.client().list("App") == []
+
+
+def test_an_apps_images_are_bounded_by_its_image_bytes_quota(hub: HubProcess) -> None:
+    from controller.client import Client
+    from specs.identity import generate_key, public_key_str
+
+    admin = hub.client()
+    key = generate_key()
+    admin.apply(
+        [
+            {
+                "apiVersion": "gu/v1",
+                "kind": "App",
+                "metadata": {"name": "imgs"},
+                "spec": {"publicKeys": [public_key_str(key)], "quota": {"imageBytes": 1000}},
+            }
+        ]
+    )
+    app = Client(hub.url, key)
+    first = app.request("POST", "/v1/images", content=b"a" * 600).json()["hash"]
+    with pytest.raises(ApiError) as over:
+        app.request("POST", "/v1/images", content=b"b" * 600)
+    assert over.value.status == 403
+    assert "allows 1000 bytes of images" in str(over.value) and "take 600" in str(over.value)
+    stored = [i["hash"] for i in admin.call("GET", "/v1/images")["items"]]
+    assert stored == [first]  # the refused one was not kept
+    again = app.request("POST", "/v1/images", content=b"a" * 600).json()["hash"]
+    assert again == first  # its own image again: no new bytes

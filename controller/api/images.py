@@ -8,7 +8,9 @@ may pull (bytes or signatures) only images that one of their Placements runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -72,13 +74,58 @@ async def push_image(
     authz.check(who, "push", "Image")
     if expected is not None:
         valid(expected)
+    limit, owned = await asyncio.to_thread(_image_quota, d, who)
+    used = sum(owned.values())
+    length = request.headers.get("content-length", "")
+    new = expected is not None and expected not in owned  # (else: found out after it)
+    if limit is not None and new and length.isdigit() and used + int(length) > limit:
+        raise ApiProblem(403, _over_quota(who.name, limit, used, int(length)))
+    started = datetime.now(UTC)
     try:
         info = await d.images.put_async(request.stream(), expected)
     except ImageHashMismatch as exc:
         raise ApiProblem(422, str(exc)) from None
     except ImageTooLarge as exc:
         raise ApiProblem(413, str(exc)) from None
+    if limit is not None and info.hash not in owned and used + info.size > limit:
+        # stored by this upload (not before it: a file system's clock may be coarse)
+        fresh = info.created >= started - timedelta(milliseconds=10)
+        if fresh and not await asyncio.to_thread(_owned_by_anyone, d, info.hash):
+            with contextlib.suppress(ImageNotFound):  # it came only for this upload
+                await asyncio.to_thread(d.images.delete, info.hash)
+        raise ApiProblem(403, _over_quota(who.name, limit, used, info.size))
+    if who.role == "app":
+        await asyncio.to_thread(
+            d.store.put_meta, f"{OWNER_PREFIX}{who.name}:{info.hash}", str(info.size)
+        )
     return _info(info)
+
+
+#: meta keys ``imageowner:<app>:<hash>`` → size: which app pushed which image (quotas)
+OWNER_PREFIX = "imageowner:"
+
+
+def _image_quota(d: ApiDeps, who: Principal) -> tuple[int | None, dict[str, int]]:
+    """(the app's ``quota.imageBytes`` or None, its images and their sizes)."""
+    if who.role != "app":
+        return None, {}
+    app = d.store.try_get("App", who.name)
+    limit = (((app or {}).get("spec") or {}).get("quota") or {}).get("imageBytes")
+    prefix = f"{OWNER_PREFIX}{who.name}:"
+    owned = {k.removeprefix(prefix): int(v) for k, v in d.store.meta_items(prefix)}
+    return (int(limit) if limit is not None else None), owned
+
+
+def _owned_by_anyone(d: ApiDeps, image: str) -> bool:
+    return any(k.endswith(":" + image) for k, _ in d.store.meta_items(OWNER_PREFIX))
+
+
+def _over_quota(app: str, limit: int, used: int, adding: int) -> str:
+    return (
+        f"App {app}'s quota allows {limit} bytes of images on the hub; its images take "
+        f"{used} and this one {adding} more (raise spec.quota.imageBytes of App {app}, "
+        "or have the admin remove images it no longer needs)"
+    )
 
 
 @router.put("/v1/images/{hash}/signatures", openapi_extra=raw_body("application/json"))
