@@ -816,3 +816,36 @@ def test_a_count_no_pool_can_fill_waits_as_one_placement_and_one_reason(
     reconcile_everything(controller, store)  # a retry writes nothing new
     assert store.resource_version == rv
     assert len(placements(store)) == 4
+
+
+@pytest.mark.usefixtures("app")
+def test_after_deleting_1000_sessions_the_event_storage_is_back_to_its_size(
+    store: Store, controller: Controller, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    def event_rows() -> int:
+        with sqlite3.connect(tmp_path / "hub.db") as db:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    add_provider(store, 1, cores=64)
+    reconcile_everything(controller, store)
+    before = event_rows()
+    workload = {
+        "runtime": "native",
+        "image": {"hash": IMAGE},
+        "resources": {"cpu": 0.01, "memoryMiB": 1},
+    }
+    for i in range(1000):
+        add_session(store, f"s{i:04d}", workload=workload)
+    reconcile_everything(controller, store)
+    for p in store.list("Placement"):
+        agent_reports(store, p["metadata"]["name"], "Succeeded", exitCode=0)
+    reconcile_everything(controller, store)
+    assert event_rows() >= before + 1000  # each Session has its Scheduled event at least
+    for i in range(1000):
+        store.delete("Session", f"s{i:04d}")
+    reconcile_everything(controller, store)  # placements stopped already: deleted, released
+    reconcile_everything(controller, store)
+    assert store.count("Session") == 0 and store.count("Placement") == 0
+    assert event_rows() == before
