@@ -378,7 +378,7 @@ def _explain(chosen: int, total: int, counts: dict[str, int], policy: dict[str, 
     if total == 0:
         parts = ["none registered"]
     elif not parts:
-        parts = [f"{chosen} suitable"]
+        parts = [f"{chosen} suitable, one placement each"]  # the count wants more
     return f"{chosen}/{total} providers: " + ", ".join(parts)
 
 

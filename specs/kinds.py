@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Status
 
@@ -255,6 +255,18 @@ class SessionSpec(Model):
     network: Name | None = None
     restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
     suspend: bool = False
+
+    @field_validator("network")
+    @classmethod
+    def _network_needs_a_vm(cls, network: str | None, info: ValidationInfo) -> str | None:
+        workload = info.data.get("workload")  # (validated before: declared before network)
+        if network is not None and workload is not None and workload.runtime != "vm":
+            raise ValueError(
+                f"only runtime: vm workloads may join a VirtualNetwork (runtime "
+                f"{workload.runtime} has no network device yet); remove spec.network or run "
+                "the workload as a VM"
+            )
+        return network
 
 
 SessionPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]

@@ -417,3 +417,31 @@ def test_a_mapping_key_that_is_not_a_string_is_reported_at_the_key() -> None:
     assert str(info.value) == (
         "s.yaml:10:7: spec.workload.env[8080]: keys must be strings (got 8080); put it in quotes"
     )
+
+
+@pytest.mark.parametrize("runtime", ["native", "docker"])
+def test_a_session_that_is_not_a_vm_naming_a_network_is_refused_at_its_line(
+    runtime: str,
+) -> None:
+    text = textwrap.dedent(
+        f"""\
+        apiVersion: gu/v1
+        kind: Session
+        metadata:
+          name: s
+        spec:
+          app: demo
+          workload:
+            runtime: {runtime}
+            image:
+              hash: sha3-256:{"ab" * 32}
+          network: lab
+        """
+    )
+    with pytest.raises(ManifestErrors) as caught:
+        load_text(text, "s.yaml")
+    said = str(caught.value)
+    assert said.startswith("s.yaml:11:12: spec.network: only runtime: vm workloads"), said
+    assert f"runtime {runtime} has no network device yet" in said
+    vm = text.replace(f"runtime: {runtime}", "runtime: vm")
+    assert load_text(vm, "s.yaml")[0].data["spec"]["network"] == "lab"
