@@ -411,6 +411,14 @@ class Admission(Model):
     hubSignature: str = ""
 
 
+class NetworkInterface(Model):
+    """A member's interface on its VirtualNetwork, given by the hub once, kept for life."""
+
+    address: str  # "10.77.0.2/24"
+    mac: str = Field(pattern=r"^02(:[0-9a-f]{2}){5}$")
+    mtu: int = Field(ge=576, le=9000)
+
+
 class PlacementSpec(Model):
     session: Name
     app: Name
@@ -419,6 +427,7 @@ class PlacementSpec(Model):
     workload: Workload
     restartPolicy: Literal["Never", "OnFailure", "Always"] = "Never"
     network: Name | None = None
+    networkInterface: NetworkInterface | None = None
     admission: Admission | None = None
     #: the Session's priority value and what preemption does to it (from its Priority)
     priority: int = 0

@@ -849,3 +849,48 @@ def test_after_deleting_1000_sessions_the_event_storage_is_back_to_its_size(
     reconcile_everything(controller, store)
     assert store.count("Session") == 0 and store.count("Placement") == 0
     assert event_rows() == before
+
+
+@pytest.mark.usefixtures("app")
+def test_vm_members_of_a_network_get_stable_addresses_and_macs_and_a_full_cidr_waits(
+    store: Store, controller: Controller
+) -> None:
+    from controller.reconcilers.vnet import mac_for
+
+    for i in (1, 2, 3):
+        node = add_provider(store, i)
+        status = dict(store.get("Provider", node)["status"])
+        status["inventory"] = {**status["inventory"], "runtimes": ["native", "vm"]}
+        store.update_status("Provider", node, status)
+    store.create(
+        {"kind": "VirtualNetwork", "metadata": {"name": "lab"}, "spec": {"cidr": "10.77.0.0/30"}}
+    )
+    vm = {"runtime": "vm", "image": {"hash": IMAGE}, "resources": {"cpu": 1, "memoryMiB": 256}}
+    for name in ("a", "b", "c"):
+        add_session(store, name, workload=vm, network="lab")
+    reconcile_everything(controller, store)
+
+    def iface(session: str) -> dict[str, Any] | None:
+        (p,) = placements(store, session)
+        return p["spec"].get("networkInterface")
+
+    got = {s: iface(s) for s in ("a", "b", "c")}
+    assert got["a"] and got["b"] and got["c"] is None
+    assert {got["a"]["address"], got["b"]["address"]} == {"10.77.0.1/30", "10.77.0.2/30"}
+    for s in ("a", "b"):
+        (p,) = placements(store, s)
+        assert got[s]["mac"] == mac_for("lab", p["metadata"]["name"])  # deterministic
+        assert got[s]["mac"].startswith("02:") and got[s]["mtu"] == 1400
+    assert got["a"]["mac"] != got["b"]["mac"]
+    (waiting,) = placements(store, "c")
+    assert waiting["spec"]["node"] is None
+    assert waiting["status"]["message"] == "network lab: no free address in 10.77.0.0/30"
+
+    reconcile_everything(controller, store)  # stable: nothing moves
+    assert {s: iface(s) for s in ("a", "b", "c")} == got
+
+    (first,) = placements(store, "a")
+    agent_reports(store, first["metadata"]["name"], "Succeeded", exitCode=0)
+    reconcile_everything(controller, store)  # a's address is free again: c gets it
+    assert iface("c") is not None and iface("c")["address"] == got["a"]["address"]  # type: ignore[index]
+    assert iface("a") == got["a"]  # a finished placement keeps what it had

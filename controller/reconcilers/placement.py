@@ -207,6 +207,10 @@ class ClusterState:
         #: Priority objects by name (the feed carries them too: resolving a Session's class
         #: costs no store read)
         self.priorities: dict[str, Obj] = {}
+        #: VirtualNetwork objects by name, and the interfaces their active members hold
+        #: (network → placement → (ip, mac)): what the next address is chosen against
+        self.networks: dict[str, Obj] = {}
+        self._ifaces: dict[str, dict[str, tuple[str, str]]] = {}
         #: moves whenever capacity may have been freed (an allocation released, a provider
         #: added or changed): what a waiting Session could not use before may fit now
         self.capacity_epoch = 0
@@ -259,6 +263,8 @@ class ClusterState:
         self._preemptible_key.clear()
         self.capacity_epoch += 1
         self.priorities = {p["metadata"]["name"]: p for p in self.store.list("Priority")}
+        self.networks = {n["metadata"]["name"]: n for n in self.store.list("VirtualNetwork")}
+        self._ifaces.clear()
         for placement in self.store.list("Placement"):
             self._put_placement(placement)
         if self.liveness is not None:
@@ -276,6 +282,11 @@ class ClusterState:
                     self._drop_placement(change.name)
             elif current is None or current["metadata"]["resourceVersion"] < change.rv:
                 self._put_placement(obj)
+        elif change.kind == "VirtualNetwork":
+            if change.type == "DELETED":
+                self.networks.pop(change.name, None)
+            else:
+                self.networks[change.name] = obj
         elif change.kind == "Priority":
             if change.type == "DELETED":
                 self.priorities.pop(change.name, None)
@@ -326,6 +337,10 @@ class ClusterState:
                     key = (priority_of(placement), -_created(placement), name)
                     bisect.insort(self._preemptible.setdefault(node, []), key)
                     self._preemptible_key[name] = (node, key)
+        iface = spec.get("networkInterface")
+        if active and iface and spec.get("network"):
+            ip = str(iface.get("address", "")).split("/")[0]
+            self._ifaces.setdefault(str(spec["network"]), {})[name] = (ip, str(iface.get("mac")))
         hold = self._holds.get(name)
         if before is not None and (
             hold is None or hold[0] != before[0] or hold[1] < before[1] or hold[2] < before[2]
@@ -344,6 +359,9 @@ class ClusterState:
         _discard(self._by_session, session, name)
         _discard(self._unbound, session, name)
         _discard(self._preempted, session, name)
+        network = spec.get("network")
+        if network and name in self._ifaces.get(network, {}):
+            del self._ifaces[network][name]
         victim = self._preemptible_key.pop(name, None)
         if victim is not None:
             keys = self._preemptible[victim[0]]
@@ -395,6 +413,10 @@ class ClusterState:
     def placements_on(self, node: str) -> list[Obj]:
         """The placements bound to ``node`` (any state), by name."""
         return [self.placements[n] for n in sorted(self._by_node.get(node, ()))]
+
+    def interfaces_in(self, network: str) -> list[tuple[str, str]]:
+        """The (ip, mac) pairs the active members of ``network`` hold."""
+        return list(self._ifaces.get(network, {}).values())
 
     def preemption_order(self, below: int) -> list[str]:
         """Nodes with something a Session at priority ``below`` may preempt, the lowest

@@ -46,6 +46,7 @@ from controller.reconcilers.session.status import (
     running_or_starting,
     session_status,
 )
+from controller.reconcilers.vnet import Allocator
 from controller.scheduler import Allowed, Decision, RankedNodes, schedule
 from specs.kinds import Session
 from specs.meta import set_condition
@@ -198,6 +199,7 @@ def plan_session(
     priority: ResolvedPriority = NO_PRIORITY,
     ahead: Callable[[], Ahead] | None = None,
     preempt: Preempt | None = None,
+    interfaces: Allocator | None = None,
 ) -> SessionPlan:
     """What one pass over a live Session should write (pure; see the module docstring).
 
@@ -206,7 +208,9 @@ def plan_session(
     ``ahead()`` says where it stands in the wait queue (asked only by a pass that
     would bind, resume or preempt; kept in ``plan.ahead``): while a Session ahead
     of it could use what is free (``ready``) it does none of these.
-    ``preempt`` (None: ``preemptionPolicy: Never``) finds victims.
+    ``preempt`` (None: ``preemptionPolicy: Never``) finds victims. ``interfaces``
+    (a Session on a VirtualNetwork) gives each placement it binds its address and MAC;
+    with none free the placement stays unbound, saying so.
     """
 
     def where() -> Ahead:
@@ -344,10 +348,13 @@ def plan_session(
         blocked = bool(standing.ready)
         if blocked:
             decision = Decision([], standing.message)
+        elif interfaces is not None and not interfaces.has_room():
+            decision = Decision([], interfaces.full_reason())  # (and nothing is preempted)
         else:
             decision = schedule(session, nodes, wanted, allowed, exclude)
         chosen = list(decision.nodes)
-        if len(chosen) < wanted and preempt is not None and not blocked:
+        room = interfaces is None or interfaces.has_room()
+        if len(chosen) < wanted and preempt is not None and not blocked and room:
             for choice in preempt(wanted - len(chosen), exclude | set(chosen)):
                 chosen.append(choice.node)
                 preempting += _mark_victims(plan, choice, name, priority, now)
@@ -360,9 +367,18 @@ def plan_session(
             unschedulable = f"{waiting} of {want} slots waiting: {unschedulable}"
         left_unbound = 0
         for p in unbound:
+            iface = None
+            if chosen and interfaces is not None and not p["spec"].get("networkInterface"):
+                iface = interfaces.assign(p["metadata"]["name"])
+                if iface is None:
+                    unschedulable = interfaces.full_reason()
+                    chosen = []  # nothing binds without an address
             if chosen:
                 node = chosen.pop(0)
-                plan.edit(p)["spec"]["node"] = node
+                edited = plan.edit(p)
+                edited["spec"]["node"] = node
+                if iface is not None:
+                    edited["spec"]["networkInterface"] = iface
                 plan.set_status(p, {"state": "Pending"})
                 scheduled.append(f"{p['metadata']['name']} → {node}")
             elif left_unbound >= MAX_UNBOUND:  # a slot marker too many: the Session says it
@@ -376,13 +392,19 @@ def plan_session(
         copied = {k: template[k] for k in _TEMPLATE_FIELDS}
         for _ in range(need):
             node = chosen.pop(0) if chosen else None
+            pname = placement_name(name)
+            while taken(pname) or any(c["metadata"]["name"] == pname for c in created):
+                pname = placement_name(name)
+            iface = None
+            if node is not None and interfaces is not None:
+                iface = interfaces.assign(pname)
+                if iface is None:
+                    unschedulable = interfaces.full_reason()
+                    node, chosen = None, []  # nothing binds without an address
             if node is None:
                 if left_unbound >= MAX_UNBOUND:
                     break  # waits as a count in the Session's reason, not as a placement
                 left_unbound += 1
-            pname = placement_name(name)
-            while taken(pname) or any(c["metadata"]["name"] == pname for c in created):
-                pname = placement_name(name)
             created.append(
                 new_placement(
                     pname,
@@ -393,6 +415,8 @@ def plan_session(
                     unschedulable,
                 )
             )
+            if iface is not None:
+                created[-1]["spec"]["networkInterface"] = iface
             if node is not None:
                 scheduled.append(f"{pname} → {node}")
         plan.create = created

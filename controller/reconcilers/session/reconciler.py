@@ -48,6 +48,7 @@ from controller.reconcilers.session.watches import (
     sessions_naming,
     sessions_of_policy_apps,
 )
+from controller.reconcilers.vnet import Allocator
 from controller.scheduler import Allowed, RankedNodes, schedule
 from controller.store import Store
 from specs.kinds import Session
@@ -97,15 +98,19 @@ def _fits(
     exclude: set[str],
     unbound: int,
     to_resume: list[tuple[str, float]],
+    room: Callable[[], bool] = lambda: True,
 ) -> Callable[[RankedNodes], bool]:
-    """The wait queue's test for one Session: could it bind or resume anything now?"""
+    """The wait queue's test for one Session: could it bind or resume anything now?
+    (``room()``: its network has a free address, if it joins one)"""
 
     def fits(nodes: RankedNodes) -> bool:
         for node, cpu in to_resume:
             view = nodes.get(node)
             if view is not None and view.ready and cpu <= view.free_cpu + 1e-9:
                 return True
-        return bool(unbound) and bool(schedule(session, nodes, 1, allowed, exclude).nodes)
+        if not unbound or not room():
+            return False
+        return bool(schedule(session, nodes, 1, allowed, exclude).nodes)
 
     return fits
 
@@ -183,6 +188,7 @@ class SessionReconciler:
                     violation=check.violation,
                     priority=priority,
                     ahead=lambda: self.queue.ahead(key, nodes, epoch),
+                    interfaces=self._allocator(session),
                     preempt=preempt,
                 )
                 ready = plan.ahead.ready if plan.ahead is not None else []
@@ -202,6 +208,24 @@ class SessionReconciler:
             return None
         return Result(requeue_after=plan.requeue_after)
 
+    def _allocator(self, session: Session) -> Allocator | None:
+        """The address allocator of the Session's VirtualNetwork (None: it names none, or
+        the network is missing, which is reported as a missing reference)."""
+        name = session.spec.network
+        net = self.state.networks.get(name) if name else None
+        if name is None or net is None:
+            return None
+        spec = net.get("spec") or {}
+        try:
+            return Allocator(
+                name,
+                str(spec.get("cidr")),
+                int(spec.get("mtu") or 1400),
+                self.state.interfaces_in(name),
+            )
+        except ValueError:
+            return None
+
     def _preempter(
         self, session: Session, priority: ResolvedPriority, allowed: Allowed | None
     ) -> Preempt:
@@ -218,6 +242,10 @@ class SessionReconciler:
             )
 
         return preempt
+
+    def _room(self, session: Session) -> bool:
+        allocator = self._allocator(session)
+        return allocator is None or allocator.has_room()
 
     def _queue(
         self,
@@ -238,7 +266,9 @@ class SessionReconciler:
             for p in placements
             if p["spec"].get("node") and state_of(p) not in TERMINAL_STATES
         }
-        fits = _fits(session, allowed, exclude, plan.unbound, plan.to_resume)
+        fits = _fits(
+            session, allowed, exclude, plan.unbound, plan.to_resume, lambda: self._room(session)
+        )
         self.queue.put(name, Waiter(key, fits, epoch if plan.unfit else -1))
 
     def _reference_events(self, obj: Obj, problems: list[str], plan: SessionPlan) -> None:
