@@ -195,12 +195,26 @@ class VirtualNetworkSpec(Model):
     multicast: Multicast | None = None
 
 
+class NetworkMember(Model):
+    """One member placement of a network, as the hub sees it."""
+
+    placement: str
+    node: str | None = None
+    ip: str | None = None
+    mac: str | None = None
+    reason: str = ""
+
+
+class VirtualNetworkStatus(Status):
+    members: list[NetworkMember] = Field(default_factory=list)
+
+
 class VirtualNetwork(Model):
     apiVersion: Literal["gu/v1"] = API_VERSION
     kind: Literal["VirtualNetwork"] = "VirtualNetwork"
     metadata: ObjectMeta
     spec: VirtualNetworkSpec
-    status: Status = Field(default_factory=Status)
+    status: VirtualNetworkStatus = Field(default_factory=VirtualNetworkStatus)
 
 
 # ----------------------------------------------------------------- Session

@@ -38,7 +38,8 @@ def obj(kind: str, name: str, **spec: Any) -> dict[str, Any]:
 
 
 def session(name: str, app: str = "demo", **spec: Any) -> dict[str, Any]:
-    workload = {"runtime": "native", "image": {"hash": IMAGE}}
+    runtime = "vm" if spec.get("network") else "native"  # only VMs may join a network
+    workload = {"runtime": runtime, "image": {"hash": IMAGE}}
     return obj("Session", name, app=app, workload=workload, **spec)
 
 
@@ -126,6 +127,7 @@ def test_a_second_pass_over_a_converged_world_writes_nothing(
     store.create(session("ready", network="lan"))
     store.create(session("stalled", app="nope", priority="nope"))
     reconcile_everything(controller, store)
+    reconcile_everything(controller, store)  # the network lists the placement made above
     rv = store.resource_version
     events = {n: len(store.events("Session", n)) for n in ("ready", "stalled")}
     reconcile_everything(controller, store)

@@ -888,6 +888,10 @@ def test_vm_members_of_a_network_get_stable_addresses_and_macs_and_a_full_cidr_w
 
     reconcile_everything(controller, store)  # stable: nothing moves
     assert {s: iface(s) for s in ("a", "b", "c")} == got
+    members = store.get("VirtualNetwork", "lab")["status"]["members"]
+    assert sorted(m["ip"] or "-" for m in members) == ["-", "10.77.0.1/30", "10.77.0.2/30"]
+    (unbound,) = [m for m in members if m["ip"] is None]
+    assert unbound["node"] is None and "no free address" in unbound["reason"]
 
     (first,) = placements(store, "a")
     agent_reports(store, first["metadata"]["name"], "Succeeded", exitCode=0)

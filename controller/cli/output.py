@@ -226,6 +226,11 @@ _KIND_COLUMNS: dict[str, list[tuple[str, Any]]] = {
         ("STATE", lambda o: _text(_get(o, "status", "state"))),
         ("EXIT", lambda o: _text(_get(o, "status", "exitCode"))),
     ],
+    "VirtualNetwork": [
+        ("CIDR", lambda o: _text(_get(o, "spec", "cidr"))),
+        ("MEMBERS", lambda o: _text(len(_get(o, "status", "members") or []))),
+        ("READY", _ready),
+    ],
     "Priority": [
         ("VALUE", lambda o: _text(_get(o, "spec", "value"))),
         ("DEFAULT", lambda o: _text(bool(_get(o, "spec", "default")))),

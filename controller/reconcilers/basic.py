@@ -20,6 +20,7 @@ import ipaddress
 from typing import Any
 
 from controller.reconcile import Context, Controller, Result
+from controller.reconcilers.placement import is_active
 from controller.reconcilers.refs import being_deleted, converge_conditions, is_stalled
 from controller.store import Store
 
@@ -120,8 +121,41 @@ def reconcile_virtual_network(obj: Obj, ctx: Context) -> Result | None:
         f'cidr {cidr} overlaps VirtualNetwork "{_name(o)}" ({o["spec"].get("cidr")})'
         for o in overlapping_networks(obj, ctx.store)
     ]
-    converge_conditions(obj, ctx, problems, stalled_reason=OVERLAPPING_CIDR, ready_reason=ACCEPTED)
+    converge_conditions(
+        obj,
+        ctx,
+        problems,
+        stalled_reason=OVERLAPPING_CIDR,
+        ready_reason=ACCEPTED,
+        extra={"members": network_members(_name(obj), ctx.store)},
+    )
     return None
+
+
+def network_members(network: str, store: Store) -> list[Obj]:
+    """The active member placements of ``network``: placement, node, ip, mac (or why not)."""
+    out = []
+    for p in store.list_where("Placement", "$.network", network):
+        if not is_active(p) or p["metadata"].get("deletionTimestamp"):
+            continue
+        iface = p["spec"].get("networkInterface") or {}
+        status = p.get("status") or {}
+        out.append(
+            {
+                "placement": p["metadata"]["name"],
+                "node": p["spec"].get("node"),
+                "ip": iface.get("address"),
+                "mac": iface.get("mac"),
+                "reason": "" if iface else str(status.get("message") or "waiting to be bound"),
+            }
+        )
+    return sorted(out, key=lambda m: m["placement"])
+
+
+def network_of_placement(changed: Obj, store: Store) -> list[str]:
+    """Mapper: a member placement's change re-runs its network (its member list)."""
+    network = (changed.get("spec") or {}).get("network")
+    return [str(network)] if network else []
 
 
 def networks_to_recheck(changed: Obj, store: Store) -> list[str]:
@@ -138,6 +172,7 @@ def register(controller: Controller) -> None:
     controller.reconciler("Priority", watches={"Priority": priorities_to_recheck})(
         reconcile_priority
     )
-    controller.reconciler("VirtualNetwork", watches={"VirtualNetwork": networks_to_recheck})(
-        reconcile_virtual_network
-    )
+    controller.reconciler(
+        "VirtualNetwork",
+        watches={"VirtualNetwork": networks_to_recheck, "Placement": network_of_placement},
+    )(reconcile_virtual_network)

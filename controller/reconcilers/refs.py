@@ -68,16 +68,23 @@ def desired_status(
 
 
 def converge_conditions(
-    obj: Obj, ctx: Context, problems: list[str], *, stalled_reason: str, ready_reason: str
+    obj: Obj,
+    ctx: Context,
+    problems: list[str],
+    *,
+    stalled_reason: str,
+    ready_reason: str,
+    extra: Obj | None = None,
 ) -> Obj:
-    """Write the conditions ``problems`` imply on ``obj`` (nothing if unchanged); emit events.
+    """Write the conditions ``problems`` imply on ``obj`` (nothing if unchanged), and the
+    status fields in ``extra`` with them; emit events.
 
     A Warning event when stalled (repeated only if the newest event differs),
     a Normal one when an object that was stalled becomes ready.
     """
     status = obj.get("status") or {}
     new_status = desired_status(
-        status,
+        {**status, **(extra or {})},
         obj["metadata"]["generation"],
         problems,
         stalled_reason=stalled_reason,
