@@ -93,6 +93,9 @@ def test_one_apply_and_one_request_body_are_bounded(hub: HubProcess, token: dict
     r = httpx.post(hub.url + "/v1/apply", content=chunks(), headers=token, timeout=60)
     assert r.status_code == 413 and "over 32 MiB" in r.text
     assert hub.client().list("App") == []
+    # a status write is bounded too (only a placement's log upload streams past it)
+    r = httpx.put(hub.url + "/v1/placements/p/status", content=blob, headers=token, timeout=60)
+    assert r.status_code == 413, r.text
 
 
 def test_an_apps_images_are_bounded_by_its_image_bytes_quota(hub: HubProcess) -> None:

@@ -77,7 +77,7 @@ def openapi(request: Request, who: Caller) -> dict[str, Any]:
 #: the largest request body the hub reads, but for the routes that stream theirs (image
 #: uploads, bounded by the image store; log uploads, kept as their tail)
 MAX_BODY_BYTES = 32 << 20
-_STREAMED = (("POST", "/v1/images"), ("PUT", "/v1/placements/"))
+_STREAMED = (("POST", "/v1/images", ""), ("PUT", "/v1/placements/", "/logs"))
 
 
 class BodyLimit:
@@ -90,7 +90,8 @@ class BodyLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or any(
-            scope["method"] == m and scope["path"].startswith(p) for m, p in _STREAMED
+            scope["method"] == m and scope["path"].startswith(p) and scope["path"].endswith(e)
+            for m, p, e in _STREAMED
         ):
             await self.app(scope, receive, send)
             return
