@@ -132,7 +132,18 @@ def priority_of(placement: Obj) -> int:
     return int((placement.get("spec") or {}).get("priority") or 0)
 
 
-def _created(placement: Obj) -> float:
+def is_preemptible(placement: Obj) -> bool:
+    """Whether a Session of a higher priority may preempt it: active, not preempted
+    already, not stopping, not being deleted."""
+    return (
+        is_active(placement)
+        and not is_preempted(placement)
+        and (placement.get("spec") or {}).get("desiredState") != "Stopped"
+        and not placement["metadata"].get("deletionTimestamp")
+    )
+
+
+def created_of(placement: Obj) -> float:
     """The placement's creation time in seconds (0 if it has none)."""
     stamp = _parse_time(placement["metadata"].get("creationTimestamp"))
     return stamp.timestamp() if stamp is not None else 0.0
@@ -331,10 +342,8 @@ class ClusterState:
                 self._allocate(node, cpu, mem, 1)
                 if is_preempted(placement):
                     self._preempted.setdefault(session, set()).add(name)
-                elif spec.get("desiredState") != "Stopped" and not placement["metadata"].get(
-                    "deletionTimestamp"
-                ):
-                    key = (priority_of(placement), -_created(placement), name)
+                elif is_preemptible(placement):
+                    key = (priority_of(placement), -created_of(placement), name)
                     bisect.insort(self._preemptible.setdefault(node, []), key)
                     self._preemptible_key[name] = (node, key)
         iface = spec.get("networkInterface")
@@ -410,10 +419,6 @@ class ClusterState:
         resumes when its node has room again."""
         return self.sessions_with_unbound() | {s for s, names in self._preempted.items() if names}
 
-    def placements_on(self, node: str) -> list[Obj]:
-        """The placements bound to ``node`` (any state), by name."""
-        return [self.placements[n] for n in sorted(self._by_node.get(node, ()))]
-
     def interfaces_in(self, network: str) -> list[tuple[str, str]]:
         """The (ip, mac) pairs the active members of ``network`` hold."""
         return list(self._ifaces.get(network, {}).values())
@@ -456,10 +461,12 @@ __all__ = [
     "SESSION_LABEL",
     "TERMINAL_STATES",
     "ClusterState",
+    "created_of",
     "holds_of",
     "is_active",
     "is_lost",
     "is_preempted",
+    "is_preemptible",
     "new_placement",
     "node_view",
     "placement_name",

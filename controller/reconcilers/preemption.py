@@ -28,12 +28,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from controller.reconcilers.placement import (
-    is_active,
-    is_preempted,
+    created_of,
+    is_preemptible,
     priority_of,
     resources_of,
 )
@@ -84,31 +83,16 @@ class NodeChoice:
         )
 
 
-def _created(placement: Obj) -> float:
-    stamp = placement["metadata"].get("creationTimestamp")
-    try:
-        return datetime.fromisoformat(str(stamp)).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def candidates_on(placements: Iterable[Obj], priority: int) -> Iterator[Victim]:
     """The placements of ``placements`` (given lowest priority, then newest first) that a
     Session at ``priority`` may preempt, made as they are asked for."""
     for p in placements:
-        spec = p["spec"]
-        if (
-            not is_active(p)
-            or is_preempted(p)
-            or spec.get("desiredState") == "Stopped"
-            or p["metadata"].get("deletionTimestamp")
-            or priority_of(p) >= priority
-        ):
+        if not is_preemptible(p) or priority_of(p) >= priority:
             continue
         cpu, memory = resources_of(p)
-        action = "Stop" if spec.get("onPreempted") == "Stop" else "Suspend"
+        action = "Stop" if p["spec"].get("onPreempted") == "Stop" else "Suspend"
         yield Victim(
-            p, priority_of(p), action, cpu, memory if action == "Stop" else 0.0, _created(p)
+            p, priority_of(p), action, cpu, memory if action == "Stop" else 0.0, created_of(p)
         )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from controller.liveness import iso
 from controller.policy import Admit
 from controller.reconcilers.placement import (
     NODE_LOST_ANNOTATION,
@@ -167,10 +168,6 @@ def summarize(items: list[str]) -> str:
     shown = ", ".join(items[:_EVENT_ITEMS])
     more = len(items) - _EVENT_ITEMS
     return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _iso(now: datetime) -> str:
-    return now.isoformat().replace("+00:00", "Z")
 
 
 def _template(session: Session) -> Obj:
@@ -498,7 +495,7 @@ def _mark_victims(
             "session": name,
             "priority": priority.value,
             "action": victim.action,
-            "at": _iso(now),
+            "at": iso(now),
         }
         verb = "suspended" if victim.action == "Suspend" else "stopped"
         said.append(
