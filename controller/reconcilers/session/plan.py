@@ -314,9 +314,7 @@ def plan_session(
         if preemption:
             node = pspec.get("node") or ""
             cpu, _ = resources_of(p)
-            home = nodes.get(node)
-            room = home is not None and home.ready and cpu <= home.free_cpu + _EPSILON
-            if room and not spec.suspend and not where().ready:
+            if room_to_resume(nodes, node, cpu) and not spec.suspend and not where().ready:
                 edited = plan.edit(p)
                 edited["spec"].pop("preemption", None)
                 edited["spec"]["desiredState"] = target
@@ -473,6 +471,13 @@ def plan_session(
             (UNSCHEDULABLE, f"{len(still_unbound)} placement(s): {unschedulable}", "Warning")
         )
     return plan
+
+
+def room_to_resume(nodes: RankedNodes, node: str, cpu: float) -> bool:
+    """Whether a preempted placement needing ``cpu`` may resume on ``node`` (Ready, with
+    that much cpu free: it holds its memory still)."""
+    home = nodes.get(node)
+    return home is not None and home.ready and cpu <= home.free_cpu + _EPSILON
 
 
 def _since(preemption: Obj, now: datetime) -> str:

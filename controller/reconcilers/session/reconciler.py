@@ -40,6 +40,7 @@ from controller.reconcilers.session.plan import (
     attach_admissions,
     plan_deletion,
     plan_session,
+    room_to_resume,
 )
 from controller.reconcilers.session.queue import Waiter, WaitQueue, queue_key
 from controller.reconcilers.session.status import INVALID_SPEC, REFERENCES_RESOLVED, conditions_of
@@ -104,10 +105,8 @@ def _fits(
     (``room()``: its network has a free address, if it joins one)"""
 
     def fits(nodes: RankedNodes) -> bool:
-        for node, cpu in to_resume:
-            view = nodes.get(node)
-            if view is not None and view.ready and cpu <= view.free_cpu + 1e-9:
-                return True
+        if any(room_to_resume(nodes, node, cpu) for node, cpu in to_resume):
+            return True
         if not unbound or not room():
             return False
         return bool(schedule(session, nodes, 1, allowed, exclude).nodes)
