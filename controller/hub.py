@@ -143,7 +143,7 @@ class Hub:
 
     def _load_revocations(self) -> dict[tuple[str, str, str], float]:
         """Revoked principals, kept in the store: tokens outlive a hub restart."""
-        raw = dict(self.store.meta_items(REVOCATIONS_KEY)).get(REVOCATIONS_KEY)
+        raw = self.store.get_meta(REVOCATIONS_KEY)
         try:
             rows = json.loads(raw) if raw else []
             return {(r, n, k): float(t) for r, n, k, t in rows}

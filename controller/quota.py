@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from controller.reconcilers.placement import resources_of
 from controller.store import Store
 
 Obj = dict[str, Any]
@@ -31,11 +32,11 @@ class Use:
         providers = spec.get("providers") or {}
         nodes = providers.get("nodes")
         count = len(nodes) if nodes is not None else int(providers.get("count", 1))
-        res = (spec.get("workload") or {}).get("resources") or {}
+        cpu, memory = resources_of(session)  # (a Session's workload, like its placements')
         self.sessions += 1
         self.placements += count
-        self.cpu += count * float(res.get("cpu", 1.0))
-        self.memoryMiB += count * float(res.get("memoryMiB", 256))
+        self.cpu += count * cpu
+        self.memoryMiB += count * memory
 
 
 def _fmt(value: float) -> str:
