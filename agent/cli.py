@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 import click
-from pydantic import TypeAdapter, ValidationError
 
 from agent.identity import DEFAULT_STATE_DIR, EnrollmentError, NotEnrolled
 from agent.main import DEFAULT_HEARTBEAT, AgentConfig, AgentConfigError, run_agent
 from runtimes.registry import RuntimeOptions
-from specs.meta import Labels
+from specs.meta import parse_labels as parse_label_items
 
 
 class HubRefused(click.ClickException):
@@ -55,18 +54,10 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
     """``("k=v", …)`` → a validated label dict; None when no ``--label`` was given."""
     if not values:
         return None
-    labels: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadOption(f"--label {item!r}: expected KEY=VALUE, e.g. --label zone=lab")
-        labels[key.strip()] = value.strip()
     try:
-        TypeAdapter(Labels).validate_python(labels)
-    except ValidationError as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise BadOption(f"--label: {problems}") from None
-    return labels
+        return parse_label_items(values, "--label")
+    except ValueError as exc:
+        raise BadOption(str(exc)) from None
 
 
 @click.command("agent", short_help="Run the provider agent (enrol, heartbeat, run placements).")

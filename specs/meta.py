@@ -10,10 +10,11 @@ so that a script can tell converged, working and stuck apart.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 API_VERSION: Final = "gu/v1"
 
@@ -50,6 +51,24 @@ Labels = dict[
     Annotated[str, AfterValidator(_check_label_key)],
     Annotated[str, AfterValidator(_check_label_value)],
 ]
+
+
+def parse_labels(items: Iterable[str], option: str = "--label") -> dict[str, str]:
+    """``("k=v", …)`` from a command line → a validated label dict; ValueError naming
+    ``option`` and what is wrong (the agent's ``--label``, the CLI's token and provider
+    labels)."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} zone=lab")
+        labels[key.strip()] = value.strip()
+    try:
+        TypeAdapter(Labels).validate_python(labels)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"{option}: {problems}") from None
+    return labels
 
 
 class Model(BaseModel):

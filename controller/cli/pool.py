@@ -14,6 +14,7 @@ import click
 
 from controller.cli.output import age, dump_json, format_table
 from controller.cli.state import CliState, pass_state
+from specs.meta import parse_labels
 
 
 def _find_peer(peers: list[dict[str, Any]], node: str) -> str:
@@ -147,7 +148,7 @@ def token_create_command(
 ) -> None:
     """Print a new join token: `gu agent --hub URL --join-token TOKEN` uses it."""
     seconds = parse_duration(ttl)
-    body: dict[str, Any] = {"ttl": seconds, "labels": parse_labels(labels, "--label")}
+    body: dict[str, Any] = {"ttl": seconds, "labels": _labels(labels, "--label")}
     if uses is not None:
         body["uses"] = uses
     answer = state.client().call("POST", "/v1/jointokens", json=body)
@@ -193,28 +194,24 @@ def label_group() -> None:
 def label_provider_command(state: CliState, node: str, changes: tuple[str, ...]) -> None:
     """Set (KEY=VALUE) or remove (KEY-) a provider's trusted labels, the ones ImagePolicy
     selectors match: `gu label provider NODE pool=a gpu-`."""
-    client = state.client()
-    nid = _find_peer(client.call("GET", "/peers"), node)
     patch: dict[str, str | None] = {}
     for item in changes:
         if item.endswith("-") and "=" not in item:
             patch[item[:-1]] = None
         else:
-            patch.update(parse_labels((item,), "label"))
+            patch.update(_labels((item,), "gu label provider NODE"))
+    client = state.client()
+    nid = _find_peer(client.call("GET", "/peers"), node)
     result = client.call("PUT", f"/v1/providers/{nid}/labels", json={"labels": patch})
     shown = ",".join(f"{k}={v}" for k, v in sorted(result["metadata"]["labels"].items()))
     click.echo(f"provider/{nid} labeled: {shown or '(no labels)'}")
 
 
-def parse_labels(items: tuple[str, ...], what: str) -> dict[str, str]:
-    """``("k=v", …)`` → a dict; a clear error for anything else."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. pool=a", param_hint=what)
-        out[key] = value
-    return out
+def _labels(items: tuple[str, ...], option: str) -> dict[str, str]:
+    try:
+        return parse_labels(items, option)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _duration(seconds: float) -> str:
