@@ -121,19 +121,24 @@ class Authenticator:
     ) -> None:
         """Start from ``revoked`` (kept by the hub across restarts: tokens outlive them);
         ``persist(revoked)`` is called with the new table after each revocation."""
-        cutoff = time.time() - self.token_ttl - 60
         with self._lock:
-            self._revoked = {k: t for k, t in revoked.items() if t >= cutoff}
+            self._revoked = self._still_needed(revoked, time.time())
         self._persist = persist
+
+    def _still_needed(
+        self, table: dict[tuple[str, str, str], float], now: float
+    ) -> dict[tuple[str, str, str], float]:
+        """The revocations that can still name a live token (older ones: all expired)."""
+        cutoff = now - self.token_ttl - 60
+        return {k: t for k, t in table.items() if t >= cutoff}
 
     def revoke(self, role: str, name: str, key: str) -> None:
         """Refuse from now on every token of this principal issued until now (a key
         removed from an App, a deleted Provider): at once, not at their expiry."""
         now = time.time()
-        cutoff = now - self.token_ttl - 60  # older entries can only name expired tokens
         with self._lock:
             self._revoked[(role, name, key)] = now
-            self._revoked = {k: t for k, t in self._revoked.items() if t >= cutoff}
+            self._revoked = self._still_needed(self._revoked, now)
             table = dict(self._revoked)
         if self._persist is not None:
             self._persist(table)

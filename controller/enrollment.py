@@ -133,13 +133,3 @@ def redeem_join_token(store: Store, token: str) -> JoinToken | None:
                     store.delete_meta(key)
             return found
     return None
-
-
-def check_join_token(store: Store, token: str) -> bool:
-    """Is ``token`` a live join token of this hub (spends nothing)?"""
-    want = _PREFIX + _digest(token)
-    now = time.time()
-    for key, value in store.meta_items(_PREFIX):
-        if hmac.compare_digest(key, want):
-            return _parse(key, value).expires >= now
-    return False

@@ -106,13 +106,13 @@ class BodyLimit:
         async def counted() -> Any:
             nonlocal seen, over
             if over:
-                return {"type": "http.request", "body": b"", "more_body": False}
+                return await _no_body()
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:  # stop reading: the app sees a body cut short...
                     over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    return await _no_body()
             return message
 
         async def answer(message: Any) -> None:
