@@ -11,6 +11,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # the vm runtime: QEMU (TCG when KVM does not boot), mksquashfs for .gvmi images
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v mksquashfs >/dev/null 2>&1 || [ -x /usr/sbin/mksquashfs ] || need+=(squashfs-tools)
+# the web UI's browser tests: Debian's chromium, driven by playwright (never its own download)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "gu: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from specs.identity import LOGIN_PAYLOAD_TYPE, login_body, node_id, public_key_str, verify
 
-Role = Literal["admin", "app", "agent"]
+Role = Literal["admin", "app", "agent", "metrics"]
 _PREFIX = "gu1"
 
 
@@ -202,9 +202,10 @@ class Authenticator:
 
     # ------------------------------------------------------------ tokens
 
-    def make_token(self, principal: Principal, ttl: float) -> str:
-        """A token for ``principal`` valid for ``ttl`` seconds."""
-        payload = {
+    def make_token(self, principal: Principal, ttl: float, *, use: str = "api") -> str:
+        """A token for ``principal`` valid for ``ttl`` seconds; ``use`` ``ui``: a web UI
+        session cookie, which is no bearer token (and a bearer token no cookie)."""
+        payload: dict[str, object] = {
             "r": principal.role,
             "n": principal.name,
             "k": principal.key,
@@ -212,12 +213,22 @@ class Authenticator:
             "iat": round(time.time(), 3),
             "id": _b64(secrets.token_bytes(9)),
         }
+        if use != "api":
+            payload["use"] = use
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         mac = hmac.new(self._mac_key, f"{_PREFIX}.{body}".encode(), hashlib.sha256).digest()
         return f"{_PREFIX}.{body}.{_b64(mac)}"
 
-    def verify_token(self, token: str) -> Principal:
-        """The principal of a valid token; raises AuthError for a bad or expired one."""
+    def csrf_of(self, session: str) -> str:
+        """The CSRF token that goes with a UI session cookie (an HMAC of it): the page
+        reads it from ``/v1/whoami`` and sends it as ``X-CSRF-Token`` on every mutating
+        request, which a cross-site form or fetch cannot."""
+        mac = hmac.new(self._mac_key, b"csrf." + session.encode(), hashlib.sha256)
+        return _b64(mac.digest())
+
+    def verify_token(self, token: str, *, use: str = "api") -> Principal:
+        """The principal of a valid token made for ``use``; raises AuthError for a bad or
+        expired one."""
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != _PREFIX:
             raise AuthError("malformed bearer token; get one with `gu auth token`")
@@ -229,7 +240,15 @@ class Authenticator:
             payload = None
         if not isinstance(payload, dict):
             raise AuthError("invalid bearer token (not issued by this hub)")
+        if payload.get("use", "api") != use:
+            raise AuthError(
+                "a web UI session is no bearer token, nor a bearer token a UI session"
+                if use == "api"
+                else "invalid UI session; run `gu ui` for a log-in link"
+            )
         if float(payload["exp"]) < time.time():
+            if use == "ui":
+                raise AuthError("UI session expired; run `gu ui` for a new log-in link")
             raise AuthError("bearer token expired; log in again")
         who = Principal(payload["r"], payload["n"], payload.get("k", ""), float(payload["exp"]))
         revoked = self._revoked.get((who.role, who.name, who.key))
@@ -239,3 +258,65 @@ class Authenticator:
                 "(an App's publicKeys, or its Provider deleted)"
             )
         return who
+
+
+# ------------------------------------------------------------------ web UI
+
+
+class LoginLinks:
+    """One-time codes for the web UI's log-in links (``gu ui``): each works once, within
+    ``ttl`` seconds, and only its SHA-256 is kept (in memory: a hub restart voids them)."""
+
+    def __init__(self, ttl: float = 60.0, max_pending: int = 1000) -> None:
+        self.ttl = ttl
+        self.max_pending = max_pending
+        self._codes: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, who: Principal) -> str:
+        """A fresh code that logs its bearer in as ``who``."""
+        now = time.time()
+        code = _b64(secrets.token_bytes(32))
+        with self._lock:
+            for key in [k for k, (_, exp) in self._codes.items() if exp < now]:
+                del self._codes[key]
+            if len(self._codes) >= self.max_pending:
+                raise AuthError("too many UI log-in links pending; try again in a minute")
+            self._codes[_digest(code)] = (who, now + self.ttl)
+        return code
+
+    def redeem(self, code: str) -> Principal:
+        """The principal of a valid code, which is used up; AuthError otherwise."""
+        with self._lock:
+            found = self._codes.pop(_digest(code), None)
+        if found is None or found[1] < time.time():
+            raise AuthError(
+                "this log-in link is wrong, already used or expired (a link works once, "
+                f"within {int(self.ttl)} s): run `gu ui` for a new one"
+            )
+        return found[0]
+
+
+class MetricsToken:
+    """The read-only token Prometheus scrapes ``/metrics`` with: random, shown once, kept
+    only as its SHA-256 (in the store's meta table, so it survives restarts)."""
+
+    PREFIX = "gum_"
+
+    def __init__(self, digest: str | None = None) -> None:
+        self.digest = digest
+
+    def new(self) -> tuple[str, str]:
+        """(a new token, its digest to keep); the old one stops working."""
+        token = self.PREFIX + _b64(secrets.token_bytes(32))
+        self.digest = _digest(token)
+        return token, self.digest
+
+    def check(self, token: str) -> Principal:
+        if self.digest is None or not hmac.compare_digest(_digest(token), self.digest):
+            raise AuthError("invalid metrics token; make one with `gu hub metrics-token -o FILE`")
+        return Principal("metrics", "metrics")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -2,7 +2,8 @@
 
 - **admin**: everything.
 - **app**: Sessions whose ``spec.app`` is itself (get, list, watch, apply,
-  delete); read Providers (to pick unused ones); push and read images.
+  delete); read Providers (to pick unused ones); push and read images; open the web UI.
+- **metrics**: the scrape token (``gu hub metrics-token``) reads ``/metrics``, nothing else.
 - **agent**: its own Provider (read only: the hub writes its status from
   heartbeats) and the Placements on its node
   (read, watch, status); pull images — only those its Placements run, which the
@@ -17,7 +18,9 @@ from typing import Any, Literal
 
 from controller.auth import Forbidden, Principal
 
-Verb = Literal["get", "list", "watch", "apply", "delete", "status", "push", "pull", "admin"]
+Verb = Literal[
+    "get", "list", "watch", "apply", "delete", "status", "push", "pull", "admin", "ui", "metrics"
+]
 _READ = {"get", "list", "watch"}
 
 
@@ -55,8 +58,10 @@ def check(
     if p.role == "admin":
         return
     allowed = False
-    if p.role == "app":
-        if verb in ("push", "pull"):
+    if p.role == "metrics":  # the scrape token: /metrics and nothing else
+        allowed = verb == "metrics"
+    elif p.role == "app":
+        if verb in ("push", "pull", "ui"):
             allowed = True
         elif kind == "Session" and verb in (*_READ, "apply", "delete"):
             allowed = obj is None or obj.get("spec", {}).get("app") == p.name

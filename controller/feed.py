@@ -30,6 +30,7 @@ import bisect
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,7 @@ class ChangeFeed:
         self._pump_task: asyncio.Task[None] | None = None
         self._any = asyncio.Event()
         self._node_events: dict[str, asyncio.Event] = {}
+        self._listeners: list[Callable[[list[Change] | None], None]] = []
         self.closed = False
         self.reads = 0
         """How many times the store's change log was read (for tests)."""
@@ -108,6 +110,20 @@ class ChangeFeed:
         return self._rv
 
     # ------------------------------------------------------------- filling
+
+    def listen(self, callback: Callable[[list[Change] | None], None]) -> None:
+        """Call ``callback(batch)`` on the loop with every batch of changes read into the
+        ring, in order; ``callback(None)`` when the ring starts afresh (the log was
+        compacted past it: reload). For in-memory views (``controller.poolview``) that
+        follow changes without reading the store again."""
+        self._listeners.append(callback)
+
+    def _tell(self, batch: list[Change] | None) -> None:
+        for callback in self._listeners:
+            try:
+                callback(batch)
+            except Exception:  # a broken view must not stop the watch streams
+                log.exception("event=feed_listener_failed")
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow the store's commits, reading them on ``loop`` (the API's)."""
@@ -134,6 +150,7 @@ class ChangeFeed:
                 batch = await asyncio.to_thread(self.store.changes, self._rv, 1000)
             except Gone:  # the log was compacted past the ring: start afresh from now
                 self._reset(self.store.resource_version)
+                self._tell(None)
                 self._wake(None)
                 return
             except Exception:  # the store is closing: streams end or read it themselves
@@ -143,7 +160,9 @@ class ChangeFeed:
             if not batch:  # (a committed rv always has its change: never, but no spin)
                 self._rv = self._target
                 return
-            self._wake(self._extend(batch))
+            nodes = self._extend(batch)
+            self._tell(batch)
+            self._wake(nodes)
 
     def _extend(self, batch: list[Change]) -> set[str]:
         nodes: set[str] = set()

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controller.admission import AdmissionSigner, session_policy
 from controller.api.app import create_app
 from controller.api.deps import ApiDeps
-from controller.auth import Authenticator, Principal
+from controller.api.metrics import METRICS_TOKEN_KEY
+from controller.auth import Authenticator, LoginLinks, MetricsToken, Principal
 from controller.config import Context, config_path, load_config
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
@@ -34,6 +35,8 @@ from controller.images import ImageStore
 from controller.liveness import Liveness
 from controller.liveness import keep as keep_leases
 from controller.logs import PlacementLogs
+from controller.metrics import HubMetrics
+from controller.poolview import PoolView
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
 from controller.store import Store, open_store
@@ -108,14 +111,27 @@ class Hub:
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
         self.feed = ChangeFeed(self.store)
+        self.metrics = HubMetrics()
+        self.store.time_commits(self.metrics.observe_commit)
         self.heartbeats = HeartbeatBatcher(self.store)
         self.liveness = Liveness(default_period=settings.heartbeat)
         self.liveness.load(self.store, providers=self.store.names("Provider"))
+        # loaded at the feed's start: the feed replays every change after it
+        self.pool = PoolView(self.store, self.liveness)
+        self.pool.load()
+        self.feed.listen(self.pool.on_changes)
+        self.links = LoginLinks()
+        self.metrics_token = MetricsToken(self.store.get_meta(METRICS_TOKEN_KEY))
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
         self.admissions = AdmissionSigner(self.key)
-        self.controller = Controller(self.store, resync_period=settings.resync_period)
+        self.controller = Controller(
+            self.store,
+            resync_period=settings.resync_period,
+            observe=self.metrics.observe_reconcile,
+        )
+        self.metrics.watch_pool(self.pool, self.controller.stats)
         register_all(
             self.controller,
             node_grace=settings.node_grace,
@@ -187,6 +203,10 @@ class Hub:
             logs=self.logs,
             liveness=self.liveness,
             feed=self.feed,
+            pool=self.pool,
+            metrics=self.metrics,
+            links=self.links,
+            metrics_token=self.metrics_token,
             heartbeat_seconds=self.settings.heartbeat,
         )
 

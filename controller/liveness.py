@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,15 @@ CHECKPOINT_CHUNK = 200
 """Leases written per store transaction by ``checkpoint`` (keeps each one short)."""
 
 LEASE_PREFIX = "lease/"
+
+HISTORY_SAMPLES = 120
+HISTORY_SPACING = 5.0
+"""The usage history kept per provider for the web UI's charts: a sample at most every
+``HISTORY_SPACING`` seconds, the newest ``HISTORY_SAMPLES`` of them (10 minutes; about
+17 KiB per provider, 17 MiB at 1,000). In memory only: a restarted hub starts it anew."""
+
+Sample = tuple[float, float, int]
+"""(unix time, cpuPercent, memoryAvailableBytes) of one heartbeat."""
 
 
 def utcnow() -> datetime:
@@ -118,6 +128,7 @@ class Liveness:
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}
         self._usage_changed: set[str] = set()
+        self._history: dict[str, deque[Sample]] = {}
 
     # ---------------------------------------------------------------- writes
 
@@ -128,13 +139,31 @@ class Liveness:
             lease = Lease(now, now, period or self.default_period, usage, dirty=True)
             self._leases[node] = lease
             self._usage_changed.add(node)
+            self._sample(node, now.timestamp(), usage)
         return now
+
+    def _sample(self, node: str, when: float, usage: Obj) -> None:
+        history = self._history.get(node)
+        if history is None:
+            history = self._history[node] = deque(maxlen=HISTORY_SAMPLES)
+        elif history and when - history[-1][0] < HISTORY_SPACING:
+            return
+        try:
+            sample = (
+                round(when, 1),
+                round(float(usage.get("cpuPercent") or 0.0), 1),
+                int(usage.get("memoryAvailableBytes") or 0),
+            )
+        except (TypeError, ValueError):
+            return
+        history.append(sample)
 
     def forget(self, node: str) -> None:
         """Drop a deleted provider's lease."""
         with self._lock:
             self._leases.pop(node, None)
             self._usage_changed.discard(node)
+            self._history.pop(node, None)
 
     # ----------------------------------------------------------------- reads
 
@@ -185,6 +214,16 @@ class Liveness:
         with self._lock:
             lease = self._leases.get(node)
             return lease.usage if lease is not None else None
+
+    def history(self, node: str, last: int | None = None) -> list[Sample]:
+        """``node``'s usage samples, oldest first (the newest ``last`` of them if given)."""
+        with self._lock:
+            samples = self._history.get(node)
+            if not samples:
+                return []
+            if last is None or last >= len(samples):
+                return list(samples)
+            return [samples[i] for i in range(len(samples) - last, len(samples))]
 
     def expired(self, now: datetime | None = None) -> list[str]:
         """Providers whose lease ran out since their last beat, each reported once."""
@@ -266,6 +305,14 @@ async def keep(
                 log.exception("event=lease_checkpoint_failed")
 
 
+def is_ready(status: Obj) -> bool:
+    """Whether a Provider's stored status says Ready (its ``Ready`` condition is True)."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
 def _period(value: Any, default: float) -> float:
     try:
         period = float(value)
@@ -299,9 +346,11 @@ def _decode(value: str, default_period: float, started: datetime) -> Lease | Non
 __all__ = [
     "CHECKPOINT_SECONDS",
     "DECISION_FIELDS",
+    "HISTORY_SAMPLES",
     "LIVE_FIELDS",
     "MISSED_BEATS",
     "Lease",
     "Liveness",
+    "is_ready",
     "keep",
 ]

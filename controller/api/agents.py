@@ -25,7 +25,7 @@ from controller.enrollment import (
     redeem_join_token,
     revoke_join_token,
 )
-from controller.liveness import iso
+from controller.liveness import is_ready, iso
 from controller.store import NotFound
 from specs.identity import node_id
 from specs.kinds import Inventory, Usage
@@ -225,13 +225,6 @@ def inventory_problems(inventory: Inventory, usage: Usage) -> list[str]:
     return problems
 
 
-def _is_ready(status: dict[str, Any]) -> bool:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
-
-
 @router.post("/v1/agents/heartbeat")
 def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
     """An agent's inventory and usage; the hub stamps the time.
@@ -258,13 +251,14 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
     period = req.period or d.heartbeat_seconds
     usage = req.usage.model_dump(mode="json")
     seen = d.liveness.beat(who.name, usage, period)
+    d.metrics.heartbeats.inc()
     decision = {
         "inventory": req.inventory.model_dump(mode="json"),
         "endpoints": req.endpoints,
         "heartbeatSeconds": period,
     }
     status = current.get("status") or {}
-    if not _is_ready(status) or any(status.get(k) != v for k, v in decision.items()):
+    if not is_ready(status) or any(status.get(k) != v for k, v in decision.items()):
         # what can change a placement decision (DECISION_FIELDS) is written, with the
         # other beats of the next 0.2 s, in one transaction; usage and last-seen stay in
         # the lease table unless written along

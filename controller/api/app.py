@@ -7,7 +7,7 @@ otherwise). Errors are JSON ``{"error": {"message": ..., "details": [...]}}``
 with a message a user can act on, and never echo a token.
 
 Where a route goes: a router module under ``controller/api/`` (``login``,
-``agents``, ``logs``, ``peers``, ``images``, ``objects``), its handlers taking what they
+``agents``, ``logs``, ``peers``, ``images``, ``ui``, ``metrics``, ``objects``), its handlers taking what they
 need from ``d: Deps`` (``controller.api.deps``). ``create_app`` only installs
 the error handlers and includes the routers, those with fixed first path
 segments before the generic ``/v1/{kind}`` routes of ``objects``.
@@ -21,10 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import agents, images, login, logs, objects, peers
+from controller.api import agents, images, login, logs, metrics, objects, peers, ui
 from controller.api.common import ERROR_RESPONSES, ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import AuthError, Forbidden
+from controller.metrics import RequestTimer
 from controller.store import StoreError
 
 
@@ -158,9 +159,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_api_route(
         "/openapi.json", openapi, methods=["GET"], tags=["meta"], include_in_schema=False
     )
-    for module in (login, agents, logs, peers, images, objects):
+    for module in (login, agents, logs, peers, images, ui, metrics, objects):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequestTimer, metrics=deps.metrics)
     return app
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from controller.api.deps import deps_of
-from controller.auth import AuthError, Principal
+from controller.auth import AuthError, Forbidden, MetricsToken, Principal
 from specs.kinds import UnknownKindError, resolve_kind
 
 
@@ -75,19 +76,42 @@ def kind_of(name: str) -> str:
         raise ApiProblem(404, str(exc)) from None
 
 
+UI_COOKIE = "gu_session"
+"""The web UI's session cookie (HttpOnly, SameSite=Strict; ``controller.api.ui``)."""
+
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
 async def principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 otherwise.
+    """The caller, from ``Authorization: Bearer <token>`` or the web UI's session cookie;
+    401 otherwise. A request the cookie authenticates that may change something must carry
+    the session's CSRF token in ``X-CSRF-Token`` (403 otherwise).
 
     Async on purpose: checking a token is an HMAC and a JSON decode (microseconds),
     and a sync dependency would cost every request a hop to the thread pool.
     """
+    d = deps_of(request)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError(
-            "missing bearer token; log in (`gu auth token`) and send Authorization: Bearer <token>"
-        )
-    return deps_of(request).auth.verify_token(token.strip())
+    if scheme.lower() == "bearer" and token:
+        token = token.strip()
+        if token.startswith(MetricsToken.PREFIX):
+            return d.metrics_token.check(token)
+        return d.auth.verify_token(token)
+    cookie = request.cookies.get(UI_COOKIE)
+    if cookie and not header:
+        who = d.auth.verify_token(cookie, use="ui")
+        if request.method not in SAFE_METHODS and not hmac.compare_digest(
+            request.headers.get("x-csrf-token", ""), d.auth.csrf_of(cookie)
+        ):
+            raise Forbidden(
+                "missing or wrong X-CSRF-Token header for this UI session; reload the page"
+            )
+        request.state.ui_session = cookie
+        return who
+    raise AuthError(
+        "missing bearer token; log in (`gu auth token`) and send Authorization: Bearer <token>"
+    )
 
 
 Caller = Annotated[Principal, Depends(principal)]

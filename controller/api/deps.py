@@ -14,12 +14,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from controller.auth import Authenticator
+from controller.auth import Authenticator, LoginLinks, MetricsToken
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
 from controller.liveness import Liveness
 from controller.logs import PlacementLogs
+from controller.metrics import HubMetrics
+from controller.poolview import PoolView
 from controller.store import Store
 
 
@@ -37,6 +39,14 @@ class ApiDeps:
     feed: ChangeFeed
     #: providers' last-seen times and usage, kept in memory (``controller.liveness``)
     liveness: Liveness
+    #: providers, placements and policies in memory, for the web UI and /metrics
+    pool: PoolView
+    #: the Prometheus instruments and registry (``controller.metrics``)
+    metrics: HubMetrics
+    #: the web UI's one-time log-in codes
+    links: LoginLinks
+    #: the read-only scrape token's digest
+    metrics_token: MetricsToken
     #: the heartbeat period the hub asks of agents that report none (seconds)
     heartbeat_seconds: float = 5.0
 

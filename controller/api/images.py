@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,18 @@ class _ImageFile(FileResponse):
     """A FileResponse read in 1 MiB pieces (Starlette's 64 KiB means 16× the thread hops)."""
 
     chunk_size = 1 << 20
+
+    def __init__(self, path: Any, counted: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._counted = counted
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self._counted(len(message.get("body", b"")))  # bytes really sent
+            await send(message)
+
+        await super().__call__(scope, receive, counting)
 
 
 def _info(info: Any) -> dict[str, Any]:
@@ -189,4 +202,4 @@ def pull_image(hash: str, who: Caller, d: Deps) -> FileResponse:
         path = d.images.path(h)
     except ImageNotFound as exc:
         raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
-    return _ImageFile(path, media_type="application/octet-stream")
+    return _ImageFile(path, d.metrics.image_bytes.inc, media_type="application/octet-stream")

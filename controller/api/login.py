@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from controller.api.common import Caller
@@ -75,6 +75,11 @@ def token(req: TokenRequest, d: Deps) -> dict[str, Any]:
 
 
 @router.get("/v1/whoami")
-def whoami(who: Caller) -> dict[str, Any]:
-    """The caller's role and name, and when its token expires."""
-    return {"role": who.role, "name": who.name, "expires": who.expires}
+def whoami(request: Request, who: Caller, d: Deps) -> dict[str, Any]:
+    """The caller's role and name, and when its token expires; for a web UI session also
+    the CSRF token its mutating requests must carry."""
+    out: dict[str, Any] = {"role": who.role, "name": who.name, "expires": who.expires}
+    session = getattr(request.state, "ui_session", None)
+    if session is not None:
+        out["csrf"] = d.auth.csrf_of(session)
+    return out

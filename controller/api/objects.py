@@ -69,6 +69,10 @@ class StatusRequest(BaseModel):
     resourceVersion: int | None = None
 
 
+class SuspendRequest(BaseModel):
+    suspend: bool
+
+
 class ObjectList(BaseModel):
     items: list[dict[str, Any]]
     resourceVersion: int
@@ -176,6 +180,19 @@ def put_status(kind: str, name: str, req: StatusRequest, who: Caller, d: Deps) -
     except ValidationError as exc:
         raise ApiProblem(422, f"invalid status for {k}/{name}", _details(exc)) from None
     return d.store.update_status(k, name, req.status, expected_rv=req.resourceVersion)
+
+
+@router.put("/v1/sessions/{name}/suspend")
+def suspend_session(name: str, req: SuspendRequest, who: Caller, d: Deps) -> dict[str, Any]:
+    """Suspend (``suspend: true``) or resume a Session: its ``spec.suspend``, as an apply
+    of the same Session with that one field changed would (``gu suspend``/``gu resume``,
+    the web UI's buttons). A GitOps folder that says otherwise sets it back on its next
+    apply."""
+    obj = fetch(d, who, "apply", "Session", name)
+    if bool(obj["spec"].get("suspend")) == req.suspend:
+        return obj
+    changed = {**obj, "spec": {**obj["spec"], "suspend": req.suspend}}
+    return d.store.replace(changed, expected_rv=obj["metadata"]["resourceVersion"])
 
 
 @router.get("/v1/{kind}/{name}/events", response_model=EventList)

@@ -13,6 +13,8 @@ Layout (a command lives with its concern, the group only wires them)::
     gu image build|hash|push|ls|sign|verify
                                 controller/cli/images.py   images
     gu keys new|pub | login     controller/cli/keys.py     keys, app log-in
+    gu ui | suspend | resume    controller/cli/ui.py       web UI link, pause Sessions
+    gu hub metrics-token        controller/cli/ui.py       the /metrics scrape token
     gu agent                    agent/cli.py               the provider agent
     gu vmkit assets             agent/cli.py               the vm runtime's guest assets
 
@@ -41,6 +43,7 @@ from controller.cli.pool import (
     token_group,
 )
 from controller.cli.state import CliState
+from controller.cli.ui import metrics_token_command, resume_command, suspend_command, ui_command
 
 
 class GuGroup(click.Group):
@@ -105,7 +108,11 @@ cli.add_command(label_group)
 cli.add_command(image_group)
 cli.add_command(keys_group)
 cli.add_command(login_command)
+cli.add_command(ui_command)
+cli.add_command(suspend_command)
+cli.add_command(resume_command)
 hub_group.add_command(token_group)
+hub_group.add_command(metrics_token_command)
 
 
 @cli.command(

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ class Controller:
         stop_timeout: float = 5.0,
         batch_size: int = 500,
         queue: WorkQueue | None = None,
+        observe: Callable[[str, float, str], None] | None = None,
     ) -> None:
+        """``observe(kind, seconds, outcome)`` is called after each reconcile, outcome
+        ``ok``, ``error`` or ``conflict`` (the hub's metrics)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         if resync_period <= 0 or not 0 <= jitter < 1:
@@ -176,6 +180,7 @@ class Controller:
         self.stop_timeout = stop_timeout
         self.batch_size = batch_size
         self._queue = queue if queue is not None else WorkQueue()
+        self._observe = observe
         self._handlers: dict[str, Handler] = {}
         self._watches: dict[str, list[tuple[str, Mapper]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -471,10 +476,13 @@ class Controller:
         kind, _, name = key.partition("/")
         with self._counters_lock:
             self._in_flight += 1
+        began = time.perf_counter()
+        outcome = "ok"
         try:
             result = self.reconcile(kind, name)
         except Conflict as exc:
             # normal under concurrency: somebody wrote first; read again soon
+            outcome = "conflict"
             with self._counters_lock:
                 self._conflicts += 1
             delay = self._queue.add_rate_limited(key)
@@ -488,6 +496,7 @@ class Controller:
                 )
             )
         except Exception as exc:
+            outcome = "error"
             with self._counters_lock:
                 self._errors += 1
             delay = self._queue.add_rate_limited(key)
@@ -509,6 +518,8 @@ class Controller:
             with self._counters_lock:
                 self._reconciles += 1
                 self._in_flight -= 1
+            if self._observe is not None:
+                self._observe(kind, time.perf_counter() - began, outcome)
 
 
 def _describe(exc: BaseException) -> str:

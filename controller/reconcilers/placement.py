@@ -116,6 +116,15 @@ def is_preempted(placement: Obj) -> bool:
     return bool((placement.get("spec") or {}).get("preemption"))
 
 
+def provider_labels(provider: Obj) -> dict[str, str]:
+    """The labels a Provider is scheduled and admitted by: the trusted ones (the admin's:
+    join token, `gu label provider`) as they are, and what the agent reports of itself
+    under ``self.``, which no ImagePolicy selector may name."""
+    spec = provider.get("spec") or {}
+    reported = {SELF_LABEL_PREFIX + k: v for k, v in (spec.get("labels") or {}).items()}
+    return {**reported, **(provider["metadata"].get("labels") or {})}
+
+
 def holds_of(placement: Obj) -> tuple[float, float]:
     """(cpu, memoryMiB) an active placement holds on its node. A preempted one gives its
     cpu back at once; a suspended one keeps its memory (its process, container or VM is
@@ -161,7 +170,6 @@ def _parse_time(value: Any) -> datetime | None:
 def node_view(provider: Obj) -> NodeView:
     """A scheduler view of a Provider object (allocations zero; the pool adds them)."""
     status = provider.get("status") or {}
-    spec = provider.get("spec") or {}
     inventory: Inventory | None = None
     usage: Usage | None = None
     try:
@@ -177,13 +185,9 @@ def node_view(provider: Obj) -> NodeView:
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
             since = None if ready else _parse_time(cond.get("lastTransitionTime"))
-    # trusted labels (the admin's: token, `gu label provider`) as they are; what the agent
-    # reports of itself under ``self.``, which no ImagePolicy selector may name
-    reported = {SELF_LABEL_PREFIX + k: v for k, v in (spec.get("labels") or {}).items()}
-    labels = {**reported, **(provider["metadata"].get("labels") or {})}
     return NodeView(
         node_id=provider["metadata"]["name"],
-        labels=labels,
+        labels=provider_labels(provider),
         inventory=inventory,
         usage=usage,
         ready=ready,

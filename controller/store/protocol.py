@@ -49,6 +49,11 @@ class Store(Protocol):
         """Group writes into one atomic, durable transaction (nests)."""
         ...
 
+    def time_commits(self, callback: Callable[[float], None]) -> None:
+        """Call ``callback(seconds)`` after each transaction that wrote, with how long it
+        took from its start to its durable commit (the hub's store write latency)."""
+        ...
+
     # reads
     def get(self, kind: str, name: str) -> Obj:
         """One object; raises NotFound."""

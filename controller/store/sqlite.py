@@ -31,6 +31,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +123,7 @@ class SQLiteStore(ObjectStore):
         self._depth = 0
         self._pending_notify = False
         self._listeners: list[Callable[[int], None]] = []
+        self._timers: list[Callable[[float], None]] = []
         self._owner: int | None = None  # the thread inside a transaction, if any
         self._readers: dict[int, sqlite3.Connection] = {}  # by thread ident
         self._readers_lock = threading.Lock()
@@ -188,6 +190,9 @@ class SQLiteStore(ObjectStore):
         """
         self._listeners.append(callback)
 
+    def time_commits(self, callback: Callable[[float], None]) -> None:
+        self._timers.append(callback)
+
     def unsubscribe(self, callback: Callable[[int], None]) -> None:
         if callback in self._listeners:
             self._listeners.remove(callback)
@@ -197,6 +202,7 @@ class SQLiteStore(ObjectStore):
         """Group writes into one atomic, durable transaction (nests)."""
         with self._lock:
             if self._depth == 0:
+                began = time.perf_counter()
                 self._db.execute("BEGIN IMMEDIATE")
                 start_rv = self._rv
                 self._owner = threading.get_ident()
@@ -230,6 +236,9 @@ class SQLiteStore(ObjectStore):
                 self._owner = None
             rv = self._committed_rv = self._rv
         if wrote:
+            took = time.perf_counter() - began
+            for timer in self._timers:
+                timer(took)
             for listener in list(self._listeners):
                 try:
                     listener(rv)

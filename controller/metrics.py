@@ -1,0 +1,146 @@
+"""The hub's Prometheus metrics (``GET /metrics``), through ``prometheus-client``.
+
+Two sorts. Events are counted or timed where they happen, through hooks the
+hub wires at start (nothing below imports this module): reconciles
+(``Controller(observe=…)``), store commits (``Store.time_commits``), API
+requests (``RequestTimer``, an ASGI middleware), heartbeats and image bytes
+served (the routes, through ``ApiDeps.metrics``). State is read when scraped
+(``PoolCollector``): providers by readiness and placements by state and
+runtime from the pool view, the reconcile queue from the controller's stats,
+so a scrape costs one pass over memory and nothing between scrapes.
+
+Each hub has its own registry (tests run several hubs in one process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controller.poolview import PoolView
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PoolCollector(Collector):
+    """Gauges computed at scrape time from the pool view and the controller's stats."""
+
+    def __init__(self, view: PoolView, stats: Callable[[], dict[str, Any]]) -> None:
+        self.view = view
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        ready, states = self.view.counts()
+        providers = GaugeMetricFamily(
+            "gu_providers", "Providers known to the hub, by readiness", labels=["ready"]
+        )
+        for flag in (True, False):
+            providers.add_metric(["true" if flag else "false"], ready.get(flag, 0))
+        yield providers
+        placements = GaugeMetricFamily(
+            "gu_placements", "Placements by state and runtime", labels=["state", "runtime"]
+        )
+        for (state, runtime), n in sorted(states.items()):
+            placements.add_metric([state, runtime], n)
+        yield placements
+        stats = self.stats()
+        yield GaugeMetricFamily(
+            "gu_reconcile_queue_depth",
+            "Keys queued for a reconcile (ready now or waiting for a deadline)",
+            value=stats.get("queue_length", 0),
+        )
+        yield GaugeMetricFamily(
+            "gu_reconcile_in_flight", "Reconciles running now", value=stats.get("in_flight", 0)
+        )
+
+
+class HubMetrics:
+    """The registry and the instruments of one hub."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.reconcile_seconds = Histogram(
+            "gu_reconcile_duration_seconds",
+            "Time one reconcile took, by kind",
+            ["kind"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "gu_reconciles", "Reconciles by kind and outcome (ok, error, conflict)",
+            ["kind", "outcome"], registry=r,
+        )  # fmt: skip
+        self.api_seconds = Histogram(
+            "gu_api_request_duration_seconds",
+            "API request latency by route template, method and status code",
+            ["route", "method", "code"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.store_commit_seconds = Histogram(
+            "gu_store_commit_duration_seconds",
+            "Store write transactions, start to durable commit",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.heartbeats = Counter("gu_heartbeats", "Agent heartbeats received", registry=r)
+        self.image_bytes = Counter(
+            "gu_image_bytes_served", "Image bytes sent to agents and clients", registry=r
+        )
+
+    def watch_pool(self, view: PoolView, stats: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(PoolCollector(view, stats))
+
+    def observe_reconcile(self, kind: str, seconds: float, outcome: str) -> None:
+        self.reconcile_seconds.labels(kind).observe(seconds)
+        self.reconciles.labels(kind, outcome).inc()
+
+    def observe_commit(self, seconds: float) -> None:
+        self.store_commit_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return bytes(generate_latest(self.registry))
+
+
+class RequestTimer:
+    """ASGI middleware: every HTTP request's latency into ``gu_api_request_duration_seconds``,
+    labelled by the route's template (``/v1/{kind}/{name}``, never a concrete path: a
+    bounded label set) or ``unmatched``."""
+
+    def __init__(self, app: Any, metrics: HubMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        code = 500
+
+        async def seen(message: Any) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.api_seconds.labels(template, scope["method"], str(code)).observe(
+                time.perf_counter() - began
+            )
+
+
+__all__ = ["CONTENT_TYPE", "HubMetrics", "PoolCollector", "RequestTimer"]

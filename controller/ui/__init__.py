@@ -1,0 +1,1 @@
+"""The hub's web UI: static files served by ``controller.api.ui``."""
