@@ -193,4 +193,28 @@ YAML
   $GU logs hello-vm
   $GU peer demo-agent | grep Runtimes
 fi
+step "the web UI (gu ui) and Prometheus metrics"
+LINK=$($GU ui --no-open 2>/dev/null)
+echo "a one-time log-in link (works once, within 60 s): $LINK"
+if command -v chromium >/dev/null 2>&1 && $PY -c 'import playwright' 2>/dev/null; then
+  $PY - "$LINK" "$DEMO/providers.png" <<'PYEOF'
+import sys
+from playwright.sync_api import sync_playwright
+link, shot = sys.argv[1], sys.argv[2]
+with sync_playwright() as p:
+    b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+    page = b.new_page(viewport={"width": 1400, "height": 500})
+    page.goto(link)
+    page.locator("tr[data-node]").first.wait_for(timeout=15000)
+    print("providers page:", " | ".join(page.locator("tr[data-node]").first.inner_text().split("\t")))
+    page.screenshot(path=shot)
+    b.close()
+print(f"screenshot of the providers page (headless chromium): {shot}")
+PYEOF
+fi
+$GU hub metrics-token -o "$DEMO/metrics.token"
+curl -fsS -H "Authorization: Bearer $(cat "$DEMO/metrics.token")" "$HUB/metrics" | grep -E '^gu_(providers|placements)\{'
+
 step "done: everything is stopped; the state stays in $DEMO/ to look at"

@@ -362,6 +362,10 @@ def logs_body(w: World, p: str) -> dict[str, Any]:
     return {"content": b"hello from the workload\n"}
 
 
+def resume_body(w: World, p: str) -> dict[str, Any]:
+    return {"json": {"suspend": False}}  # a-session is not suspended: changes nothing
+
+
 def image_body(w: World, p: str) -> dict[str, Any]:
     return {"content": IMAGE}
 
@@ -486,6 +490,18 @@ ROWS: tuple[Row, ...] = (
     Row("GET", "/peers/{nodeId}/inf/os", "/peers/{own_node}/inf/os", SIGNED_IN),
     # the other agent has sent no heartbeat: no inventory to show anyone
     Row("GET", "/peers/{nodeId}/inf/os", "/peers/{other_node}/inf/os", UNKNOWN),
+    # the web UI: a log-in link and its provider rows for apps and the admin (an agent has
+    # no UI); another app has no ImagePolicy here, so no provider it may use
+    Row("POST", "/v1/ui/links", "/v1/ui/links", APPS_AND_ADMIN),
+    Row("GET", "/v1/ui/providers", "/v1/ui/providers", APPS_AND_ADMIN),
+    Row("GET", "/v1/ui/providers/{nodeId}", "/v1/ui/providers/{own_node}",
+        "401 401 401 404 403 200 200"),
+    # metrics: the admin (or the scrape token, tests/test_ui.py); a new scrape token: admin
+    Row("GET", "/metrics", "/metrics", ADMIN_ONLY),
+    Row("POST", "/v1/metrics/token", "/v1/metrics/token", ADMIN_ONLY),
+    # suspend/resume: as applying the Session would
+    Row("PUT", "/v1/sessions/{name}/suspend", "/v1/sessions/{session}/suspend", HIDDEN_SESSION,
+        resume_body),
     # images
     Row("POST", "/v1/images", "/v1/images", APPS_AND_ADMIN, image_body),
     Row("GET", "/v1/images", "/v1/images", APPS_AND_ADMIN),

@@ -10,6 +10,7 @@ recorded, and each test checks that none went to any other host than the hub.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -212,8 +213,9 @@ def test_log_in_through_gu_ui_shows_both_providers_with_their_figures(
     session = cookies["gu_session"]
     assert session["httpOnly"] is True and session["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's scripts see none
-    after_login = web.requests[web.requests.index(next(u for u in web.requests if "/ui/" in u
-                                                         and "code=" not in u)):]
+    after_login = web.requests[
+        web.requests.index(next(u for u in web.requests if "/ui/" in u and "code=" not in u)) :
+    ]
     assert not [u for u in after_login if "code=" in u or "gu1." in u]
 
 
@@ -371,8 +373,13 @@ def test_metrics_parse_and_the_placement_gauges_agree_with_the_store(pool: Pool)
         gauge: dict[tuple[str, str], float] = {}
         for s in families["gu_placements"].samples:
             gauge[(s.labels["state"], s.labels["runtime"])] = s.value
+        listed = subprocess.run(
+            [*GU, "get", "placements", "-o", "json"],
+            env=pool.hub.env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
         stored: dict[tuple[str, str], float] = {}
-        for p in pool.admin.list("Placement"):
+        for p in json.loads(listed.stdout)["items"]:
             key = (p.get("status", {}).get("state", "Pending"), p["spec"]["workload"]["runtime"])
             stored[key] = stored.get(key, 0) + 1
         return gauge == stored
