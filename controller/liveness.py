@@ -215,6 +215,12 @@ class Liveness:
             lease = self._leases.get(node)
             return lease.usage if lease is not None else None
 
+    def leases(self) -> dict[str, Lease]:
+        """Every lease, as of now (a copy of the table; the leases themselves are replaced,
+        never changed, by a beat)."""
+        with self._lock:
+            return dict(self._leases)
+
     def history(self, node: str, last: int | None = None) -> list[Sample]:
         """``node``'s usage samples, oldest first (the newest ``last`` of them if given)."""
         with self._lock:

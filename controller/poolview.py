@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.auth import Principal
-from controller.liveness import Liveness, is_ready
+from controller.liveness import Lease, Liveness, is_ready, parse_time
 from controller.policy import policies_for, provider_reason
 from controller.reconcilers.placement import holds_of, provider_labels
 from controller.store import Change, Store
@@ -45,7 +45,12 @@ ACTIVE = frozenset(("Pending", "Pulling", "Starting", "Running", "Suspended"))
 """Placement states that occupy their provider (a task on the providers page)."""
 
 ROWS_TTL = 0.5
-"""How long a built providers table is served again to the same scope (seconds)."""
+"""How long the index of every provider is used again for the same scope (seconds)."""
+
+PAGE_ROWS = 100
+"""Rows per page of the providers table."""
+
+SORT_KEYS = ("name", "cores", "cpu", "mem", "disk", "tasks", "ready", "seen")
 
 SPARK_SAMPLES = 36
 """CPU samples sent with each row for its sparkline (3 minutes at one per 5 s)."""
@@ -85,12 +90,117 @@ def placement_row(obj: Obj) -> PlacementRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """What filtering and sorting the providers table needs of one provider."""
+
+    node: str
+    name: str
+    cores: int
+    cpu: float
+    mem_used: float
+    disk_free: int
+    tasks: int
+    ready: bool
+    seen: float
+    free_cpu: float
+    free_memory_mib: float
+    labels: dict[str, str]
+    obj: Obj
+
+
+@dataclass(frozen=True)
+class TableQuery:
+    """Which providers the table shows, in which order, which page of them."""
+
+    sort: str = "name"
+    descending: bool = False
+    labels: tuple[tuple[str, str | None], ...] = ()
+    """``key=value`` pairs a provider's labels must have (value None: the key at all)."""
+    min_cpu: float = 0.0
+    min_memory_mib: float = 0.0
+    page: int = 0
+    size: int = PAGE_ROWS
+
+    @staticmethod
+    def parse_labels(text: str) -> tuple[tuple[str, str | None], ...]:
+        """``zone=lab,gpu`` → ``(("zone", "lab"), ("gpu", None))``."""
+        out: list[tuple[str, str | None]] = []
+        for part in text.split(","):
+            key, eq, value = part.strip().partition("=")
+            if key.strip():
+                out.append((key.strip(), value.strip() if eq else None))
+        return tuple(out)
+
+    def selects(self, e: IndexEntry) -> bool:
+        if e.free_cpu < self.min_cpu or e.free_memory_mib < self.min_memory_mib:
+            return False
+        return all((k in e.labels) if v is None else e.labels.get(k) == v for k, v in self.labels)
+
+    def sort_key(self, e: IndexEntry) -> Any:
+        return {
+            "name": (e.name or e.node).lower(),
+            "cores": e.cores,
+            "cpu": e.cpu,
+            "mem": e.mem_used,
+            "disk": e.disk_free,
+            "tasks": e.tasks,
+            "ready": e.ready,
+            "seen": e.seen,
+        }.get(self.sort, e.node)
+
+
+def index_entry(snap: Snapshot, obj: Obj, lease: Lease | None) -> IndexEntry:
+    """``obj``'s entry, its usage and last-seen from ``lease`` when newer than stored."""
+    name = obj["metadata"]["name"]
+    status = obj.get("status") or {}
+    inv = status.get("inventory") or {}
+    usage = status.get("usage") or {}
+    seen = parse_time(status.get("lastHeartbeat"))
+    if lease is not None and (seen is None or lease.last > seen):
+        seen = lease.last
+        usage = lease.usage or usage
+    cores = int((inv.get("cpu") or {}).get("cores") or 0)
+    memory = int(inv.get("memoryBytes") or 0)
+    active = snap.active_on(name)
+    available = usage.get("memoryAvailableBytes")
+    free_cpu, free_memory = free_of(cores, memory, active)
+    return IndexEntry(
+        node=name,
+        name=str((obj.get("spec") or {}).get("displayName") or ""),
+        cores=cores,
+        cpu=float(usage.get("cpuPercent") or 0.0),
+        mem_used=1.0 - available / memory if memory and available is not None else 0.0,
+        disk_free=int(usage.get("storageFreeBytes") or 0),
+        tasks=len(active),
+        ready=is_ready(status),
+        seen=seen.timestamp() if seen is not None else 0.0,
+        free_cpu=free_cpu,
+        free_memory_mib=free_memory,
+        labels=provider_labels(obj),
+        obj=obj,
+    )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     providers: dict[str, Obj]
     placements: dict[str, PlacementRow]
     by_node: dict[str, tuple[str, ...]]
     policies: list[ImagePolicy]
+
+    def active_on(self, node: str) -> list[PlacementRow]:
+        """The placements that occupy ``node`` now."""
+        found = (self.placements.get(n) for n in self.by_node.get(node, ()))
+        return [p for p in found if p is not None and p.active]
+
+
+def free_of(cores: int, memory_bytes: int, active: list[PlacementRow]) -> tuple[float, float]:
+    """(cores, MiB) a provider has left after what its active placements hold."""
+    return (
+        round(cores - sum(p.cpu for p in active), 3),
+        round(memory_bytes / (1 << 20) - sum(p.memory_mib for p in active)),
+    )
 
 
 class PoolView:
@@ -106,7 +216,7 @@ class PoolView:
         self._placements: dict[str, PlacementRow] = {}
         self._by_node: dict[str, tuple[str, ...]] = {}
         self._policies: dict[str, ImagePolicy] = {}
-        self._rows: dict[tuple[str, str], tuple[float, bytes]] = {}
+        self._indexes: dict[tuple[str, str], tuple[float, Snapshot, list[IndexEntry]]] = {}
         self.version = 0
         """Bumped with every change applied (a page's rows are rebuilt after one)."""
 
@@ -129,7 +239,7 @@ class PoolView:
                 if p.node:
                     self._by_node[p.node] = (*self._by_node.get(p.node, ()), p.name)
             self._policies = policies
-            self._rows.clear()
+            self._indexes.clear()
             self.version += 1
 
     def on_changes(self, batch: list[Change] | None) -> None:
@@ -182,24 +292,52 @@ class PoolView:
 
     # --------------------------------------------------------------- reads
 
-    def provider_table(self, who: Principal) -> bytes:
-        """The providers page's rows for ``who`` as JSON (built at most every ROWS_TTL)."""
+    def provider_table(self, who: Principal, query: TableQuery | None = None) -> bytes:
+        """One page of the providers table for ``who`` as JSON: the providers ``query``
+        selects, sorted, and only its page's rows built in full (the page draws 100 rows
+        of 1,000 providers; filtering and sorting happen here, on a light index of every
+        provider that is rebuilt at most every ``ROWS_TTL`` per scope)."""
+        q = query or TableQuery()
+        snap, index = self._index(who)
+        matched = [e for e in index if q.selects(e)]
+        matched.sort(key=lambda e: e.node)
+        matched.sort(key=q.sort_key, reverse=q.descending)  # stable: ties stay by node id
+        pages = max(1, -(-len(matched) // q.size))
+        page = min(q.page, pages - 1)
+        rows = [
+            self.provider_row(snap, e.obj, who)
+            for e in matched[page * q.size : (page + 1) * q.size]
+        ]
+        return json.dumps(
+            {
+                "now": time.time(),
+                "total": len(index),
+                "ready": sum(1 for e in index if e.ready),
+                "matched": len(matched),
+                "page": page,
+                "pages": pages,
+                "providers": rows,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def _index(self, who: Principal) -> tuple[Snapshot, list[IndexEntry]]:
         scope = ("admin", "") if who.role == "admin" else (who.role, who.name)
         now = time.monotonic()
         with self._lock:
-            cached = self._rows.get(scope)
+            cached = self._indexes.get(scope)
         if cached is not None and now - cached[0] < ROWS_TTL:
-            return cached[1]
+            return cached[1], cached[2]
         snap = self.snapshot()
-        rows = [
-            self.provider_row(snap, obj, who)
-            for name, obj in sorted(snap.providers.items())
+        leases = self.liveness.leases()
+        index = [
+            index_entry(snap, obj, leases.get(name))
+            for name, obj in snap.providers.items()
             if may_use(who, obj, snap.policies)
         ]
-        body = json.dumps({"now": time.time(), "providers": rows}, separators=(",", ":")).encode()
         with self._lock:
-            self._rows[scope] = (now, body)
-        return body
+            self._indexes[scope] = (now, snap, index)
+        return snap, index
 
     def provider_row(
         self, snap: Snapshot, obj: Obj, who: Principal, spark: int = SPARK_SAMPLES
@@ -213,14 +351,11 @@ class PoolView:
         usage = status.get("usage") or {}
         cpu_info = inv.get("cpu") or {}
         os_info = inv.get("os") or {}
-        active = [
-            p
-            for p in (snap.placements.get(n) for n in snap.by_node.get(name, ()))
-            if p is not None and p.active
-        ]
+        active = snap.active_on(name)
         cores = int(cpu_info.get("cores") or 0)
         memory = int(inv.get("memoryBytes") or 0)
         infos = {r.get("name"): r for r in inv.get("runtimeInfo") or []}
+        free_cpu, free_memory = free_of(cores, memory, active)
         return {
             "node": name,
             "name": spec.get("displayName") or "",
@@ -234,8 +369,8 @@ class PoolView:
             "memAvailable": usage.get("memoryAvailableBytes"),
             "diskTotal": int(inv.get("storageBytes") or 0),
             "diskFree": usage.get("storageFreeBytes"),
-            "freeCpu": round(cores - sum(p.cpu for p in active), 3),
-            "freeMemoryMiB": round(memory / (1 << 20) - sum(p.memory_mib for p in active)),
+            "freeCpu": free_cpu,
+            "freeMemoryMiB": free_memory,
             "taskCount": len(active),
             "tasks": [
                 {"placement": p.name, "session": p.session, "state": p.state}
@@ -301,4 +436,4 @@ def _policy(obj: Obj) -> ImagePolicy | None:
         return None
 
 
-__all__ = ["ACTIVE", "PlacementRow", "PoolView", "may_use"]
+__all__ = ["ACTIVE", "PAGE_ROWS", "SORT_KEYS", "PlacementRow", "PoolView", "TableQuery", "may_use"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.auth import Principal
 from controller.liveness import Liveness
-from controller.poolview import PoolView
+from controller.poolview import PoolView, TableQuery
 from controller.store import Store
 from tests.test_reconcilers_scheduling import IMAGE, add_provider, store  # noqa: F401
 
@@ -61,7 +61,7 @@ def test_followed_changes_give_what_a_fresh_load_gives(store: Store) -> None:  #
     store.create(placement("s-2", a))
     store.create(placement("t-1", None, state="Pending"))
     rv = follow(view, store, rv)
-    view._rows.clear()  # (the rows are cached for half a second)
+    view._indexes.clear()  # (the index is kept for half a second)
     assert tasks(view) == {a: ["s-1", "s-2"], b: []}
     assert rows(view)[a]["freeCpu"] == 1.0 and rows(view)[a]["freeMemoryMiB"] == 8 * 1024 - 1024
     assert rows(view)[a]["runtimes"] == [{"name": "native", "accel": None}]
@@ -75,7 +75,7 @@ def test_followed_changes_give_what_a_fresh_load_gives(store: Store) -> None:  #
     store.create(placement("u-1", c))
     store.delete("Provider", c)
     rv = follow(view, store, rv)
-    view._rows.clear()
+    view._indexes.clear()
     fresh = PoolView(store, live)
     fresh.load()
     assert tasks(view) == tasks(fresh) == {a: [], b: ["s-2"]}
@@ -117,3 +117,25 @@ def test_the_usage_history_is_bounded_and_spaced() -> None:
     assert len(samples) == 120  # HISTORY_SAMPLES
     assert all(b[0] - a[0] >= 5.0 for a, b in itertools.pairwise(samples))
     assert live.history("n", 3) == samples[-3:]
+
+
+def test_the_table_filters_sorts_and_pages_on_the_hub(store: Store) -> None:  # noqa: F811
+    view = PoolView(store, Liveness())
+    nodes = [add_provider(store, i, cores=i, labels={"zone": "lab"} if i % 2 else {}) for i in
+             range(1, 8)]  # fmt: skip
+    store.create(placement("busy-1", nodes[2]))  # 1.5 of node 3's 3 cores
+    view.load()
+
+    def page(**q: Any) -> dict[str, Any]:
+        return dict(json.loads(view.provider_table(ADMIN, TableQuery(**q))))
+
+    got = page(sort="cores", descending=True, size=3)
+    assert [r["cores"] for r in got["providers"]] == [7, 6, 5]
+    assert (got["total"], got["matched"], got["pages"]) == (7, 7, 3)
+    assert [r["cores"] for r in page(sort="cores", size=3, page=2)["providers"]] == [7]
+    assert page(sort="cores", size=3, page=99)["page"] == 2  # past the end: the last page
+    lab = page(labels=TableQuery.parse_labels("zone=lab"))
+    assert sorted(r["cores"] for r in lab["providers"]) == [1, 3, 5, 7] and lab["total"] == 7
+    roomy = page(min_cpu=2.0)
+    assert sorted(r["cores"] for r in roomy["providers"]) == [2, 4, 5, 6, 7]  # 3 has 1.5 left
+    assert TableQuery.parse_labels(" zone = lab , gpu") == (("zone", "lab"), ("gpu", None))

@@ -32,6 +32,7 @@ from controller import authz
 from controller.api.common import UI_COOKIE, ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps, deps_of
 from controller.auth import AuthError, Principal
+from controller.poolview import PAGE_ROWS, SORT_KEYS, TableQuery
 
 router = APIRouter(tags=["ui"])
 
@@ -180,11 +181,33 @@ def asset(request: Request, name: str) -> Response:
 
 
 @router.get("/v1/ui/providers")
-def ui_providers(who: Caller, d: Deps) -> Response:
-    """Every provider the caller may use, as the providers page shows it: live usage,
-    a CPU sparkline, running tasks, free capacity, runtimes, readiness."""
+def ui_providers(
+    who: Caller,
+    d: Deps,
+    sort: str = Query(default="name", max_length=10),
+    desc: bool = Query(default=False),
+    label: str = Query(default="", max_length=500, description="k=v,k2: labels to match"),
+    minCpu: float = Query(default=0.0, ge=0, description="free cores at least"),
+    minMemGiB: float = Query(default=0.0, ge=0, description="free memory at least"),
+    page: int = Query(default=0, ge=0, le=100_000),
+    size: int = Query(default=PAGE_ROWS, ge=1, le=1000),
+) -> Response:
+    """One page of the providers the caller may use, filtered and sorted, as the providers
+    page shows them: live usage, a CPU sparkline, running tasks, free capacity, runtimes,
+    readiness; with the totals (``total``, ``ready``, ``matched``, ``pages``)."""
     authz.check(who, "ui")
-    return Response(d.pool.provider_table(who), media_type="application/json")
+    if sort not in SORT_KEYS:
+        raise ApiProblem(422, f"sort by one of {', '.join(SORT_KEYS)}, not {sort!r}")
+    query = TableQuery(
+        sort=sort,
+        descending=desc,
+        labels=TableQuery.parse_labels(label),
+        min_cpu=minCpu,
+        min_memory_mib=minMemGiB * 1024,
+        page=page,
+        size=size,
+    )
+    return Response(d.pool.provider_table(who, query), media_type="application/json")
 
 
 @router.get("/v1/ui/providers/{nodeId}")

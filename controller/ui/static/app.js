@@ -151,25 +151,6 @@ function poll(gen, draw) {
 const providerState = { key: "name", dir: 1, label: "", freeCpu: "", freeMem: "", page: 0,
   open: new Set() };
 
-function providerSortValue(p, key) {
-  switch (key) {
-    case "name": return (p.name || p.node).toLowerCase();
-    case "cpu": return p.cpu ?? -1;
-    case "mem": return p.memTotal ? 1 - (p.memAvailable ?? 0) / p.memTotal : 0;
-    case "disk": return p.diskFree ?? 0;
-    case "tasks": return p.taskCount;
-    case "ready": return p.ready ? 1 : 0;
-    case "seen": return p.lastSeen ? Date.parse(p.lastSeen) : 0;
-    case "cores": return p.cores;
-    default: return 0;
-  }
-}
-
-function labelFilter(text) {
-  const pairs = text.split(",").map((s) => s.trim()).filter(Boolean).map((s) => s.split("="));
-  return (p) => pairs.every(([k, v]) => v === undefined ? k in p.labels : p.labels[k.trim()] === v.trim());
-}
-
 function providerRow(p) {
   const memUsed = p.memAvailable === null || p.memAvailable === undefined ? null : p.memTotal - p.memAvailable;
   const names = p.tasks.map((t) => `${t.session}/${t.placement} (${t.state})`);
@@ -196,17 +177,21 @@ function providerRow(p) {
 }
 
 function providersPage(gen) {
+  // filtering, sorting and paging happen on the hub: a page of 1,000 providers gets its
+  // 100 rows, not all of them
   const s = providerState;
+  let data = null;
+  let debounce = null;
+  const refetch = () => { clearTimeout(debounce); debounce = setTimeout(() => fetchRows().catch(showError), 150); };
   const input = (id, label, key, placeholder, type = "text") => h("label", { for: id }, label,
     h("input", { id, type, value: s[key], placeholder, min: type === "number" ? 0 : null,
-      on: { input: (e) => { s[key] = e.target.value; s.page = 0; draw(); } } }));
+      on: { input: (e) => { s[key] = e.target.value; s.page = 0; refetch(); } } }));
   const filters = h("form", { class: "filters", role: "search", on: { submit: (e) => e.preventDefault() } },
     input("f-label", "Label (key=value, …)", "label", "zone=lab"),
     input("f-cpu", "Free cores at least", "freeCpu", "0", "number"),
     input("f-mem", "Free memory at least (GiB)", "freeMem", "0", "number"));
   const body = h("div", {});
   main.replaceChildren(h("h1", {}, "Providers"), filters, body);
-  let data = null;
   const columns = [
     { key: "name", title: "Provider", sort: true }, { key: "os", title: "OS" },
     { key: "cores", title: "Cores / threads", sort: true }, { key: "cpu", title: "CPU", sort: true },
@@ -214,31 +199,26 @@ function providersPage(gen) {
     { key: "tasks", title: "Tasks", sort: true }, { key: "runtimes", title: "Runtimes" },
     { key: "ready", title: "Status", sort: true }, { key: "seen", title: "Last seen", sort: true },
   ];
-  const onSort = (key) => { s.dir = s.key === key ? -s.dir : 1; s.key = key; draw(); };
+  const onSort = (key) => { s.dir = s.key === key ? -s.dir : 1; s.key = key; refetch(); };
+  const turn = (by) => { s.page += by; refetch(); };
   function draw() {
     if (!data) return;
-    const match = labelFilter(s.label);
-    const minCpu = Number(s.freeCpu) || 0, minMem = (Number(s.freeMem) || 0) * 1024;
-    const shown = data.providers.filter((p) => match(p) && p.freeCpu >= minCpu && p.freeMemoryMiB >= minMem);
-    shown.sort((a, b) => {
-      const x = providerSortValue(a, s.key), y = providerSortValue(b, s.key);
-      return (x < y ? -1 : x > y ? 1 : 0) * s.dir || a.node.localeCompare(b.node);
-    });
-    const pages = Math.max(1, Math.ceil(shown.length / PAGE_ROWS));
-    s.page = Math.min(s.page, pages - 1);
-    const slice = shown.slice(s.page * PAGE_ROWS, (s.page + 1) * PAGE_ROWS);
-    const ready = data.providers.filter((p) => p.ready).length;
-    const caption = `${shown.length} of ${data.providers.length} providers shown, ${ready} ready`;
-    const pager = pages > 1 ? h("div", { class: "pager" },
-      h("button", { type: "button", disabled: s.page === 0, on: { click: () => { s.page--; draw(); } } }, "Previous"),
-      h("span", {}, `Page ${s.page + 1} of ${pages}`),
-      h("button", { type: "button", disabled: s.page >= pages - 1, on: { click: () => { s.page++; draw(); } } }, "Next")) : null;
-    body.replaceChildren(...[sortableTable(columns, slice.map(providerRow), s, onSort, caption), pager].filter(Boolean));
+    s.page = data.page;
+    const caption = `${data.matched} of ${data.total} providers match, ${data.ready} ready; ` +
+      `showing ${data.providers.length}`;
+    const pager = data.pages > 1 ? h("div", { class: "pager" },
+      h("button", { type: "button", disabled: data.page === 0, on: { click: () => turn(-1) } }, "Previous"),
+      h("span", {}, `Page ${data.page + 1} of ${data.pages}`),
+      h("button", { type: "button", disabled: data.page >= data.pages - 1, on: { click: () => turn(1) } }, "Next")) : null;
+    body.replaceChildren(...[sortableTable(columns, data.providers.map(providerRow), s, onSort, caption), pager].filter(Boolean));
   }
-  poll(gen, async () => {
-    data = await api("/v1/ui/providers");
-    if (gen === generation) draw();
-  });
+  async function fetchRows() {
+    const q = new URLSearchParams({ sort: s.key, desc: s.dir < 0, label: s.label, page: s.page,
+      minCpu: Number(s.freeCpu) || 0, minMemGiB: Number(s.freeMem) || 0 });
+    const got = await api(`/v1/ui/providers?${q}`);
+    if (gen === generation) { data = got; draw(); }
+  }
+  poll(gen, fetchRows);
 }
 
 async function providerDetail(gen, node) {
