@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Protocol
 
 import httpx
 
@@ -189,12 +191,29 @@ class HubSession:
 
     def fetch_image(self, image_hash: str) -> Iterator[bytes]:
         """Stream ``GET /v1/images/{hash}`` as it arrives (the image cache hashes and batches it)."""
+        return self._fetch(f"/v1/images/{image_hash}", "image pull")
+
+    def fetch_blob(self, blob_hash: str) -> Iterator[bytes]:
+        """Stream ``GET /v1/blobs/{hash}`` (a placement's input) into the cache."""
+        return self._fetch(f"/v1/blobs/{blob_hash}", "input pull")
+
+    def put_outputs(self, name: str, path: Path, digest: str, files: int) -> None:
+        """Upload a finished placement's packed outputs, streamed from ``path``."""
+        with open(path, "rb") as f:
+            self.client.request(
+                "PUT",
+                f"/v1/placements/{name}/outputs",
+                content=_chunks(f),
+                params={"files": files, "expected": digest},
+                headers={"Content-Length": str(os.fstat(f.fileno()).st_size)},
+                timeout=httpx.Timeout(30.0, write=IMAGE_READ_TIMEOUT),
+            )
+
+    def _fetch(self, path: str, what: str) -> Iterator[bytes]:
         headers = {"Authorization": f"Bearer {self.client.token()}"}
         timeout = httpx.Timeout(30.0, read=IMAGE_READ_TIMEOUT)
         try:
-            with self.client.http.stream(
-                "GET", f"/v1/images/{image_hash}", headers=headers, timeout=timeout
-            ) as resp:
+            with self.client.http.stream("GET", path, headers=headers, timeout=timeout) as resp:
                 self._open(resp)
                 try:
                     if resp.status_code >= 400:
@@ -204,9 +223,12 @@ class HubSession:
                 finally:
                     self._closed(resp)
         except httpx.TransportError as exc:
-            raise HubUnreachable(
-                0, f"image pull: lost the hub at {self.client.hub}: {exc}"
-            ) from None
+            raise HubUnreachable(0, f"{what}: lost the hub at {self.client.hub}: {exc}") from None
+
+
+def _chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk
 
 
 # ------------------------------------------------------------------ heartbeat

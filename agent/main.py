@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from agent.data import PlacementData
 from agent.hubsession import HubSession, PlacementInformer, heartbeat_loop
 from agent.identity import DEFAULT_STATE_DIR, ensure_enrolled
 from agent.images import ImageCache
@@ -167,6 +168,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         cache,
         session,
         hub_public_key=identity.record.hubPublicKey,
+        data=PlacementData(state / "data"),
     )
     reconciler.adopt()
     runtime_names = sorted(runtimes)

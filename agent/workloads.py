@@ -66,16 +66,20 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
 from agent.admission import Refused, check_admission, check_signature
+from agent.data import MIB, InputUnusable, PlacementData
 from agent.images import ImageCache, ImageNotCached
 from agent.status import from_runtime, status_fields
 from controller.client import ApiError
 from controller.client.workqueue import Backoff, WorkQueue, exponential
 from runtimes.base import (
+    NO_ATTACHMENTS,
+    Attachments,
     ImageRejected,
     Runtime,
     RuntimeFailure,
@@ -84,7 +88,7 @@ from runtimes.base import (
     WorkloadNotFound,
     WorkloadStatus,
 )
-from specs.images import BytesLike, ImageHashMismatch
+from specs.images import BytesLike, ImageHashMismatch, PackError
 from specs.kinds import Workload
 from specs.logfmt import kv
 
@@ -127,6 +131,14 @@ class HubPort(Protocol):
         """The image's bytes, in chunks (streamed from the hub)."""
         ...
 
+    def fetch_blob(self, blob_hash: str) -> Iterable[BytesLike]:
+        """An input blob's bytes, in chunks (streamed from the hub)."""
+        ...
+
+    def put_outputs(self, name: str, path: Path, digest: str, files: int) -> None:
+        """Upload a finished placement's packed outputs."""
+        ...
+
 
 @dataclass
 class _Workload:
@@ -167,8 +179,10 @@ class WorkloadReconciler:
         hub_public_key: str = "",
         stop_grace: float = STOP_GRACE,
         resync_period: float = RESYNC_PERIOD,
+        data: PlacementData | None = None,
     ) -> None:
         self.node_id = node_id
+        self.data = data
         self.runtimes = runtimes
         self.cache = cache
         self.hub = hub
@@ -371,6 +385,10 @@ class WorkloadReconciler:
             self._drop(name, work)
             self.queue.add(name)
             return None
+        over = self._outputs_over_limit(name, spec, work, st)
+        if over is not None:
+            work.restart_at = None
+            return over
         desired = self._desired(placement)
         if desired == "Stopped":
             if not st.finished:
@@ -390,7 +408,75 @@ class WorkloadReconciler:
         work.restart_at = None
         self._set_status(work, st)
         self._sync_logs(name, work, st)
-        return from_runtime(st, work.restarts)
+        mine = from_runtime(st, work.restarts)
+        if st.finished and (spec.get("workload") or {}).get("outputs"):
+            return self._with_outputs(name, mine)
+        return mine
+
+    # ------------------------------------------------------------ outputs
+
+    def _outputs_over_limit(
+        self, name: str, spec: Obj, work: _Workload, st: WorkloadStatus
+    ) -> Obj | None:
+        """A workload that wrote past ``outputs.maxMiB`` is stopped and Failed
+        ``OutputLimitExceeded``, and what it wrote removed (None: within its limit)."""
+        outputs = (spec.get("workload") or {}).get("outputs")
+        if not outputs or self.data is None:
+            return None
+        message = self.data.over_limit(name)
+        if message is None and not st.finished:
+            limit = int(outputs.get("maxMiB") or 100)
+            if self.data.outputs_size(name, stop_after=limit * MIB) > limit * MIB:
+                message = (
+                    f"the workload wrote more than {limit} MiB under {outputs.get('path')} "
+                    "(spec.workload.outputs.maxMiB): stopped, and nothing of it was kept"
+                )
+                self.data.mark_over_limit(name, message)
+                log.warning(kv("outputs_over_limit", name=name, limit_mib=limit))
+                st = work.runtime.stop(name, grace=self.stop_grace)
+        if message is None:
+            return None
+        self.data.discard_outputs(name)
+        self._set_status(work, st)
+        self._sync_logs(name, work, st)
+        return status_fields(
+            "Failed" if st.finished else "Running",
+            "OutputLimitExceeded",
+            message,
+            st.exit_code,
+            work.restarts,
+            st.started_at,
+            st.finished_at,
+        )
+
+    def _with_outputs(self, name: str, mine: Obj) -> Obj | None:
+        """A finished placement's status once its outputs are on the hub: packed,
+        uploaded once (recorded on disk: an agent restarted after ``kill -9`` does not
+        upload again) and named in ``status.outputs``. None while an upload keeps failing
+        for a passing reason (the next pass tries again): nothing incomplete is reported
+        as done."""
+        assert self.data is not None
+        record = self.data.uploaded(name)
+        if record is None:
+            try:
+                collected = self.data.collect(name)
+            except (PackError, OSError) as exc:
+                self.data.discard_outputs(name)
+                return {**mine, "state": "Failed", "reason": "OutputsUnreadable",
+                        "message": f"cannot pack the outputs: {exc}"}  # fmt: skip
+            try:
+                self.hub.put_outputs(name, collected.path, collected.hash, collected.files)
+            except ApiError as exc:
+                if exc.status in (413, 403, 422):  # the store is full, a quota: final
+                    self.data.discard_outputs(name)
+                    return {**mine, "state": "Failed", "reason": "OutputsRefused",
+                            "message": f"the hub refused the outputs: {exc}"}  # fmt: skip
+                log.warning(kv("outputs_upload_failed", name=name, error=exc))
+                return None
+            self.data.mark_uploaded(name, collected)
+            record = collected.record()
+            log.info(kv("outputs_uploaded", name=name, hash=collected.hash, size=collected.size))
+        return {**mine, "outputs": record}
 
     def _readmit(self, name: str, placement: Obj, work: _Workload) -> Obj | None:
         """An adopted workload's admission, checked as at its start (a previous agent process
@@ -524,7 +610,10 @@ class WorkloadReconciler:
                 path = self.cache.verify(image)
                 check_signature(adm, image, path)
                 rt.prepare(path, image)
-                st = rt.start(name, self._with_agent_env(name, spec, workload), path)
+                attachments = self._data_for(name, workload, restarts, generation)
+                if not isinstance(attachments, Attachments):
+                    return attachments  # the inputs failed: the status says why
+                st = rt.start(name, self._with_agent_env(name, spec, workload), path, attachments)
             except ImageHashMismatch as exc:
                 log.error(kv("image_rejected", name=name, hash=image, actual=exc.actual))
                 return status_fields("Failed", "ImageHashMismatch", str(exc), restarts=restarts)
@@ -560,6 +649,45 @@ class WorkloadReconciler:
         self._sync_logs(name, work, st)
         return from_runtime(st, restarts)
 
+    def _data_for(
+        self, name: str, workload: Workload, restarts: int, generation: int | None
+    ) -> Attachments | Obj:
+        """The inputs pulled, verified and exposed, and an empty outputs folder, as the
+        runtime's attachments; or the Failed status when an input is not usable."""
+        if not workload.inputs and workload.outputs is None:
+            return NO_ATTACHMENTS
+        if self.data is None:
+            return status_fields(
+                "Failed", "StartFailed", "this agent keeps no data folders", restarts=restarts
+            )
+        blobs: dict[str, Path] = {}
+        for item in workload.inputs:
+            if item.hash in blobs:
+                continue
+            try:
+                if item.hash not in self.cache:
+                    self._report(
+                        name,
+                        status_fields("Pulling", "PullingInputs", f"pulling input {item.hash}",
+                                      restarts=restarts),
+                        generation,
+                    )  # fmt: skip
+                self.cache.ensure(item.hash, self.hub.fetch_blob)
+                blobs[item.hash] = self.cache.verify(item.hash)
+            except ImageHashMismatch as exc:
+                log.error(kv("input_rejected", name=name, hash=item.hash, actual=exc.actual))
+                message = f"input {item.hash} (at {item.path}): {exc}"
+                return status_fields("Failed", "InputHashMismatch", message, restarts=restarts)
+            except (ApiError, OSError, ImageNotCached) as exc:
+                return status_fields(
+                    "Failed", "InputPullFailed", f"cannot pull input {item.hash}: {exc}",
+                    restarts=restarts,
+                )  # fmt: skip
+        try:
+            return Attachments(folders=self.data.prepare(name, workload, blobs))
+        except InputUnusable as exc:
+            return status_fields("Failed", "InputUnusable", str(exc), restarts=restarts)
+
     def _with_agent_env(self, name: str, spec: Obj, workload: Workload) -> Workload:
         """The workload with ``GU_PLACEMENT``, ``GU_SESSION`` and ``GU_NODE`` in its env."""
         env = {
@@ -592,6 +720,8 @@ class WorkloadReconciler:
         except RuntimeFailure as exc:
             log.error(kv("workload_remove_failed", name=name, error=exc))
             return
+        if self.data is not None:
+            self.data.remove(name)
         self._drop(name, work)
         log.info(kv("workload_removed", name=name, reason="placement gone from the hub"))
 

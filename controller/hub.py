@@ -28,6 +28,7 @@ from controller.api.app import create_app
 from controller.api.deps import ApiDeps
 from controller.api.metrics import METRICS_TOKEN_KEY
 from controller.auth import Authenticator, LoginLinks, MetricsToken, Principal
+from controller.blobs import sweep_every as sweep_outputs_every
 from controller.config import Context, config_path, load_config
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
@@ -60,6 +61,8 @@ class HubSettings:
     heartbeat: float = 5.0
     # an authenticated app must not be able to fill the hub's disk with one push
     max_image_bytes: int = 64 << 30
+    #: the image store's bound: images, blobs and outputs together (None: the disk's)
+    store_max_bytes: int | None = None
 
     @property
     def url(self) -> str:
@@ -107,7 +110,11 @@ class Hub:
             admins.write_text(public_key_str(admin_key) + "\n")
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
         self.store: Store = open_store(state / "hub.db")
-        self.images = ImageStore(state / "images", max_image_bytes=settings.max_image_bytes)
+        self.images = ImageStore(
+            state / "images",
+            max_image_bytes=settings.max_image_bytes,
+            max_total_bytes=settings.store_max_bytes,
+        )
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
         self.feed = ChangeFeed(self.store)
@@ -230,6 +237,9 @@ class Hub:
         sweeper = asyncio.create_task(
             self.logs.sweep_every(self._placement_exists, stop), name="log-sweep"
         )
+        outputs = asyncio.create_task(
+            sweep_outputs_every(self.store, self.images, stop), name="output-sweep"
+        )
         leases = asyncio.create_task(
             keep_leases(
                 self.liveness,
@@ -255,7 +265,7 @@ class Hub:
         # shutdown does not wait its full timeout for them; clients re-watch.
         self.feed.close()
         server.should_exit = True
-        await asyncio.wait({serving, reconcile, beats, sweeper, leases}, timeout=10)
+        await asyncio.wait({serving, reconcile, beats, sweeper, outputs, leases}, timeout=10)
         self.store.close()
         log.info("event=hub_stopped")
 
@@ -305,10 +315,20 @@ def announce_first_join_token(hub: Hub) -> None:
     print("  or make one any time: gu hub token create", flush=True)
 
 
-def run_hub(state_dir: Path, listen: str = DEFAULT_LISTEN, node_grace: float = 30.0) -> None:
+def run_hub(
+    state_dir: Path,
+    listen: str = DEFAULT_LISTEN,
+    node_grace: float = 30.0,
+    store_max_gib: float | None = None,
+) -> None:
     """Start a hub and block until it is stopped (the ``gu hub`` command)."""
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
-    settings = HubSettings(state_dir=state_dir.expanduser(), listen=listen, node_grace=node_grace)
+    settings = HubSettings(
+        state_dir=state_dir.expanduser(),
+        listen=listen,
+        node_grace=node_grace,
+        store_max_bytes=int(store_max_gib * (1 << 30)) if store_max_gib else None,
+    )
     parse_listen(listen)
     hub = Hub(settings)
     print(f"gu hub {hub.hub_id} listening on {settings.url}", flush=True)

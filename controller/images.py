@@ -31,6 +31,7 @@ import builtins
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -81,6 +82,18 @@ class ImageTooLarge(Exception):
         )
 
 
+class StoreFull(Exception):
+    """An upload would take the store past its size bound (``gu hub --store-max-gib``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the hub's store is full: it keeps at most {limit / (1 << 30):.2f} GiB of images, "
+            "blobs and outputs (gu hub --store-max-gib); delete Sessions whose outputs you have "
+            "fetched (`gu outputs`), unpin blobs (`gu blob unpin`), or raise the bound"
+        )
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """One stored image: its hash, its size in bytes and when it was stored (UTC)."""
@@ -93,9 +106,12 @@ class ImageInfo:
 class _Upload:
     """One upload in flight: a temp file being written and hashed."""
 
-    def __init__(self, tmp_dir: Path, max_bytes: int | None) -> None:
+    def __init__(
+        self, tmp_dir: Path, max_bytes: int | None, room: Callable[[int], None] | None = None
+    ) -> None:
         self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
         self.max_bytes = max_bytes
+        self.room = room
         self.hasher = Hasher()
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
@@ -103,6 +119,8 @@ class _Upload:
         view = memoryview(chunk)
         if self.max_bytes is not None and self.hasher.size + view.nbytes > self.max_bytes:
             raise ImageTooLarge(self.max_bytes)
+        if self.room is not None:
+            self.room(self.hasher.size + view.nbytes)  # StoreFull past the store's bound
         self.hasher.update(view)
         assert self._fd is not None
         while view:
@@ -129,15 +147,34 @@ class _Upload:
 class ImageStore:
     """The hub's content-addressed image store under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path, *, max_image_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_image_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.max_image_bytes = max_image_bytes
+        self.max_total_bytes = max_total_bytes
         self._images = self.root / "sha3-256"
         self._sigs = self.root / "sig"
         self._tmp = self.root / "tmp"
         for d in (self._images, self._sigs, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
+        self._lock = threading.Lock()
+        self._used = sum(i.size for i in self.list())
+        """Bytes stored (images, blobs, outputs), kept as they come and go."""
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def _room(self, size: int) -> None:
+        """StoreFull unless an upload of ``size`` bytes so far fits under the store's bound."""
+        if self.max_total_bytes is not None and self._used + size > self.max_total_bytes:
+            raise StoreFull(self.max_total_bytes)
 
     # ----------------------------------------------------------- uploads
 
@@ -188,7 +225,7 @@ class ImageStore:
             await _in_thread(upload.discard)
 
     def _begin(self) -> _Upload:
-        return _Upload(self._tmp, self.max_image_bytes)
+        return _Upload(self._tmp, self.max_image_bytes, self._room)
 
     def _commit(self, upload: _Upload, expected: str | None) -> ImageInfo:
         actual = upload.hasher.hash
@@ -217,6 +254,8 @@ class ImageStore:
             stored = True
         if stored:
             fsync_dir(self._images)
+            with self._lock:
+                self._used += upload.hasher.size
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
         return self._info(actual, final)
 
@@ -289,10 +328,14 @@ class ImageStore:
     def delete(self, hash: str) -> None:
         """Remove image ``hash`` and its signatures; ImageNotFound when it is not stored."""
         hex_part = parse_hash(hash)
+        path = self._images / hex_part
         try:
-            (self._images / hex_part).unlink()
+            size = path.stat().st_size
+            path.unlink()
         except FileNotFoundError:
             raise ImageNotFound(hash) from None
+        with self._lock:
+            self._used -= size
         sig_dir = self._sigs / hex_part
         if sig_dir.is_dir():
             for sig in sig_dir.iterdir():

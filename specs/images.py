@@ -24,6 +24,7 @@ through a ``memoryview`` — no per-chunk allocation or copy on our side.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -31,7 +32,7 @@ import re
 import stat
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Final, Protocol, TypeAlias
+from typing import Any, BinaryIO, Final, Protocol, TypeAlias
 
 HASH_PREFIX: Final = "sha3-256:"
 # What hashing and writing accept without copying.
@@ -263,21 +264,49 @@ def pack_native(src: Path, out: Path, *, compresslevel: int = 6) -> str:
     if out_abs == src or src in out_abs.parents:
         raise PackError(f"{out}: the output lies inside the folder being packed ({src})")
 
+    return _pack(src, out, compresslevel)[0]
+
+
+def pack_tar(src: Path, out: Path) -> tuple[str, int, int]:
+    """Pack the folder ``src`` into a reproducible plain tar at ``out`` (a blob: ``gu blob
+    push DIR``, a placement's outputs), normalised as ``pack_native`` does;
+    ``(hash, size, files)``, ``files`` counting the regular files."""
+    src = Path(src).resolve(strict=True)
+    if not src.is_dir():
+        raise PackError(f"{src} is not a folder")
+    digest, entries = _pack(src, Path(out), None)
+    files = sum(1 for _, _, st in entries if stat.S_ISREG(st.st_mode))
+    return digest, Path(out).stat().st_size, files
+
+
+def _pack(
+    src: Path, out: Path, compresslevel: int | None
+) -> tuple[str, list[tuple[PurePosixPath, Path, os.stat_result]]]:
+    """Write the tar (gzipped at ``compresslevel``, plain if None) through a temp file;
+    (its hash, the entries packed)."""
     entries = _entries(src)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         with open(tmp, "wb") as raw:
             sink = _HashingWriter(raw)
-            with (
-                gzip.GzipFile(
-                    fileobj=sink,  # write/flush is all gzip needs
-                    mode="wb",
-                    mtime=0,
-                    filename="",
-                    compresslevel=compresslevel,
-                ) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
+            with contextlib.ExitStack() as stack:
+                fileobj: Any = sink
+                if compresslevel is not None:
+                    fileobj = stack.enter_context(
+                        gzip.GzipFile(
+                            fileobj=sink,  # write/flush is all gzip needs
+                            mode="wb",
+                            mtime=0,
+                            filename="",
+                            compresslevel=compresslevel,
+                        )
+                    )
+                # a plain tar streams ("w|": it never seeks in what it writes)
+                tar = stack.enter_context(
+                    tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)
+                    if compresslevel is not None
+                    else tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+                )
                 for rel, path, st in entries:
                     _add(tar, src, rel, path, st)
             raw.flush()
@@ -286,7 +315,7 @@ def pack_native(src: Path, out: Path, *, compresslevel: int = 6) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return sink.hasher.hash
+    return sink.hasher.hash, entries
 
 
 def _add(

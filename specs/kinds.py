@@ -12,9 +12,10 @@ import binascii
 import ipaddress
 import re
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from specs.meta import API_VERSION, Condition, Labels, Model, Name, ObjectMeta, Status
 
@@ -250,6 +251,39 @@ class Resources(Model):
     memoryMiB: int = Field(default=256, gt=0, le=16 * 1024 * 1024)
 
 
+def _check_data_path(value: str) -> str:
+    parts = PurePosixPath(value).parts
+    if not value or value.startswith("/") or ".." in parts or not parts or "\\" in value:
+        raise ValueError(
+            f"{value!r}: a path relative to the workload's working directory, without "
+            "'..' (e.g. in/data.bin or out)"
+        )
+    return str(PurePosixPath(*parts))
+
+
+DataPath = Annotated[str, Field(max_length=200), AfterValidator(_check_data_path)]
+
+
+class Input(Model):
+    """A blob (``gu blob push``) the workload reads, verified by its hash and read-only."""
+
+    hash: ImageHash
+    path: DataPath
+    extract: bool = Field(
+        default=False, description="the blob is a tar (a pushed folder): unpack it at path"
+    )
+
+
+class Outputs(Model):
+    """What the workload leaves under ``path`` is packed, hashed and sent to the hub."""
+
+    path: DataPath
+    maxMiB: int = Field(default=100, ge=1, le=1024 * 1024)
+
+
+MAX_INPUTS = 16
+
+
 class Workload(Model):
     """What runs: the image, its command and environment, and its size."""
 
@@ -259,6 +293,25 @@ class Workload(Model):
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
+    inputs: list[Input] = Field(default_factory=list, max_length=MAX_INPUTS)
+    outputs: Outputs | None = None
+
+    @model_validator(mode="after")
+    def _data_paths_apart(self) -> Workload:
+        paths = [i.path for i in self.inputs] + ([self.outputs.path] if self.outputs else [])
+        for i, a in enumerate(paths):
+            for b in paths[i + 1 :]:
+                if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+                    raise ValueError(
+                        f"inputs and outputs must not overlap: {a!r} and {b!r}; give each "
+                        "its own path"
+                    )
+        if self.runtime == "vm" and (self.inputs or self.outputs):
+            raise ValueError(
+                "runtime vm has no inputs or outputs yet (native and docker have): run the "
+                "workload as native or docker, or drop spec.workload.inputs/outputs"
+            )
+        return self
 
 
 class SessionSpec(Model):
@@ -449,6 +502,14 @@ class PlacementSpec(Model):
     preemption: Preemption | None = None
 
 
+class OutputsRecord(Model):
+    """The outputs a finished placement left: a blob on the hub (``gu outputs``)."""
+
+    hash: ImageHash
+    size: int
+    files: int
+
+
 class PlacementStatus(Status):
     state: PlacementState = "Pending"
     exitCode: int | None = None
@@ -458,6 +519,7 @@ class PlacementStatus(Status):
     restarts: int = 0
     startedAt: datetime | None = None
     finishedAt: datetime | None = None
+    outputs: OutputsRecord | None = None
 
 
 class Placement(Model):

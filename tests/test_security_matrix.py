@@ -167,6 +167,7 @@ class World:
     other_node: str
     doomed_nodes: dict[str, str]
     placement: str
+    blob: str
     tokens: dict[str, str | None] = field(default_factory=dict)
     spare_agent_key: Ed25519PrivateKey = field(default_factory=generate_key)
     signer: Ed25519PrivateKey = field(default_factory=generate_key)
@@ -183,6 +184,7 @@ class World:
             "stray_image": self.stray_image,
             "placement": self.placement,
             "missing_placement": "no-such-placement",
+            "blob": self.blob,
         }
 
     def headers(self, principal: str) -> dict[str, str]:
@@ -263,6 +265,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 f"\nhub log (tail):\n{hub.logs()[-6000:]}"
             ) from None
 
+        blob = Client(hub.url, app_key).call("POST", "/v1/blobs", content=b"a's data\n")["hash"]
         expired = Client(hub.url, admin.key, token_ttl=1).login()
         expired_at = time.monotonic() + 1.2
         w = World(
@@ -276,6 +279,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             other_node=other_node,
             doomed_nodes=doomed_nodes,
             placement=placement,
+            blob=blob,
         )
         w.tokens = {
             "none": None,
@@ -502,6 +506,15 @@ ROWS: tuple[Row, ...] = (
     # suspend/resume: as applying the Session would
     Row("PUT", "/v1/sessions/{name}/suspend", "/v1/sessions/{session}/suspend", HIDDEN_SESSION,
         resume_body),
+    # blobs: an app reads its own (another's: 404 as if missing); an agent only its
+    # placements' inputs (a-session has none); outputs only where a placement declares them
+    Row("POST", "/v1/blobs", "/v1/blobs", APPS_AND_ADMIN, image_body),
+    Row("GET", "/v1/blobs", "/v1/blobs", APPS_AND_ADMIN),
+    Row("GET", "/v1/blobs/{hash}", "/v1/blobs/{blob}", "401 401 401 404 403 200 200"),
+    Row("PUT", "/v1/blobs/{hash}/pin", "/v1/blobs/{blob}/pin", "401 401 401 404 403 200 200"),
+    Row("PUT", "/v1/placements/{name}/outputs", "/v1/placements/{placement}/outputs?files=1",
+        "401 401 401 403 422 403 422", logs_body, "placement"),
+    Row("GET", "/v1/sessions/{name}/outputs", "/v1/sessions/{session}/outputs", HIDDEN_SESSION),
     # images
     Row("POST", "/v1/images", "/v1/images", APPS_AND_ADMIN, image_body),
     Row("GET", "/v1/images", "/v1/images", APPS_AND_ADMIN),

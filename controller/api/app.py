@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import agents, images, login, logs, metrics, objects, peers, ui
+from controller.api import agents, blobs, images, login, logs, metrics, objects, peers, ui
 from controller.api.common import ERROR_RESPONSES, ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import AuthError, Forbidden
@@ -78,7 +78,12 @@ def openapi(request: Request, who: Caller) -> dict[str, Any]:
 #: the largest request body the hub reads, but for the routes that stream theirs (image
 #: uploads, bounded by the image store; log uploads, kept as their tail)
 MAX_BODY_BYTES = 32 << 20
-_STREAMED = (("POST", "/v1/images", ""), ("PUT", "/v1/placements/", "/logs"))
+_STREAMED = (
+    ("POST", "/v1/images", ""),
+    ("POST", "/v1/blobs", ""),
+    ("PUT", "/v1/placements/", "/logs"),
+    ("PUT", "/v1/placements/", "/outputs"),
+)
 
 
 class BodyLimit:
@@ -159,7 +164,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_api_route(
         "/openapi.json", openapi, methods=["GET"], tags=["meta"], include_in_schema=False
     )
-    for module in (login, agents, logs, peers, images, ui, metrics, objects):
+    for module in (login, agents, logs, peers, images, blobs, ui, metrics, objects):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, metrics=deps.metrics)

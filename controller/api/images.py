@@ -21,7 +21,8 @@ from controller import authz
 from controller.api.common import ApiProblem, Caller, raw_body
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
-from controller.images import ImageNotFound, ImageTooLarge
+from controller.blobs import OWNER_PREFIX, owned_by, owner_key
+from controller.images import ImageInfo, ImageNotFound, ImageTooLarge, StoreFull
 from specs.identity import canonical_json
 from specs.images import ImageHashMismatch, InvalidImageHash, parse_hash
 from specs.signing import SignatureFormatError, parse_signature, verify_image
@@ -29,7 +30,7 @@ from specs.signing import SignatureFormatError, parse_signature, verify_image
 router = APIRouter(tags=["images"])
 
 
-class _ImageFile(FileResponse):
+class ImageFile(FileResponse):
     """A FileResponse read in 1 MiB pieces (Starlette's 64 KiB means 16× the thread hops)."""
 
     chunk_size = 1 << 20
@@ -85,48 +86,53 @@ async def push_image(
 ) -> dict[str, Any]:
     """Upload an image as the raw request body; answers its ``sha3-256:`` hash."""
     authz.check(who, "push", "Image")
+    return _info(await receive(request, d, who.name if who.role == "app" else None, expected))
+
+
+async def receive(
+    request: Request, d: ApiDeps, owner: str | None, expected: str | None = None
+) -> ImageInfo:
+    """Store the request body in the image store (images, blobs and outputs alike): hashed
+    while received, under ``owner``'s quota (an app's ``quota.imageBytes``) and recorded as
+    ``owner``'s; 413 past the size bounds, 403 past the quota."""
     if expected is not None:
         valid(expected)
-    limit, owned = await asyncio.to_thread(_image_quota, d, who)
+    limit, owned = await asyncio.to_thread(_image_quota, d, owner)
     used = sum(owned.values())
     length = request.headers.get("content-length", "")
     new = expected is not None and expected not in owned  # (else: found out after it)
     if limit is not None and new and length.isdigit() and used + int(length) > limit:
-        raise ApiProblem(403, _over_quota(who.name, limit, used, int(length)))
+        raise ApiProblem(403, _over_quota(owner or "", limit, used, int(length)))
     started = datetime.now(UTC)
     try:
         info = await d.images.put_async(request.stream(), expected)
     except ImageHashMismatch as exc:
         raise ApiProblem(422, str(exc)) from None
-    except ImageTooLarge as exc:
+    except (ImageTooLarge, StoreFull) as exc:
         raise ApiProblem(413, str(exc)) from None
     if limit is not None and info.hash not in owned and used + info.size > limit:
         # stored by this upload (not before it: a file system's clock may be coarse)
-        fresh = info.created >= started - timedelta(milliseconds=10)
-        if fresh and not await asyncio.to_thread(_owned_by_anyone, d, info.hash):
+        if fresh(info, started) and not await asyncio.to_thread(_owned_by_anyone, d, info.hash):
             with contextlib.suppress(ImageNotFound):  # it came only for this upload
                 await asyncio.to_thread(d.images.delete, info.hash)
-        raise ApiProblem(403, _over_quota(who.name, limit, used, info.size))
-    if who.role == "app":
-        await asyncio.to_thread(
-            d.store.put_meta, f"{OWNER_PREFIX}{who.name}:{info.hash}", str(info.size)
-        )
-    return _info(info)
+        raise ApiProblem(403, _over_quota(owner or "", limit, used, info.size))
+    if owner is not None:
+        await asyncio.to_thread(d.store.put_meta, owner_key(owner, info.hash), str(info.size))
+    return info
 
 
-#: meta keys ``imageowner:<app>:<hash>`` → size: which app pushed which image (quotas)
-OWNER_PREFIX = "imageowner:"
+def fresh(info: ImageInfo, started: datetime) -> bool:
+    """Were these bytes stored by the upload that started at ``started`` (not before it)?"""
+    return info.created >= started - timedelta(milliseconds=10)
 
 
-def _image_quota(d: ApiDeps, who: Principal) -> tuple[int | None, dict[str, int]]:
-    """(the app's ``quota.imageBytes`` or None, its images and their sizes)."""
-    if who.role != "app":
+def _image_quota(d: ApiDeps, owner: str | None) -> tuple[int | None, dict[str, int]]:
+    """(the app's ``quota.imageBytes`` or None, its images and blobs and their sizes)."""
+    if owner is None:
         return None, {}
-    app = d.store.try_get("App", who.name)
+    app = d.store.try_get("App", owner)
     limit = (((app or {}).get("spec") or {}).get("quota") or {}).get("imageBytes")
-    prefix = f"{OWNER_PREFIX}{who.name}:"
-    owned = {k.removeprefix(prefix): int(v) for k, v in d.store.meta_items(prefix)}
-    return (int(limit) if limit is not None else None), owned
+    return (int(limit) if limit is not None else None), owned_by(d.store, owner)
 
 
 def _owned_by_anyone(d: ApiDeps, image: str) -> bool:
@@ -202,4 +208,4 @@ def pull_image(hash: str, who: Caller, d: Deps) -> FileResponse:
         path = d.images.path(h)
     except ImageNotFound as exc:
         raise ApiProblem(404, f"{exc}; push it with `gu image push FILE`") from None
-    return _ImageFile(path, d.metrics.image_bytes.inc, media_type="application/octet-stream")
+    return ImageFile(path, d.metrics.image_bytes.inc, media_type="application/octet-stream")

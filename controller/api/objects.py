@@ -27,6 +27,7 @@ from controller.admission import admit
 from controller.api.common import ApiProblem, Caller, kind_of
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden, Principal
+from controller.blobs import inputs_errors
 from controller.feed import line
 from controller.quota import quota_errors
 from controller.store import Store, StoreError
@@ -224,6 +225,11 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     over = quota_errors(d.store, objects)
     if over:
         raise ApiProblem(403, f"{len(over)} App quota(s) exceeded; nothing was applied", over)
+    missing = inputs_errors(d.store, d.images, objects)
+    if missing:
+        raise ApiProblem(
+            403, f"{len(missing)} input(s) not the app's; nothing was applied", missing
+        )
     refused = admit(d.store, d.images, objects)
     if refused:
         raise ApiProblem(

@@ -47,8 +47,21 @@ DEFAULT_NODE_GRACE = 30.0
     metavar="SECONDS",
     help="How long a provider may miss heartbeats before it counts as gone.",
 )
+@click.option(
+    "--store-max-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GIB",
+    help="Bound of the image store (images, blobs, outputs); uploads past it are refused.",
+)
 @click.pass_context
-def hub_group(ctx: click.Context, state_dir: str, listen: str, node_grace: float) -> None:
+def hub_group(
+    ctx: click.Context,
+    state_dir: str,
+    listen: str,
+    node_grace: float,
+    store_max_gib: float | None,
+) -> None:
     """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
 
     The first start creates the state dir with the hub's key and an admin key,
@@ -59,7 +72,7 @@ def hub_group(ctx: click.Context, state_dir: str, listen: str, node_grace: float
     from controller.hub import run_hub
 
     try:
-        run_hub(Path(state_dir).expanduser(), listen, node_grace)
+        run_hub(Path(state_dir).expanduser(), listen, node_grace, store_max_gib)
     except ValueError as exc:  # a bad --listen
         raise BadInputError(str(exc)) from None
     except KeyboardInterrupt:

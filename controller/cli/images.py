@@ -23,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from controller.cli.errors import BadInputError, HubError
 from controller.cli.output import age, dump_json, format_table, human_bytes
 from controller.cli.state import CliState, pass_state
+from controller.client import Client
 from specs import gvmi
 from specs.identity import KeyFileError, load_private_key
 from specs.images import Hasher, PackError, hash_file, pack_native
@@ -289,15 +290,9 @@ def _chunks(path: Path, hasher: Hasher, progress: Progress, task: object) -> Ite
             yield chunk
 
 
-@image_group.command("push")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@pass_state
-def push_command(state: CliState, file: Path) -> None:
-    """Upload FILE to the hub's image store; print its hash."""
-    client = state.client()
-    hasher = Hasher()
-    size = file.stat().st_size
-    with Progress(
+def progress_bar() -> Progress:
+    """The transfer progress bar on stderr (none when stderr is no terminal)."""
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
@@ -306,17 +301,37 @@ def push_command(state: CliState, file: Path) -> None:
         console=Console(stderr=True),
         redirect_stdout=False,
         disable=not sys.stderr.isatty(),
-    ) as progress:
-        task = progress.add_task(f"push {file.name}", total=size)
-        answer = client.call(
+    )
+
+
+def upload(
+    client: Client, file: Path, route: str, label: str, params: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Stream ``file`` to ``route`` with a progress bar, hashing it on the way; the hub's
+    answer, once it names the same hash."""
+    hasher = Hasher()
+    with progress_bar() as progress:
+        task = progress.add_task(label, total=file.stat().st_size)
+        answer: dict[str, Any] = client.call(
             "POST",
-            "/v1/images",
+            route,
             content=_chunks(file, hasher, progress, task),
             headers={"Content-Type": "application/octet-stream"},
+            params=params or {},
             timeout=None,
         )
     if answer["hash"] != hasher.hash:
         raise HubError(f"the hub stored {answer['hash']} but we sent {hasher.hash}; push again")
+    return answer
+
+
+@image_group.command("push")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_state
+def push_command(state: CliState, file: Path) -> None:
+    """Upload FILE to the hub's image store; print its hash."""
+    client = state.client()
+    answer = upload(client, file, "/v1/images", f"push {file.name}")
     sig = file.with_name(file.name + ".sig")
     if sig.exists():
         client.call(

@@ -13,6 +13,7 @@ Layout (a command lives with its concern, the group only wires them)::
     gu image build|hash|push|ls|sign|verify
                                 controller/cli/images.py   images
     gu keys new|pub | login     controller/cli/keys.py     keys, app log-in
+    gu blob … | outputs         controller/cli/blobs.py    Session data in and out
     gu ui | suspend | resume    controller/cli/ui.py       web UI link, pause Sessions
     gu hub metrics-token        controller/cli/ui.py       the /metrics scrape token
     gu agent                    agent/cli.py               the provider agent
@@ -29,6 +30,7 @@ import click
 
 from controller.cli.admin import auth_group, config_group, schema_command
 from controller.cli.apply import apply_command, diff_command
+from controller.cli.blobs import blob_group, outputs_command
 from controller.cli.errors import translate
 from controller.cli.gitops import watch_command
 from controller.cli.hub import hub_group
@@ -108,6 +110,8 @@ cli.add_command(label_group)
 cli.add_command(image_group)
 cli.add_command(keys_group)
 cli.add_command(login_command)
+cli.add_command(blob_group)
+cli.add_command(outputs_command)
 cli.add_command(ui_command)
 cli.add_command(suspend_command)
 cli.add_command(resume_command)

@@ -276,6 +276,14 @@ def describe_command(state: CliState, kind: str, name: str) -> None:
             raise
         events = None
     click.echo(describe_text(obj, events))
+    if kind == "Session":
+        outputs = client.call("GET", f"/v1/sessions/{name}/outputs")["items"]
+        if outputs:
+            click.echo("Outputs (gu outputs " + name + "):")
+            for o in outputs:
+                click.echo(
+                    f"  {o['placement']}  {o['files']} files, {o['size']} bytes  {o['hash']}"
+                )
 
 
 # ------------------------------------------------------------ gu delete

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import posixpath
 import shutil
 import threading
 import time
@@ -245,9 +246,8 @@ class DockerRuntime:
                 f"the docker runtime cannot join virtual network {attachments.network.network!r} "
                 "yet: only runtime: vm workloads may name a network"
             )
-        if attachments.folders:
-            raise StartFailed("the docker runtime does not expose folders yet")
         wanted = image_id(Path(image_path))  # the verified tarball names the image it runs
+        mounts = self._mounts(wanted, attachments)
         folder = self._folder(name)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -280,6 +280,7 @@ class DockerRuntime:
                 # docker-init as PID 1: signals reach the workload (a shell as PID 1 ignores
                 # SIGTERM, so every stop would wait out its grace) and zombies are reaped
                 init=True,
+                mounts=mounts or None,
                 detach=True,
             )
         except APIError as exc:
@@ -295,6 +296,29 @@ class DockerRuntime:
         log.info(kv("container_started", name=name, id=container.short_id, image=wanted))
         container.reload()
         return self._status(name, container)
+
+    def _mounts(self, image: str, attachments: Attachments) -> list[Any]:
+        """Bind mounts of the exposed folders (a Session's inputs read-only, its outputs
+        writable), at their paths under the image's working directory."""
+        if not attachments.folders:
+            return []
+        from docker.errors import APIError
+        from docker.types import Mount
+
+        try:
+            config = self.client.images.get(image).attrs.get("Config") or {}
+        except APIError as exc:
+            raise StartFailed(f"cannot read image {image}'s config: {exc}") from exc
+        workdir = str(config.get("WorkingDir") or "/")
+        return [
+            Mount(
+                posixpath.join(workdir, f.path),
+                str(Path(f.source).resolve()),
+                type="bind",
+                read_only=f.read_only,
+            )
+            for f in attachments.folders
+        ]
 
     def inspect(self, name: str) -> WorkloadStatus:
         """The container's state as the engine reports it now."""

@@ -91,6 +91,19 @@ _KILL_TIMEOUT = 3.0
 _FREEZE_TIMEOUT = 5.0
 
 
+def expose(root: Path, source: Path, path: str) -> None:
+    """Make ``source`` appear at ``root/path`` (a symlink; ``path`` is relative, checked by
+    the spec); StartFailed when the image already has something there."""
+    target = root / path
+    if target.exists() or target.is_symlink():
+        raise StartFailed(
+            f"the image already has {path!r}; an input or the outputs cannot go there "
+            "(choose another path)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source)
+
+
 class NativeRuntime:
     """Runs ``.tar.gz`` program folders as process groups, in cgroups where possible.
 
@@ -154,16 +167,15 @@ class NativeRuntime:
         Returns the status right after start: "Running", or already
         "Succeeded"/"Failed" for a program that ended at once. Raises
         :class:`WorkloadExists`, :class:`ImageRejected`, :class:`StartFailed`
-        (also for attachments: a native workload has no virtual network, and
-        exposed folders are not built yet).
+        (also for attachments: a native workload has no virtual network). Exposed
+        folders (a Session's inputs and outputs) appear as symlinks at their paths in
+        the program's folder.
         """
         if attachments.network is not None:
             raise StartFailed(
                 f"the native runtime cannot join virtual network {attachments.network.network!r}: "
                 "only runtime: vm workloads may name a network"
             )
-        if attachments.folders:
-            raise StartFailed("the native runtime does not expose folders yet")
         wd = self._workdir(name)
         if (wd / PROC_FILE).exists():
             raise WorkloadExists(self.name, name)
@@ -180,6 +192,8 @@ class NativeRuntime:
             root = wd / ROOT_DIR
             root.mkdir(mode=0o755)
             unpack(Path(image_path), root)
+            for folder in attachments.folders:
+                expose(root, folder.source, folder.path)
             env = {"PATH": _DEFAULT_PATH, "HOME": str(root), "LANG": "C.UTF-8", **workload.env}
             executable = resolve_command(workload.command, root, env)
             if self._layout is not None:
