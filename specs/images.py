@@ -302,11 +302,12 @@ def _pack(
                         )
                     )
                 # a plain tar streams ("w|": it never seeks in what it writes)
-                tar = stack.enter_context(
-                    tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)
+                opened = (
+                    tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
                     if compresslevel is not None
-                    else tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+                    else tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
                 )
+                tar = stack.enter_context(opened)  # (closed by the ExitStack)
                 for rel, path, st in entries:
                     _add(tar, src, rel, path, st)
             raw.flush()
