@@ -9,6 +9,8 @@ runs its own Session; the finalizer deletes them and stops everything.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -38,7 +40,14 @@ class Pool:
     tmp: Path
 
 
-def docker_session(pool: Pool, name: str, script: str, cpu: float = 0.2, **spec: Any) -> None:
+def docker_session(
+    pool: Pool,
+    name: str,
+    script: str,
+    cpu: float = 0.2,
+    workload_extra: dict[str, Any] | None = None,
+    **spec: Any,
+) -> None:
     pool.admin.apply(
         [
             {
@@ -52,6 +61,7 @@ def docker_session(pool: Pool, name: str, script: str, cpu: float = 0.2, **spec:
                         "image": {"hash": pool.image},
                         "command": ["sh", "-c", script],
                         "resources": {"cpu": cpu, "memoryMiB": 32},
+                        **(workload_extra or {}),
                     },
                     **spec,
                 },
@@ -279,3 +289,32 @@ def test_a_restarted_agent_adopts_its_container_and_deletion_removes_container_a
         wait_for(image_gone, timeout=30, what="the loaded image removed after the delay")
     finally:
         client.close()
+
+
+def test_a_container_reads_its_input_read_only_and_its_outputs_reach_gu_outputs(
+    pool: Pool, tmp_path: Path
+) -> None:
+    data = os.urandom(1 << 20)
+    blob = pool.admin.call("POST", "/v1/blobs", content=data, params={"app": "dock"})["hash"]
+    script = (
+        "sha256sum in/data.bin | cut -d' ' -f1 > out/result.txt; "
+        "if echo x > in/data.bin 2>/dev/null; then echo writable; else echo read-only; fi"
+        " > out/input-was.txt"
+    )
+    docker_session(
+        pool, "dock-io", script, providers={"nodes": [pool.dock.node_id]},
+        workload_extra={"inputs": [{"hash": blob, "path": "in/data.bin"}],
+                        "outputs": {"path": "out", "maxMiB": 5}},
+    )  # fmt: skip
+    done = placement_in(pool, "dock-io", "Succeeded")
+    assert done["status"]["outputs"]["files"] == 2
+    out = tmp_path / "fetched"
+    got = run_gu("outputs", "dock-io", "-o", str(out), env=pool.hub.env, timeout=60)
+    assert got.returncode == 0, got.stderr
+    folder = out / done["metadata"]["name"]
+    assert (folder / "result.txt").read_text().strip() == hashlib.sha256(data).hexdigest()
+    assert (folder / "input-was.txt").read_text().strip() == "read-only"
+    pool.admin.delete("Session", "dock-io")
+    wait_for(lambda: session_gone(pool, "dock-io"), timeout=60, what="dock-io deleted")
+    wait_for(lambda: not list((pool.dock.state_dir / "data").glob("*")), timeout=20,
+             what="the agent's data folder for dock-io removed")  # fmt: skip
