@@ -424,6 +424,9 @@ class WorkloadReconciler:
         if not outputs or self.data is None:
             return None
         message = self.data.over_limit(name)
+        if message is None and st.reason == "OutputLimitExceeded":  # a VM's guest saw it
+            message = st.message
+            self.data.mark_over_limit(name, message)
         if message is None and not st.finished:
             limit = int(outputs.get("maxMiB") or 100)
             if self.data.outputs_size(name, stop_after=limit * MIB) > limit * MIB:

@@ -306,11 +306,6 @@ class Workload(Model):
                         f"inputs and outputs must not overlap: {a!r} and {b!r}; give each "
                         "its own path"
                     )
-        if self.runtime == "vm" and (self.inputs or self.outputs):
-            raise ValueError(
-                "runtime vm has no inputs or outputs yet (native and docker have): run the "
-                "workload as native or docker, or drop spec.workload.inputs/outputs"
-            )
         return self
 
 

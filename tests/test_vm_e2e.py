@@ -10,6 +10,8 @@ agent and is deleted. A tampered image boots none.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -42,11 +44,22 @@ case "$1" in
 exit7) echo hello-from-vm; echo oops >&2; exit 7 ;;
 ok) echo fine; exit 0 ;;
 count) i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done ;;
+io) b=/bin/busybox; $b sha256sum in/data.bin | $b cut -d' ' -f1 > out/result.txt
+    if echo x 2>/dev/null > in/data.bin; then echo writable; else echo read-only; fi > out/ro.txt
+    $b mkdir out/sub && echo nested > out/sub/note.txt ;;
+flood) i=0; while :; do /bin/busybox head -c 1048576 /dev/zero > out/c$i; i=$((i+1)); done ;;
 esac
 """
 
 
-def vm_session(pool: Pool, name: str, mode: str, cpu: float = 1, **spec: Any) -> None:
+def vm_session(
+    pool: Pool,
+    name: str,
+    mode: str,
+    cpu: float = 1,
+    data: dict[str, Any] | None = None,
+    **spec: Any,
+) -> None:
     pool.admin.apply(
         [
             {
@@ -60,6 +73,7 @@ def vm_session(pool: Pool, name: str, mode: str, cpu: float = 1, **spec: Any) ->
                         "image": {"hash": pool.image},
                         "args": [mode],
                         "resources": {"cpu": cpu, "memoryMiB": 192},
+                        **(data or {}),
                     },
                     **spec,
                 },
@@ -283,3 +297,34 @@ def test_an_urgent_session_pauses_a_batch_vm_which_resumes_after(pool: Pool) -> 
         pool.admin.delete("Session", name)
         wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
     wait_for(lambda: pid not in qemu_pids(), timeout=30, what="QEMU gone")
+
+
+def test_a_vm_reads_its_input_read_only_and_gu_outputs_fetches_its_outputs(
+    pool: Pool, tmp_path: Path
+) -> None:
+    data = os.urandom(1 << 20)
+    blob = pool.admin.call("POST", "/v1/blobs", content=data, params={"app": "vms"})["hash"]
+    vm_session(pool, "vm-io", "io", data={
+        "inputs": [{"hash": blob, "path": "in/data.bin"}],
+        "outputs": {"path": "out", "maxMiB": 4},
+    })  # fmt: skip
+    done = placement_in(pool, "vm-io", "Succeeded")
+    assert done["status"]["outputs"]["files"] == 3, done["status"]
+    out = tmp_path / "fetched"
+    got = run_gu("outputs", "vm-io", "-o", str(out), env=pool.hub.env, timeout=60)
+    assert got.returncode == 0, got.stderr
+    folder = out / done["metadata"]["name"]
+    assert (folder / "result.txt").read_text().strip() == hashlib.sha256(data).hexdigest()
+    assert (folder / "ro.txt").read_text().strip() == "read-only"
+    assert (folder / "sub" / "note.txt").read_text() == "nested\n"
+
+    # one VM more: writing past maxMiB stops it, Failed, nothing kept
+    vm_session(pool, "vm-flood", "flood", data={"outputs": {"path": "out", "maxMiB": 2}})
+    flood = placement_in(pool, "vm-flood", "Failed")
+    assert flood["status"]["reason"] == "OutputLimitExceeded", flood["status"]
+    assert not flood["status"].get("outputs")
+    for name in ("vm-io", "vm-flood"):
+        pool.admin.delete("Session", name)
+        wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+    wait_for(lambda: not list((pool.agent.state_dir / "data").glob("*")), timeout=20,
+             what="the agent's data folders removed")  # fmt: skip

@@ -245,8 +245,16 @@ def pad4(data: bytes) -> bytes:
 
 
 def run_cpio(script: str) -> bytes:
-    """The per-VM archive appended to the initramfs: ``/gu/run.sh`` (mode 0600)."""
-    return cpio([("gu", DIR, b""), ("gu/run.sh", 0o100600, script.encode())])
+    """The per-VM archive appended to the initramfs: ``/gu/run.sh`` (mode 0600), and this
+    package's ``/init`` again (the kernel unpacks appended archives over the first one), so
+    a VM always runs the init its driver was written for, also with assets built before."""
+    return cpio(
+        [
+            ("init", EXEC, INIT_SCRIPT.read_bytes()),
+            ("gu", DIR, b""),
+            ("gu/run.sh", 0o100600, script.encode()),
+        ]
+    )
 
 
 # --------------------------------------------------------------- building

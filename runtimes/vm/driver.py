@@ -40,11 +40,13 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +56,7 @@ from runtimes.base import (
     NO_ATTACHMENTS,
     Attachments,
     Capabilities,
+    FolderMount,
     ImageRejected,
     RuntimeFailure,
     StartFailed,
@@ -83,6 +86,7 @@ HEARTBEAT_DEADLINE: Final = 30.0
 #: seconds a KVM boot probe may take before KVM counts as not booting
 KVM_PROBE_DEADLINE: Final = 6.0
 MIN_MEMORY_MIB: Final = 128
+_MIB: Final = 1 << 20
 APPEND: Final = "console=ttyS0 quiet loglevel=3 panic=-1"
 
 
@@ -120,8 +124,50 @@ AS_USER: Final = (
 )
 
 
-def run_script(argv: list[str], env: dict[str, str], workdir: str, user: str, hostname: str) -> str:
-    """The per-VM ``/gu/run.sh`` the init sources: ``gu_run`` chroots and execs ``argv``."""
+def data_script(folders: tuple[FolderMount, ...], outputs_mib: int, workdir: str = "/") -> str:
+    """The ``gu_mounts`` function of ``/gu/run.sh``: each input's squashfs disk (found by
+    its serial ``gu-data-<i>``) mounted read-only under ``/.gu/data/<i>`` with a symlink at
+    its path; the outputs path a tmpfs of ``outputs_mib`` (+1 MiB, so that writing past the
+    limit is seen), which the init packs onto the ``gu-outputs`` disk when the entrypoint
+    ends. Paths are under the image's working directory ``workdir``, as in a container.
+    Empty without folders."""
+    if not folders:
+        return ""
+    lines = ["gu_mounts() {"]
+    for i, f in enumerate(folders):
+        inside_root = posixpath.join("/mnt/root", (workdir or "/").lstrip("/"), f.path)
+        target = sh_quote(inside_root)
+        parent = sh_quote(posixpath.dirname(inside_root))
+        if f.read_only:
+            where = f"/mnt/root/.gu/data/{i}"
+            inside = f"/.gu/data/{i}" + ("" if Path(f.source).is_dir() else f"/{i}.blob")
+            lines += [
+                f"  dev=$(disk gu-data-{i}) || die 'no disk for input {i}'",
+                f"  $bb mkdir -p {where} {parent}",
+                f"  $bb mount -t squashfs -o ro $dev {where} || die 'cannot mount input {i}'",
+                f"  $bb ln -s {inside} {target} || die 'the image has {f.path} already'",
+            ]
+        else:
+            lines += [
+                f"  $bb mkdir -p {target}",
+                f"  $bb mount -t tmpfs -o size={outputs_mib + 1}m,mode=0777 tmpfs {target} "
+                "|| die 'cannot mount the outputs tmpfs'",
+                f"  GU_OUT_PATH={target}; GU_OUT_MAX_KB={outputs_mib * 1024}",
+            ]
+    lines += ["}"]
+    return "\n".join(lines) + "\n"
+
+
+def run_script(
+    argv: list[str],
+    env: dict[str, str],
+    workdir: str,
+    user: str,
+    hostname: str,
+    mounts: str = "",
+) -> str:
+    """The per-VM ``/gu/run.sh`` the init sources: ``gu_run`` chroots and execs ``argv``;
+    ``mounts`` the ``gu_mounts`` function of ``data_script``."""
     env_words = " ".join(sh_quote(f"{k}={v}") for k, v in sorted(env.items()))
     as_user = ""
     if user and user not in ("root", "0", "0:0"):
@@ -131,6 +177,7 @@ def run_script(argv: list[str], env: dict[str, str], workdir: str, user: str, ho
     return (
         f"GU_HOSTNAME={sh_quote(hostname)}\n"
         "GU_NET_ADDRESS=''\n"
+        f"{mounts}"
         "gu_run() {\n"
         f"  exec /bin/busybox env -i {env_words} /bin/busybox chroot /mnt/root "
         f"/.gu/busybox sh -c {sh_quote(inner)} gu {sh_quote(workdir or '/')} {words}\n"
@@ -194,8 +241,10 @@ def qemu_argv(
     accel: str,
     cpu: float,
     memory_mib: int,
+    disks: list[tuple[Path, str, bool]] = [],  # noqa: B006 (never changed)
 ) -> list[str]:
-    """The whole QEMU command line for one workload (see the module doc)."""
+    """The whole QEMU command line for one workload (see the module doc); ``disks`` are
+    (file, serial, read_only) of the data disks (inputs, outputs)."""
     argv = boot_argv(qemu, accel, memory_mib, assets.kernel, d / "initrd.img")
     argv += [
         "-name",
@@ -214,6 +263,13 @@ def qemu_argv(
         "-qmp",
         f"unix:{d / 'qmp.sock'},server=on,wait=off",
     ]
+    for i, (path, serial, read_only) in enumerate(disks):
+        argv += [
+            "-drive",
+            f"file={path},if=none,id=data{i},format=raw" + (",readonly=on" if read_only else ""),
+            "-device",
+            f"virtio-blk-pci,drive=data{i},serial={serial}",
+        ]
     for port in ("status", "stdout", "stderr"):
         argv += file_port(d, port)
     argv += [
@@ -394,8 +450,6 @@ class VmRuntime:
             raise StartFailed(
                 "vm runtime: virtual networks are not provided yet; run without `network`"
             )
-        if attachments.folders:
-            raise StartFailed("vm runtime: folder mounts are not provided yet")
         caps = self.fingerprint()
         if not caps.available or self._accel is None:
             raise StartFailed(f"vm runtime unavailable: {caps.reason}")
@@ -413,7 +467,16 @@ class VmRuntime:
         assets = find_assets(self.assets_dir)
         d.mkdir(parents=True, mode=0o700)
         try:
-            script = run_script(argv, env, image.metadata.workingDir, image.metadata.user, name)
+            outputs_mib = workload.outputs.maxMiB if workload.outputs is not None else 0
+            disks = self._data_disks(d, attachments.folders, outputs_mib)
+            script = run_script(
+                argv,
+                env,
+                image.metadata.workingDir,
+                image.metadata.user,
+                name,
+                data_script(attachments.folders, outputs_mib, image.metadata.workingDir),
+            )
             initrd = d / "initrd.img"
             with open(os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(pad4(assets.initramfs.read_bytes()))  # (assets of any build)
@@ -429,6 +492,9 @@ class VmRuntime:
                 "heartbeatDeadline": self.heartbeat_deadline,
                 "memoryMiB": workload.resources.memoryMiB,
                 "cpu": workload.resources.cpu,
+                "outputsDir": next(
+                    (str(f.source) for f in attachments.folders if not f.read_only), None
+                ),
             }
             (d / "record.json").write_text(json.dumps(record))
             cmd = qemu_argv(
@@ -440,6 +506,7 @@ class VmRuntime:
                 self._accel,
                 workload.resources.cpu,
                 workload.resources.memoryMiB,
+                disks,
             )
             # (as root QEMU becomes nobody only after it opened every file above, so the
             # folder stays 0700 and the files the agent's)
@@ -466,6 +533,50 @@ class VmRuntime:
             shutil.rmtree(d, ignore_errors=True)
             raise
         return self.inspect(name)
+
+    def _data_disks(
+        self, d: Path, folders: tuple[FolderMount, ...], outputs_mib: int
+    ) -> list[tuple[Path, str, bool]]:
+        """The disks of the exposed folders: a squashfs per input (built from the agent's
+        verified copy, uncompressed: it is read once) and, for the outputs, an empty raw
+        disk the guest's init writes a tar of them onto (read back by ``_take_outputs``)."""
+        disks: list[tuple[Path, str, bool]] = []
+        for i, f in enumerate(folders):
+            if f.read_only:
+                disk = d / f"data-{i}.sqfs"
+                source = Path(f.source)
+                if not source.is_dir():  # one file: a squashfs holding it as <i>.blob
+                    staged = d / f"data-{i}"
+                    staged.mkdir()
+                    os.link(source, staged / f"{i}.blob")
+                    source = staged
+                done = subprocess.run(
+                    [gvmi.mksquashfs(), str(source), str(disk), "-noappend", "-all-root",
+                     "-no-xattrs", "-no-progress", "-quiet", "-noI", "-noD", "-noF", "-noX"],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    raise StartFailed(f"cannot pack input {i} for the VM: {done.stderr[-300:]}")
+                disks.append((disk, f"gu-data-{i}", True))
+            else:
+                disk = d / "outputs.disk"
+                with open(disk, "wb") as fh:  # sparse: room for a tar of the limit
+                    fh.truncate((outputs_mib + outputs_mib // 8 + 2) * _MIB)
+                disks.append((disk, "gu-outputs", False))
+        return disks
+
+    def _take_outputs(self, d: Path, rec: dict[str, Any]) -> None:
+        """Once: unpack the tar the guest wrote onto its outputs disk into the agent's
+        outputs folder (the agent packs and uploads it from there)."""
+        target = rec.get("outputsDir")
+        if not target or rec.get("outputsTaken"):
+            return
+        try:
+            with tarfile.open(d / "outputs.disk", mode="r:") as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            log.warning(logfmt(event="vm_outputs_unreadable", name=d.name, error=str(exc)))
+        self._update(d, rec, outputsTaken=True)
 
     # --------------------------------------------------------------- observe
 
@@ -541,6 +652,11 @@ class VmRuntime:
             return done("Failed", None, verdict["reason"], verdict["message"])
         if exit_line is not None:
             code = int(exit_line.split()[1]) if exit_line.split()[1:] else -1
+            if "outputs-over" in lines:
+                return done("Failed", code, "OutputLimitExceeded",
+                            "the workload wrote more than its outputs.maxMiB: stopped")  # fmt: skip
+            if "outputs-ok" in lines:
+                self._take_outputs(d, rec)
             if rec.get("stopRequested"):
                 return done("Stopped", code, "Stopped", f"stopped; the entrypoint exited {code}")
             if code == 0:

@@ -6,10 +6,14 @@
 # 3. mount the image's squashfs (/dev/vda, read-only) under an overlay whose upper
 #    layer is a tmpfs, at /mnt/root; give it /proc, /sys, /dev and /.gu/busybox
 # 4. source /gu/run.sh (the per-VM archive the host appended): host name, network,
-#    and gu_run, which chroots and execs the entrypoint with its env, dir and user
+#    gu_mounts (the Session's inputs: squashfs disks found by serial, mounted read-only
+#    with a link at their paths; its outputs path: a bounded tmpfs), and gu_run, which
+#    chroots and execs the entrypoint with its env, dir and user
 # 5. run it with stdout and stderr on their ports; "stop" on the control port sends
 #    it SIGTERM; "started", a heartbeat every 2 s and finally "exit N" go to the
-#    status port; then power off
+#    status port (with outputs: "outputs-over" if they grew past the limit, which
+#    kills the entrypoint, else "outputs-ok" once they are packed as a tar onto the
+#    gu-outputs disk); then power off
 # Any failure before the entrypoint runs is reported as "error <what>" and powers off.
 export PATH=/bin
 bb=/bin/busybox
@@ -30,6 +34,18 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 	virtio_blk virtio_console squashfs overlay; do
 	[ -f /lib/modules/$m.ko ] && $bb insmod /lib/modules/$m.ko 2>/dev/null
 done
+
+disk() {
+	n=0
+	while [ $n -lt 40 ]; do
+		for b in /sys/block/vd*; do
+			[ -f "$b/serial" ] && [ "$($bb cat "$b/serial")" = "$1" ] && echo "/dev/${b##*/}" && return 0
+		done
+		n=$((n + 1))
+		$bb sleep 0.05
+	done
+	return 1
+}
 
 port() {
 	for p in /sys/class/virtio-ports/*; do
@@ -66,6 +82,7 @@ $bb cp /bin/busybox /mnt/root/.gu/busybox
 
 [ -f /gu/run.sh ] || die "no /gu/run.sh (the host's run spec)"
 . /gu/run.sh
+command -v gu_mounts >/dev/null && gu_mounts
 $bb hostname "${GU_HOSTNAME:-gu}"
 $bb ip link set lo up 2>/dev/null
 if [ -n "$GU_NET_ADDRESS" ]; then
@@ -91,9 +108,33 @@ status "started $child"
 watcher=$!
 (while :; do $bb sleep 2; status hb; done) &
 beater=$!
+limiter=
+if [ -n "$GU_OUT_PATH" ]; then
+	(
+		while :; do
+			used=$($bb du -sk "$GU_OUT_PATH" | $bb cut -f1)
+			if [ "$used" -gt "$GU_OUT_MAX_KB" ]; then
+				: >/.gu-outputs-over
+				kill -KILL $child 2>/dev/null
+				exit 0
+			fi
+			$bb sleep 0.5
+		done
+	) &
+	limiter=$!
+fi
 wait $child
 code=$?
-kill $watcher $beater 2>/dev/null
+kill $watcher $beater $limiter 2>/dev/null
+if [ -n "$GU_OUT_PATH" ]; then
+	if [ -e /.gu-outputs-over ]; then
+		status outputs-over
+	elif out=$(disk gu-outputs) && $bb tar -c -f "$out" -C "$GU_OUT_PATH" .; then
+		status outputs-ok
+	else
+		status outputs-over  # (the tar did not fit its disk)
+	fi
+fi
 status "exit $code"
 $bb sync
 $bb poweroff -f
