@@ -4,7 +4,6 @@ Layout under ``<agent state>/data/<placement>/``::
 
     inputs/<i>/...     input i: the blob unpacked (``extract: true``) or ``inputs/<i>.blob``
     outputs/           the folder the workload writes its results into
-    outputs.tar        what ``collect`` packed from it (reproducible), until uploaded
     uploaded.json      the record of the upload (hash, size, files): uploaded once
 
 Inputs come from the image cache (``agent.images``), which pulled them from the hub
@@ -14,9 +13,9 @@ anything runs. Files of an input are made read-only (0444, folders 0555): the ru
 expose them read-only too where they can (Docker: a read-only bind mount).
 
 The outputs folder is polled while the workload runs (``outputs_size``, bounded by its
-``maxMiB``); when the workload ends, ``collect`` packs it as a reproducible tar and
-``mark_uploaded`` records the upload, so an agent restarted after ``kill -9`` uploads
-once. Everything here is removed with the placement (``remove``).
+``maxMiB``); when the workload ends, ``outputs_stream`` packs it as a reproducible tar
+while it is sent to the hub (no copy on disk), and ``mark_uploaded`` records the upload,
+so an agent restarted after ``kill -9`` uploads once. Everything here is removed with the placement (``remove``).
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ import os
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from runtimes.base import FolderMount
-from specs.images import pack_tar
+from specs.images import tar_stream
 from specs.kinds import Workload
 
 MIB = 1 << 20
@@ -39,19 +38,6 @@ MIB = 1 << 20
 
 class InputUnusable(Exception):
     """An input blob that cannot be exposed (not a tar with ``extract: true``, say)."""
-
-
-@dataclass(frozen=True)
-class Collected:
-    """A placement's packed outputs, ready to upload."""
-
-    path: Path
-    hash: str
-    size: int
-    files: int
-
-    def record(self) -> dict[str, Any]:
-        return {"hash": self.hash, "size": self.size, "files": self.files}
 
 
 class PlacementData:
@@ -93,7 +79,6 @@ class PlacementData:
         if workload.outputs is not None:
             out = self.outputs(name)
             _rmtree(out)
-            (top / "outputs.tar").unlink(missing_ok=True)
             (top / "uploaded.json").unlink(missing_ok=True)
             (top / "over-limit").unlink(missing_ok=True)
             out.mkdir(parents=True)
@@ -138,7 +123,6 @@ class PlacementData:
     def discard_outputs(self, name: str) -> None:
         """Remove what the workload wrote (an over-limit run leaves nothing behind)."""
         _rmtree(self.outputs(name))
-        (self.folder(name) / "outputs.tar").unlink(missing_ok=True)
 
     # ------------------------------------------------------------- finished
 
@@ -150,21 +134,21 @@ class PlacementData:
             return None
         return raw if isinstance(raw, dict) else None
 
-    def collect(self, name: str) -> Collected:
-        """Pack the outputs folder into ``outputs.tar`` (reproducible) and hash it."""
+    def outputs_stream(self, name: str) -> tuple[int, Callable[[], Iterator[bytes]]]:
+        """(the number of files, a maker of the reproducible tar stream of the outputs
+        folder): packed while it is sent, never written here (PackError for a member a tar
+        cannot hold, before any byte)."""
         out = self.outputs(name)
         out.mkdir(parents=True, exist_ok=True)
-        tar = self.folder(name) / "outputs.tar"
-        digest, size, files = pack_tar(out, tar)
-        return Collected(tar, digest, size, files)
+        files, _ = tar_stream(out)
+        return files, lambda: tar_stream(out)[1]
 
-    def mark_uploaded(self, name: str, collected: Collected) -> None:
-        """Record the upload (atomically), then drop the packed copy and the folder."""
-        record = self.folder(name) / "uploaded.json"
-        tmp = record.with_suffix(".part")
-        tmp.write_text(json.dumps(collected.record()))
-        os.replace(tmp, record)
-        collected.path.unlink(missing_ok=True)
+    def mark_uploaded(self, name: str, record: dict[str, Any]) -> None:
+        """Record the upload (atomically), then drop the outputs folder."""
+        path = self.folder(name) / "uploaded.json"
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
         _rmtree(self.outputs(name))
 
     def remove(self, name: str) -> None:
@@ -220,4 +204,4 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-__all__ = ["Collected", "InputUnusable", "PlacementData"]
+__all__ = ["InputUnusable", "PlacementData"]

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -197,17 +195,20 @@ class HubSession:
         """Stream ``GET /v1/blobs/{hash}`` (a placement's input) into the cache."""
         return self._fetch(f"/v1/blobs/{blob_hash}", "input pull")
 
-    def put_outputs(self, name: str, path: Path, digest: str, files: int) -> None:
-        """Upload a finished placement's packed outputs, streamed from ``path``."""
-        with open(path, "rb") as f:
-            self.client.request(
-                "PUT",
-                f"/v1/placements/{name}/outputs",
-                content=_chunks(f),
-                params={"files": files, "expected": digest},
-                headers={"Content-Length": str(os.fstat(f.fileno()).st_size)},
-                timeout=httpx.Timeout(30.0, write=IMAGE_READ_TIMEOUT),
-            )
+    def put_outputs(
+        self, name: str, files: int, body: Callable[[], Iterable[bytes]]
+    ) -> dict[str, Any]:
+        """Upload a finished placement's outputs, packed while sent (``body()`` makes the
+        stream, again for a retry); the hub's answer ``{hash, size, files}``."""
+        answer: dict[str, Any] = self.client.upload(
+            "PUT",
+            f"/v1/placements/{name}/outputs",
+            body,
+            params={"files": files},
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=httpx.Timeout(30.0, write=IMAGE_READ_TIMEOUT),
+        )
+        return answer
 
     def _fetch(self, path: str, what: str) -> Iterator[bytes]:
         headers = {"Authorization": f"Bearer {self.client.token()}"}
@@ -224,11 +225,6 @@ class HubSession:
                     self._closed(resp)
         except httpx.TransportError as exc:
             raise HubUnreachable(0, f"{what}: lost the hub at {self.client.hub}: {exc}") from None
-
-
-def _chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    while chunk := f.read(size):
-        yield chunk
 
 
 # ------------------------------------------------------------------ heartbeat

@@ -64,7 +64,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -135,8 +135,11 @@ class HubPort(Protocol):
         """An input blob's bytes, in chunks (streamed from the hub)."""
         ...
 
-    def put_outputs(self, name: str, path: Path, digest: str, files: int) -> None:
-        """Upload a finished placement's packed outputs."""
+    def put_outputs(
+        self, name: str, files: int, body: Callable[[], Iterable[bytes]]
+    ) -> dict[str, Any]:
+        """Upload a finished placement's outputs (``body()`` makes the tar stream); the
+        hub's ``{hash, size, files}``."""
         ...
 
 
@@ -462,13 +465,12 @@ class WorkloadReconciler:
         record = self.data.uploaded(name)
         if record is None:
             try:
-                collected = self.data.collect(name)
+                files, body = self.data.outputs_stream(name)
+                record = self.hub.put_outputs(name, files, body)
             except (PackError, OSError) as exc:
                 self.data.discard_outputs(name)
                 return {**mine, "state": "Failed", "reason": "OutputsUnreadable",
                         "message": f"cannot pack the outputs: {exc}"}  # fmt: skip
-            try:
-                self.hub.put_outputs(name, collected.path, collected.hash, collected.files)
             except ApiError as exc:
                 if exc.status in (413, 403, 422):  # the store is full, a quota: final
                     self.data.discard_outputs(name)
@@ -476,9 +478,9 @@ class WorkloadReconciler:
                             "message": f"the hub refused the outputs: {exc}"}  # fmt: skip
                 log.warning(kv("outputs_upload_failed", name=name, error=exc))
                 return None
-            self.data.mark_uploaded(name, collected)
-            record = collected.record()
-            log.info(kv("outputs_uploaded", name=name, hash=collected.hash, size=collected.size))
+            record = {k: record[k] for k in ("hash", "size", "files")}
+            self.data.mark_uploaded(name, record)
+            log.info(kv("outputs_uploaded", name=name, hash=record["hash"], size=record["size"]))
         return {**mine, "outputs": record}
 
     def _readmit(self, name: str, placement: Obj, work: _Workload) -> Obj | None:
@@ -675,8 +677,10 @@ class WorkloadReconciler:
                                       restarts=restarts),
                         generation,
                     )  # fmt: skip
-                self.cache.ensure(item.hash, self.hub.fetch_blob)
-                blobs[item.hash] = self.cache.verify(item.hash)
+                fresh = item.hash not in self.cache
+                path = self.cache.ensure(item.hash, self.hub.fetch_blob)
+                # pulled just now: hashed as it arrived; cached before: hashed again now
+                blobs[item.hash] = path if fresh else self.cache.verify(item.hash)
             except ImageHashMismatch as exc:
                 log.error(kv("input_rejected", name=name, hash=item.hash, actual=exc.actual))
                 message = f"input {item.hash} (at {item.path}): {exc}"

@@ -210,18 +210,29 @@ class ImageStore:
         if expected is not None:
             parse_hash(expected)
         upload = await _in_thread(self._begin)
+        writing: asyncio.Future[None] | None = None
         try:
             batch = bytearray()
             async for chunk in chunks:
                 batch += chunk
                 if len(batch) >= CHUNK_SIZE:
-                    await _in_thread(upload.write, batch)
+                    # one batch is hashed and written in a thread while the loop receives
+                    # the next (hashlib lets go of the GIL): receiving and hashing overlap
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(_in_thread(upload.write, batch))
                     batch = bytearray()
+            if writing is not None:
+                await writing
+                writing = None
             if batch:
                 await _in_thread(upload.write, batch)
             await _in_thread(upload.finish)
             return await _in_thread(self._commit, upload, expected)
         finally:
+            if writing is not None:  # (the upload failed meanwhile: let the write end first)
+                with contextlib.suppress(Exception):
+                    await writing
             await _in_thread(upload.discard)
 
     def _begin(self) -> _Upload:

@@ -24,15 +24,15 @@ through a ``memoryview`` — no per-chunk allocation or copy on our side.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
 import re
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Final, Protocol, TypeAlias
+from typing import BinaryIO, Final, Protocol, TypeAlias
 
 HASH_PREFIX: Final = "sha3-256:"
 # What hashing and writing accept without copying.
@@ -269,45 +269,115 @@ def pack_native(src: Path, out: Path, *, compresslevel: int = 6) -> str:
 
 def pack_tar(src: Path, out: Path) -> tuple[str, int, int]:
     """Pack the folder ``src`` into a reproducible plain tar at ``out`` (a blob: ``gu blob
-    push DIR``, a placement's outputs), normalised as ``pack_native`` does;
-    ``(hash, size, files)``, ``files`` counting the regular files."""
-    src = Path(src).resolve(strict=True)
-    if not src.is_dir():
-        raise PackError(f"{src} is not a folder")
-    digest, entries = _pack(src, Path(out), None)
+    push DIR``), normalised as ``pack_native`` does; ``(hash, size, files)``, ``files``
+    counting the regular files. The bytes are exactly ``tar_stream``'s."""
+    files, chunks = tar_stream(src)
+    hasher = Hasher()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                hasher.update(chunk)
+                f.write(chunk)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hasher.hash, hasher.size, files
+
+
+def tar_stream(src: Path, chunk: int = CHUNK_SIZE) -> tuple[int, Iterator[bytes]]:
+    """A reproducible plain tar of the folder ``src`` as a stream of chunks (the bytes
+    tarfile writes for the same members, in ``pack_native``'s order and normalisation),
+    with the number of regular files in it: packed while it is sent, no copy on disk (a
+    placement's outputs go to the hub so). PackError for what a tar cannot hold, before
+    the first byte."""
+    root = Path(src).resolve(strict=True)
+    if not root.is_dir():
+        raise PackError(f"{root} is not a folder")
+    entries = _entries(root)
+    for rel, path, st in entries:
+        _member(root, rel, path, st)
     files = sum(1 for _, _, st in entries if stat.S_ISREG(st.st_mode))
-    return digest, Path(out).stat().st_size, files
+
+    def chunks() -> Iterator[bytes]:
+        written = 0
+        for rel, path, st in entries:
+            info = _member(root, rel, path, st)
+            if info.type != tarfile.REGTYPE:
+                header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+                written += len(header)
+                yield header
+                continue
+            with open(path, "rb") as f:
+                info.size = os.fstat(f.fileno()).st_size
+                header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+                written += len(header)
+                yield header
+                left = info.size
+                while left > 0:
+                    data = f.read(min(chunk, left))
+                    if not data:
+                        raise PackError(f"{path} shrank while it was packed")
+                    left -= len(data)
+                    written += len(data)
+                    yield data
+            pad = -info.size % tarfile.BLOCKSIZE
+            if pad:
+                written += pad
+                yield b"\0" * pad
+        end = 2 * tarfile.BLOCKSIZE
+        end += -(written + end) % tarfile.RECORDSIZE
+        yield b"\0" * end
+
+    return files, chunks()
+
+
+def _member(root: Path, rel: PurePosixPath, path: Path, st: os.stat_result) -> tarfile.TarInfo:
+    """The normalised tar header of one entry (see ``pack_native``); PackError for what an
+    image or a blob cannot hold."""
+    info = tarfile.TarInfo(str(rel))
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if stat.S_ISLNK(st.st_mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = _check_link(root, path, rel)
+        info.mode = 0o777
+    elif stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    elif stat.S_ISREG(st.st_mode):
+        info.type = tarfile.REGTYPE
+        info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+    else:
+        raise PackError(
+            f"{path}: not a regular file, folder or symlink (a fifo, socket or device); "
+            "an image can only hold files — remove it from the folder"
+        )
+    return info
 
 
 def _pack(
-    src: Path, out: Path, compresslevel: int | None
+    src: Path, out: Path, compresslevel: int
 ) -> tuple[str, list[tuple[PurePosixPath, Path, os.stat_result]]]:
-    """Write the tar (gzipped at ``compresslevel``, plain if None) through a temp file;
-    (its hash, the entries packed)."""
+    """Write the gzipped tar through a temp file, fsynced; (its hash, the entries packed)."""
     entries = _entries(src)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         with open(tmp, "wb") as raw:
             sink = _HashingWriter(raw)
-            with contextlib.ExitStack() as stack:
-                fileobj: Any = sink
-                if compresslevel is not None:
-                    fileobj = stack.enter_context(
-                        gzip.GzipFile(
-                            fileobj=sink,  # write/flush is all gzip needs
-                            mode="wb",
-                            mtime=0,
-                            filename="",
-                            compresslevel=compresslevel,
-                        )
-                    )
-                # a plain tar streams ("w|": it never seeks in what it writes)
-                opened = (
-                    tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-                    if compresslevel is not None
-                    else tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-                )
-                tar = stack.enter_context(opened)  # (closed by the ExitStack)
+            with (
+                gzip.GzipFile(
+                    fileobj=sink,  # write/flush is all gzip needs
+                    mode="wb",
+                    mtime=0,
+                    filename="",
+                    compresslevel=compresslevel,
+                ) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
                 for rel, path, st in entries:
                     _add(tar, src, rel, path, st)
             raw.flush()
@@ -322,28 +392,11 @@ def _pack(
 def _add(
     tar: tarfile.TarFile, src: Path, rel: PurePosixPath, path: Path, st: os.stat_result
 ) -> None:
-    info = tarfile.TarInfo(str(rel))
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    if stat.S_ISLNK(st.st_mode):
-        info.type = tarfile.SYMTYPE
-        info.linkname = _check_link(src, path, rel)
-        info.mode = 0o777
-        tar.addfile(info)
-    elif stat.S_ISDIR(st.st_mode):
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-        tar.addfile(info)
-    elif stat.S_ISREG(st.st_mode):
-        info.type = tarfile.REGTYPE
-        info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+    info = _member(src, rel, path, st)
+    if info.type == tarfile.REGTYPE:
         with open(path, "rb") as f:
             # Size from the open file, so a file swapped since the walk is packed whole.
             info.size = os.fstat(f.fileno()).st_size
             tar.addfile(info, f)
     else:
-        raise PackError(
-            f"{path}: not a regular file, folder or symlink (a fifo, socket or device); "
-            "an image can only hold files — remove it from the folder"
-        )
+        tar.addfile(info)

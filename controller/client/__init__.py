@@ -24,7 +24,7 @@ import builtins
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -153,10 +153,11 @@ class Client:
         return resp.json()
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """An authenticated request; logs in again once on 401. Raises ApiError on ≥ 400."""
+        """An authenticated request; logs in again once on 401. Raises ApiError on ≥ 400.
+        (A streamed body cannot be sent twice: ``upload`` makes it anew for the retry.)"""
+        extra = dict(kw.pop("headers", None) or {})
         for attempt in range(2):
-            headers = dict(kw.pop("headers", None) or {})
-            headers["Authorization"] = f"Bearer {self.token()}"
+            headers = {**extra, "Authorization": f"Bearer {self.token()}"}
             try:
                 resp = self.http.request(method, path, headers=headers, **kw)
             except httpx.TransportError as exc:
@@ -168,6 +169,25 @@ class Client:
             if resp.status_code >= 400:
                 raise _error_from(resp)
             return resp
+        raise AssertionError("unreachable")
+
+    def upload(self, method: str, path: str, body: Callable[[], Iterable[bytes]], **kw: Any) -> Any:
+        """An authenticated upload of a streamed body made by ``body()`` — made again for
+        the retry after a 401, so the hub never gets a body cut short; the JSON answer."""
+        extra = dict(kw.pop("headers", None) or {})
+        for attempt in range(2):
+            headers = {**extra, "Authorization": f"Bearer {self.token()}"}
+            try:
+                resp = self.http.request(method, path, headers=headers, content=body(), **kw)
+            except httpx.TransportError as exc:
+                raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+            if resp.status_code == 401 and attempt == 0:
+                with self._lock:
+                    self._token = None
+                continue
+            if resp.status_code >= 400:
+                raise _error_from(resp)
+            return resp.json()
         raise AssertionError("unreachable")
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
