@@ -193,6 +193,25 @@ YAML
   $GU logs hello-vm
   $GU peer demo-agent | grep Runtimes
 fi
+step "inputs and outputs: three parts of one picture from one shared input (examples/render/)"
+R_HASH=$($GU image build --runtime native examples/render/renderer -o "$DEMO/renderer.tar.gz")
+$GU image push "$DEMO/renderer.tar.gz" >/dev/null
+S_HASH=$($GU blob push examples/render/scene --app demo)
+echo "scene (a folder, pushed as a tar blob): $S_HASH"
+mkdir -p "$DEMO/render"
+sed "s/sha3-256:RENDERER/$R_HASH/; s/sha3-256:SCENE/$S_HASH/" examples/render/render.yaml >"$DEMO/render/render.yaml"
+$GU apply -f "$DEMO/render/render.yaml"
+rendered() {
+  for s in render-0 render-1 render-2; do
+    $GU get session "$s" -o json | $PY -c 'import json,sys; sys.exit(json.load(sys.stdin)["status"].get("phase") != "Succeeded")' || return 1
+  done
+}
+wait_until 120 "the three parts to succeed" rendered
+$GU get sessions
+rm -rf "$DEMO/results"
+for s in render-0 render-1 render-2; do $GU outputs "$s" -o "$DEMO/results"; done
+sh examples/render/combine.sh "$DEMO/results" "$DEMO/picture.pgm"
+
 step "the web UI (gu ui) and Prometheus metrics"
 LINK=$($GU ui --no-open 2>/dev/null)
 echo "a one-time log-in link (works once, within 60 s): $LINK"
