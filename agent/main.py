@@ -41,6 +41,7 @@ from agent.hubsession import HubSession, PlacementInformer, heartbeat_loop
 from agent.identity import DEFAULT_STATE_DIR, ensure_enrolled
 from agent.images import ImageCache
 from agent.inventory import collect_inventory, collect_usage
+from agent.vnet import Buses
 from agent.workloads import WorkloadReconciler
 from controller.client import Client
 from runtimes import registry
@@ -169,6 +170,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         session,
         hub_public_key=identity.record.hubPublicKey,
         data=PlacementData(state / "data"),
+        buses=Buses(),
     )
     reconciler.adopt()
     runtime_names = sorted(runtimes)

@@ -75,12 +75,14 @@ from agent.admission import Refused, check_admission, check_signature
 from agent.data import MIB, InputUnusable, PlacementData
 from agent.images import ImageCache, ImageNotCached
 from agent.status import from_runtime, status_fields
+from agent.vnet import Buses
 from controller.client import ApiError
 from controller.client.workqueue import Backoff, WorkQueue, exponential
 from runtimes.base import (
     NO_ATTACHMENTS,
     Attachments,
     ImageRejected,
+    NetworkAttachment,
     Runtime,
     RuntimeFailure,
     StartFailed,
@@ -89,7 +91,7 @@ from runtimes.base import (
     WorkloadStatus,
 )
 from specs.images import BytesLike, ImageHashMismatch, PackError
-from specs.kinds import Workload
+from specs.kinds import NetworkInterface, Workload
 from specs.logfmt import kv
 
 log = logging.getLogger("gu.agent.workloads")
@@ -156,6 +158,7 @@ class _Workload:
     restart_at: float | None = None
     restart_delay: float = 0.0
     status: WorkloadStatus | None = None
+    network: str | None = None  # the VirtualNetwork it is a member of
     logs_digest: bytes = b""
     logs_at: float = 0.0
     logs_state: str = ""
@@ -183,9 +186,11 @@ class WorkloadReconciler:
         stop_grace: float = STOP_GRACE,
         resync_period: float = RESYNC_PERIOD,
         data: PlacementData | None = None,
+        buses: Buses | None = None,
     ) -> None:
         self.node_id = node_id
         self.data = data
+        self.buses = buses or Buses(use_netns=False)
         self.runtimes = runtimes
         self.cache = cache
         self.hub = hub
@@ -615,7 +620,7 @@ class WorkloadReconciler:
                 path = self.cache.verify(image)
                 check_signature(adm, image, path)
                 rt.prepare(path, image)
-                attachments = self._data_for(name, workload, restarts, generation)
+                attachments = self._data_for(name, spec, workload, restarts, generation)
                 if not isinstance(attachments, Attachments):
                     return attachments  # the inputs failed: the status says why
                 st = rt.start(name, self._with_agent_env(name, spec, workload), path, attachments)
@@ -633,7 +638,13 @@ class WorkloadReconciler:
                 return status_fields("Failed", "ImageRejected", str(exc), restarts=restarts)
             except (StartFailed, RuntimeFailure) as exc:
                 return status_fields("Failed", "StartFailed", str(exc), restarts=restarts)
-            work = _Workload(runtime=rt, image=image, restarts=restarts, crashes=crashes)
+            work = _Workload(
+                runtime=rt,
+                image=image,
+                restarts=restarts,
+                crashes=crashes,
+                network=spec.get("network") or None,
+            )
             with self._lock:
                 self._workloads[name] = work
             registered = True
@@ -655,12 +666,20 @@ class WorkloadReconciler:
         return from_runtime(st, restarts)
 
     def _data_for(
-        self, name: str, workload: Workload, restarts: int, generation: int | None
+        self, name: str, spec: Obj, workload: Workload, restarts: int, generation: int | None
     ) -> Attachments | Obj:
         """The inputs pulled, verified and exposed, and an empty outputs folder, as the
-        runtime's attachments; or the Failed status when an input is not usable."""
+        runtime's attachments, with the VirtualNetwork interface the hub assigned; or the
+        Failed status when an input or the network is not usable."""
+        network: NetworkAttachment | None = None
+        if spec.get("network") and spec.get("networkInterface"):
+            try:
+                iface = NetworkInterface.model_validate(spec["networkInterface"])
+                network = self.buses.attachment(str(spec["network"]), iface)
+            except (ValueError, RuntimeError) as exc:
+                return status_fields("Failed", "NetworkUnavailable", str(exc), restarts=restarts)
         if not workload.inputs and workload.outputs is None:
-            return NO_ATTACHMENTS
+            return Attachments(network=network) if network is not None else NO_ATTACHMENTS
         if self.data is None:
             return status_fields(
                 "Failed", "StartFailed", "this agent keeps no data folders", restarts=restarts
@@ -691,7 +710,7 @@ class WorkloadReconciler:
                     restarts=restarts,
                 )  # fmt: skip
         try:
-            return Attachments(folders=self.data.prepare(name, workload, blobs))
+            return Attachments(network=network, folders=self.data.prepare(name, workload, blobs))
         except InputUnusable as exc:
             return status_fields("Failed", "InputUnusable", str(exc), restarts=restarts)
 
@@ -730,6 +749,11 @@ class WorkloadReconciler:
         if self.data is not None:
             self.data.remove(name)
         self._drop(name, work)
+        network = work.network
+        if network:
+            with self._lock:
+                left = [w.network for w in self._workloads.values() if w.network]
+            self.buses.release(network, left)
         log.info(kv("workload_removed", name=name, reason="placement gone from the hub"))
 
     def _drop(self, name: str, work: _Workload) -> None:

@@ -116,6 +116,8 @@ class NetworkAttachment:
     mtu: int
     #: the per-host bus the workload's NIC joins (``GROUP:PORT``)
     bus: str
+    #: the network namespace the bus lives in (None: the host's, bound to 127.0.0.1)
+    netns: str | None = None
 
 
 @dataclass(frozen=True)

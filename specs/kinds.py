@@ -8,6 +8,7 @@ names are the wire names (camelCase), so no alias can be forgotten.
 from __future__ import annotations
 
 import base64
+import hashlib
 import binascii
 import ipaddress
 import re
@@ -176,6 +177,15 @@ class Multicast(Model):
 
     group: Annotated[str, AfterValidator(_check_multicast)]
     port: int = Field(ge=1024, le=65535)
+
+
+def default_bus(network: str) -> str:
+    """The bus (``GROUP:PORT``) of a network that names none: from its name, in the
+    administratively scoped 239.255.0.0/16, ports 20000–59999 (each network's bus lives in
+    a network namespace of its own where the agent may make one)."""
+    digest = hashlib.sha256(network.encode()).digest()
+    port = 20000 + int.from_bytes(digest[2:4], "big") % 40000
+    return f"239.255.{digest[0]}.{digest[1]}:{port}"
 
 
 def _check_cidr(value: str) -> str:
@@ -479,6 +489,8 @@ class NetworkInterface(Model):
     address: str  # "10.77.0.2/24"
     mac: str = Field(pattern=r"^02(:[0-9a-f]{2}){5}$")
     mtu: int = Field(ge=576, le=9000)
+    #: the network's per-host bus, ``GROUP:PORT`` (its ``multicast``, or ``default_bus``)
+    bus: str | None = Field(default=None, pattern=r"^\d+\.\d+\.\d+\.\d+:\d+$")
 
 
 class PlacementSpec(Model):

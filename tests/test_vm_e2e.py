@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent.vnet import netns_name
 from controller.client import Client
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import run_gu, wait_for
@@ -47,6 +49,10 @@ count) i=0; while :; do i=$((i+1)); echo $i; /bin/busybox usleep 100000; done ;;
 io) b=/bin/busybox; $b sha256sum in/data.bin | $b cut -d' ' -f1 > out/result.txt
     if echo x 2>/dev/null > in/data.bin; then echo writable; else echo read-only; fi > out/ro.txt
     $b mkdir out/sub && echo nested > out/sub/note.txt ;;
+peer) b=/bin/busybox; $b ip addr; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
+    case "$me" in 10.77.0.1/*) other=10.77.0.2 ;; *) other=10.77.0.1 ;; esac
+    $b ping -c 3 -w 60 "$other" && echo "reached $other"; r=$?
+    $b sleep 6; exit $r ;;  # (stays up for the peer's pings)
 flood) i=0; while :; do /bin/busybox head -c 1048576 /dev/zero > out/c$i; i=$((i+1)); done ;;
 esac
 """
@@ -328,3 +334,43 @@ def test_a_vm_reads_its_input_read_only_and_gu_outputs_fetches_its_outputs(
         wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
     wait_for(lambda: not list((pool.agent.state_dir / "data").glob("*")), timeout=20,
              what="the agent's data folders removed")  # fmt: skip
+
+
+def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Pool) -> None:
+    pool.admin.apply([{"apiVersion": "gu/v1", "kind": "VirtualNetwork",
+                       "metadata": {"name": "lab"}, "spec": {"cidr": "10.77.0.0/24"}}])  # fmt: skip
+    for name in ("vm-a", "vm-b"):
+        vm_session(pool, name, "peer", cpu=0.5, network="lab")
+    if os.geteuid() == 0:  # the bus in a namespace of its own, holding only a loopback
+        netns = netns_name("lab")
+
+        def ours() -> list[int]:
+            found = subprocess.run(["pgrep", "-f", "process=gu-vm-[ab]-"], capture_output=True,
+                                   text=True).stdout.split()  # fmt: skip
+            return [int(p) for p in found]
+
+        wait_for(lambda: os.path.exists(f"/run/netns/{netns}") and len(ours()) == 2,
+                 timeout=60, what="the network's namespace and its two VMs")  # fmt: skip
+        links = subprocess.run(["ip", "-n", netns, "-o", "link"], capture_output=True,
+                               text=True, check=True).stdout.splitlines()  # fmt: skip
+        assert [ln.split(":")[1].strip() for ln in links] == ["lo"], links
+        for pid in ours():
+            where = subprocess.run(["ip", "netns", "identify", str(pid)],
+                                   capture_output=True, text=True).stdout.strip()  # fmt: skip
+            assert where == netns, (pid, where)
+    a = placement_in(pool, "vm-a", "Succeeded", timeout=180)
+    b = placement_in(pool, "vm-b", "Succeeded", timeout=180)
+    ips = sorted(p["spec"]["networkInterface"]["address"] for p in (a, b))
+    assert ips == ["10.77.0.1/24", "10.77.0.2/24"]
+    for name, other in (("vm-a", b), ("vm-b", a)):
+        logs = run_gu("logs", name, env=pool.hub.env).stdout
+        peer_ip = other["spec"]["networkInterface"]["address"].split("/")[0]
+        assert f"reached {peer_ip}" in logs, logs
+        links = [line.split(":")[1].strip() for line in logs.splitlines()
+                 if line[:1].isdigit() and ": " in line and "<" in line]  # fmt: skip
+        assert links == ["lo", "eth0"], logs  # the guest has its one NIC and nothing else
+        assert "0 packets received" not in logs
+    for name in ("vm-a", "vm-b"):
+        pool.admin.delete("Session", name)
+        wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+    assert not os.path.exists(f"/run/netns/{netns_name('lab')}")  # gone with its last VM

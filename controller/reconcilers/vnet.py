@@ -25,6 +25,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from specs.kinds import default_bus
+
 Obj = dict[str, Any]
 
 
@@ -39,10 +41,17 @@ class Allocator:
     """Hands out the interfaces of one Session pass on one network."""
 
     def __init__(
-        self, network: str, cidr: str, mtu: int, in_use: Iterable[tuple[str, str]]
+        self,
+        network: str,
+        cidr: str,
+        mtu: int,
+        in_use: Iterable[tuple[str, str]],
+        bus: str | None = None,
     ) -> None:
-        """``in_use``: the (ip, mac) pairs the network's active members hold."""
+        """``in_use``: the (ip, mac) pairs the network's active members hold; ``bus`` its
+        ``multicast`` as ``GROUP:PORT`` (None: ``default_bus``)."""
         self.network = network
+        self.bus = bus or default_bus(network)
         self.net = ipaddress.IPv4Network(cidr, strict=False)
         self.mtu = mtu
         pairs = list(in_use)
@@ -72,7 +81,12 @@ class Allocator:
             mac = mac_for(self.network, placement, attempt)
         self.ips.add(ip)
         self.macs.add(mac)
-        return {"address": f"{ip}/{self.net.prefixlen}", "mac": mac, "mtu": self.mtu}
+        return {
+            "address": f"{ip}/{self.net.prefixlen}",
+            "mac": mac,
+            "mtu": self.mtu,
+            "bus": self.bus,
+        }
 
 
 __all__ = ["Allocator", "mac_for"]

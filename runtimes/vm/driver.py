@@ -16,10 +16,15 @@ finds it and ``remove`` deletes it):
     stdout, stderr  the guest's output ports, as files, written by QEMU itself:
                     they survive an agent restart and are what ``logs`` reads
     console.log     the guest kernel's serial console (for troubleshooting)
+    data-<i>.sqfs   a Session input as a read-only squashfs disk (serial gu-data-<i>)
+    outputs.disk    the raw disk the guest's init writes a tar of its outputs onto
 
 The QEMU command line is built explicitly (``qemu_argv``): ``-nodefaults
--no-user-config``, no display, ``-nic none`` unless the workload is on a
-VirtualNetwork (which this driver does not provide yet: refused at start), the
+-no-user-config``, no display, ``-nic none``; on a VirtualNetwork, one virtio-net
+NIC with the assigned MAC on the network's per-host multicast bus
+(``-netdev socket,mcast=GROUP:PORT,localaddr=127.0.0.1``), QEMU started inside the
+network's namespace when the agent made one (``ip netns exec``; ``agent.vnet``), and
+the guest's init sets the address and MTU (its route: the CIDR only); the
 image file itself as a read-only raw virtio disk limited to the squashfs
 (``offset=0,size=S``), ``-no-reboot`` and ``panic=-1`` so a guest that dies
 ends QEMU, ``-sandbox on`` with spawning and resource control denied, and
@@ -58,6 +63,7 @@ from runtimes.base import (
     Capabilities,
     FolderMount,
     ImageRejected,
+    NetworkAttachment,
     RuntimeFailure,
     StartFailed,
     WorkloadExists,
@@ -165,6 +171,7 @@ def run_script(
     user: str,
     hostname: str,
     mounts: str = "",
+    network: NetworkAttachment | None = None,
 ) -> str:
     """The per-VM ``/gu/run.sh`` the init sources: ``gu_run`` chroots and execs ``argv``;
     ``mounts`` the ``gu_mounts`` function of ``data_script``."""
@@ -176,7 +183,8 @@ def run_script(
     words = " ".join(sh_quote(a) for a in argv)
     return (
         f"GU_HOSTNAME={sh_quote(hostname)}\n"
-        "GU_NET_ADDRESS=''\n"
+        f"GU_NET_ADDRESS={sh_quote(network.address if network else '')}\n"
+        f"GU_NET_MTU={network.mtu if network else 1500}\n"
         f"{mounts}"
         "gu_run() {\n"
         f"  exec /bin/busybox env -i {env_words} /bin/busybox chroot /mnt/root "
@@ -242,6 +250,7 @@ def qemu_argv(
     cpu: float,
     memory_mib: int,
     disks: list[tuple[Path, str, bool]] = [],  # noqa: B006 (never changed)
+    network: NetworkAttachment | None = None,
 ) -> list[str]:
     """The whole QEMU command line for one workload (see the module doc); ``disks`` are
     (file, serial, read_only) of the data disks (inputs, outputs)."""
@@ -263,6 +272,15 @@ def qemu_argv(
         "-qmp",
         f"unix:{d / 'qmp.sock'},server=on,wait=off",
     ]
+    if network is not None:
+        # the VM's one NIC, on its network's bus: a multicast socket bound to the loopback
+        # (of the network's own namespace where the agent made one); no other NIC, no route
+        argv += [
+            "-netdev",
+            f"socket,id=vnet,mcast={network.bus},localaddr=127.0.0.1",
+            "-device",
+            f"virtio-net-pci,netdev=vnet,mac={network.mac}",
+        ]
     for i, (path, serial, read_only) in enumerate(disks):
         argv += [
             "-drive",
@@ -446,10 +464,6 @@ class VmRuntime:
         d = self._dir(name)
         if d.exists():
             raise WorkloadExists(self.name, name)
-        if attachments.network is not None:
-            raise StartFailed(
-                "vm runtime: virtual networks are not provided yet; run without `network`"
-            )
         caps = self.fingerprint()
         if not caps.available or self._accel is None:
             raise StartFailed(f"vm runtime unavailable: {caps.reason}")
@@ -476,6 +490,7 @@ class VmRuntime:
                 image.metadata.user,
                 name,
                 data_script(attachments.folders, outputs_mib, image.metadata.workingDir),
+                attachments.network,
             )
             initrd = d / "initrd.img"
             with open(os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
@@ -492,6 +507,7 @@ class VmRuntime:
                 "heartbeatDeadline": self.heartbeat_deadline,
                 "memoryMiB": workload.resources.memoryMiB,
                 "cpu": workload.resources.cpu,
+                "netns": attachments.network.netns if attachments.network else None,
                 "outputsDir": next(
                     (str(f.source) for f in attachments.folders if not f.read_only), None
                 ),
@@ -507,7 +523,10 @@ class VmRuntime:
                 workload.resources.cpu,
                 workload.resources.memoryMiB,
                 disks,
+                attachments.network,
             )
+            if attachments.network is not None and attachments.network.netns:
+                cmd = ["ip", "netns", "exec", attachments.network.netns, *cmd]
             # (as root QEMU becomes nobody only after it opened every file above, so the
             # folder stays 0700 and the files the agent's)
             with open(d / "qemu.err", "wb") as err:

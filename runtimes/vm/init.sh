@@ -89,7 +89,13 @@ if [ -n "$GU_NET_ADDRESS" ]; then
 	for m in failover net_failover virtio_net; do
 		[ -f /lib/modules/$m.ko ] && $bb insmod /lib/modules/$m.ko 2>/dev/null
 	done
-	$bb ip link set eth0 mtu "${GU_NET_MTU:-1500}" up || die "no eth0 for the virtual network"
+	i=0
+	while [ ! -e /sys/class/net/eth0 ]; do
+		i=$((i + 1))
+		[ $i -gt 100 ] && die "no eth0 for the virtual network"
+		$bb sleep 0.05
+	done
+	$bb ip link set eth0 mtu "${GU_NET_MTU:-1500}" up || die "cannot bring eth0 up"
 	$bb ip addr add "$GU_NET_ADDRESS" dev eth0 || die "cannot set $GU_NET_ADDRESS on eth0"
 fi
 

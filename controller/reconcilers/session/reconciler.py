@@ -215,12 +215,14 @@ class SessionReconciler:
         if name is None or net is None:
             return None
         spec = net.get("spec") or {}
+        mcast = spec.get("multicast") or {}
         try:
             return Allocator(
                 name,
                 str(spec.get("cidr")),
                 int(spec.get("mtu") or 1400),
                 self.state.interfaces_in(name),
+                f"{mcast['group']}:{mcast['port']}" if mcast else None,
             )
         except ValueError:
             return None
