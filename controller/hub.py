@@ -41,6 +41,7 @@ from controller.poolview import PoolView
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
 from controller.store import Store, open_store
+from controller.vnetkeys import NetworkKeys
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 from specs.logfmt import kv
 
@@ -129,6 +130,7 @@ class Hub:
         self.feed.listen(self.pool.on_changes)
         self.links = LoginLinks()
         self.metrics_token = MetricsToken(self.store.get_meta(METRICS_TOKEN_KEY))
+        self.vnet_keys = NetworkKeys(self.key, self.store)
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
@@ -214,6 +216,7 @@ class Hub:
             metrics=self.metrics,
             links=self.links,
             metrics_token=self.metrics_token,
+            vnet_keys=self.vnet_keys,
             heartbeat_seconds=self.settings.heartbeat,
         )
 

@@ -515,6 +515,11 @@ ROWS: tuple[Row, ...] = (
     Row("PUT", "/v1/placements/{name}/outputs", "/v1/placements/{placement}/outputs?files=1",
         "401 401 401 403 422 403 422", logs_body, "placement"),
     Row("GET", "/v1/sessions/{name}/outputs", "/v1/sessions/{session}/outputs", HIDDEN_SESSION),
+    # virtual networks: a network's keys and members only to an agent hosting a member
+    # (this one hosts none) and the admin; its key rotation: the admin's
+    Row("GET", "/v1/vnet/{name}/membership", "/v1/vnet/doomed-none/membership",
+        "401 401 401 403 403 403 200"),
+    Row("POST", "/v1/vnet/{name}/rotate-key", "/v1/vnet/doomed-none/rotate-key", ADMIN_ONLY),
     # images
     Row("POST", "/v1/images", "/v1/images", APPS_AND_ADMIN, image_body),
     Row("GET", "/v1/images", "/v1/images", APPS_AND_ADMIN),

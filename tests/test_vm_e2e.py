@@ -10,7 +10,9 @@ agent and is deleted. A tampered image boots none.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +26,7 @@ import pytest
 
 from agent.vnet import netns_name
 from controller.client import Client
+from specs.identity import load_private_key
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import run_gu, wait_for
 from tests.test_agent import AgentProcess
@@ -358,6 +361,20 @@ def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Poo
             where = subprocess.run(["ip", "netns", "identify", str(pid)],
                                    capture_output=True, text=True).stdout.strip()  # fmt: skip
             assert where == netns, (pid, where)
+    # the network's key and members: to the agent hosting them (and the admin) only
+    agent = Client(pool.hub.url, load_private_key(pool.agent.state_dir / "identity.key"))
+    seen = wait_for(
+        lambda: len((m := agent.call("GET", "/v1/vnet/lab/membership"))["members"]) == 2 and m,
+        timeout=60, what="both members in the membership",
+    )  # fmt: skip
+    assert [k["id"] for k in seen["keys"]] == [1] and len(
+        base64.b64decode(seen["keys"][0]["key"])
+    ) == 32
+    rotated = run_gu("vnet", "rotate-key", "lab", env=pool.hub.env)
+    assert rotated.returncode == 0, rotated.stderr
+    after = pool.admin.call("GET", "/v1/vnet/lab/membership")
+    assert [k["id"] for k in after["keys"]] == [2, 1] and after["keys"][1] == seen["keys"][0]
+    secrets = [k["key"] for k in after["keys"]]
     a = placement_in(pool, "vm-a", "Succeeded", timeout=180)
     b = placement_in(pool, "vm-b", "Succeeded", timeout=180)
     ips = sorted(p["spec"]["networkInterface"]["address"] for p in (a, b))
@@ -370,6 +387,12 @@ def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Poo
                  if line[:1].isdigit() and ": " in line and "<" in line]  # fmt: skip
         assert links == ["lo", "eth0"], logs  # the guest has its one NIC and nothing else
         assert "0 packets received" not in logs
+    shown = [run_gu("get", "vnet", "lab", "-o", "json", env=pool.hub.env).stdout,
+             json.dumps(pool.admin.events("VirtualNetwork", "lab")),
+             json.dumps([pool.admin.get("Placement", p["metadata"]["name"]) for p in (a, b)]),
+             pool.hub.logs(), pool.agent.log_path.read_text()]  # fmt: skip
+    for key in secrets:  # the key is in no object, event or log
+        assert not any(key in text for text in shown)
     for name in ("vm-a", "vm-b"):
         pool.admin.delete("Session", name)
         wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")

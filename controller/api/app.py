@@ -21,7 +21,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import agents, blobs, images, login, logs, metrics, objects, peers, ui
+from controller.api import (
+    agents,
+    blobs,
+    images,
+    login,
+    logs,
+    metrics,
+    objects,
+    peers,
+    ui,
+    vnet,
+)
 from controller.api.common import ERROR_RESPONSES, ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps
 from controller.auth import AuthError, Forbidden
@@ -164,7 +175,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_api_route(
         "/openapi.json", openapi, methods=["GET"], tags=["meta"], include_in_schema=False
     )
-    for module in (login, agents, logs, peers, images, blobs, ui, metrics, objects):
+    for module in (login, agents, logs, peers, images, blobs, ui, metrics, vnet, objects):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer, metrics=deps.metrics)

@@ -23,6 +23,7 @@ from controller.logs import PlacementLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
 from controller.store import Store
+from controller.vnetkeys import NetworkKeys
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ApiDeps:
     links: LoginLinks
     #: the read-only scrape token's digest
     metrics_token: MetricsToken
+    #: the virtual networks' keys (derived from the hub's key, never stored)
+    vnet_keys: NetworkKeys
     #: the heartbeat period the hub asks of agents that report none (seconds)
     heartbeat_seconds: float = 5.0
 

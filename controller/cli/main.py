@@ -15,6 +15,7 @@ Layout (a command lives with its concern, the group only wires them)::
     gu keys new|pub | login     controller/cli/keys.py     keys, app log-in
     gu blob … | outputs         controller/cli/blobs.py    Session data in and out
     gu ui | suspend | resume    controller/cli/ui.py       web UI link, pause Sessions
+    gu vnet rotate-key          controller/cli/vnet.py     a network's key
     gu hub metrics-token        controller/cli/ui.py       the /metrics scrape token
     gu agent                    agent/cli.py               the provider agent
     gu vmkit assets             agent/cli.py               the vm runtime's guest assets
@@ -46,6 +47,7 @@ from controller.cli.pool import (
 )
 from controller.cli.state import CliState
 from controller.cli.ui import metrics_token_command, resume_command, suspend_command, ui_command
+from controller.cli.vnet import vnet_group
 
 
 class GuGroup(click.Group):
@@ -112,6 +114,7 @@ cli.add_command(keys_group)
 cli.add_command(login_command)
 cli.add_command(blob_group)
 cli.add_command(outputs_command)
+cli.add_command(vnet_group)
 cli.add_command(ui_command)
 cli.add_command(suspend_command)
 cli.add_command(resume_command)
