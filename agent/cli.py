@@ -22,7 +22,13 @@ from pathlib import Path
 import click
 
 from agent.identity import DEFAULT_STATE_DIR, EnrollmentError, NotEnrolled
-from agent.main import DEFAULT_HEARTBEAT, AgentConfig, AgentConfigError, run_agent
+from agent.main import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_VNET_PORT,
+    AgentConfig,
+    AgentConfigError,
+    run_agent,
+)
 from runtimes.registry import RuntimeOptions
 from specs.meta import parse_labels as parse_label_items
 
@@ -120,6 +126,21 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
     metavar="SECONDS",
     help="Seconds between heartbeats.",
 )
+@click.option(
+    "--vnet-port",
+    default=DEFAULT_VNET_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="UDP port of the virtual network bridge (0: any free one).",
+)
+@click.option(
+    "--vnet-bind",
+    default="0.0.0.0",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address the virtual network bridge listens on (its endpoints are reported).",
+)
 def agent_command(
     hub: str,
     join_token: str | None,
@@ -132,6 +153,8 @@ def agent_command(
     vm_accel: str,
     vm_assets: Path | None,
     heartbeat: float,
+    vnet_port: int,
+    vnet_bind: str,
 ) -> None:
     """Run the provider agent until Ctrl-C or SIGTERM.
 
@@ -155,6 +178,8 @@ def agent_command(
             vm_assets=vm_assets,
         ),
         heartbeat=heartbeat,
+        vnet_port=vnet_port,
+        vnet_bind=vnet_bind,
     )
     try:
         run_agent(config)

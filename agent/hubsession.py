@@ -110,7 +110,11 @@ class HubSession:
     # ------------------------------------------------------------- provider
 
     def heartbeat(
-        self, inventory: Inventory, usage: Usage, period: float | None = None
+        self,
+        inventory: Inventory,
+        usage: Usage,
+        period: float | None = None,
+        endpoints: list[str] | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/agents/heartbeat``; the hub stamps the time itself.
 
@@ -120,11 +124,15 @@ class HubSession:
         body: dict[str, Any] = {
             "inventory": inventory.model_dump(mode="json"),
             "usage": usage.model_dump(mode="json"),
-            "endpoints": [],
+            "endpoints": endpoints or [],
         }
         if period is not None:
             body["period"] = period
         return dict(self.client.call("POST", "/v1/agents/heartbeat", json=body))
+
+    def vnet_membership(self, network: str) -> dict[str, Any]:
+        """A network's keys and members (only to an agent hosting one of them)."""
+        return dict(self.client.call("GET", f"/v1/vnet/{network}/membership"))
 
     # ----------------------------------------------------------- placements
 
@@ -236,6 +244,7 @@ def heartbeat_loop(
     period: float,
     inventory: Callable[[], Inventory],
     usage: Callable[[], Usage],
+    endpoints: Callable[[], list[str]] | None = None,
 ) -> None:
     """Heartbeat every ``period`` seconds until ``stop``; failures back off (cap 30 s)."""
     backoff = Backoff(1.0, 30.0)
@@ -243,7 +252,7 @@ def heartbeat_loop(
     beats = 0
     while not stop.is_set():
         try:
-            session.heartbeat(inventory(), usage(), period)
+            session.heartbeat(inventory(), usage(), period, endpoints() if endpoints else None)
         except Exception as exc:  # the loop must outlive anything the hub or psutil does
             delay = backoff.next()
             log.warning(kv("heartbeat_failed", retry_in=f"{delay:g}s", error=_short(exc)))

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from agent.bridge import REFRESH_SECONDS, Bridge
 from agent.data import PlacementData
 from agent.hubsession import HubSession, PlacementInformer, heartbeat_loop
 from agent.identity import DEFAULT_STATE_DIR, ensure_enrolled
@@ -53,6 +54,7 @@ log = logging.getLogger("gu.agent")
 
 DEFAULT_HEARTBEAT: Final = 5.0
 DEFAULT_WORKERS: Final = 4
+DEFAULT_VNET_PORT: Final = 61623
 SHUTDOWN_TIMEOUT: Final = 3.0
 
 
@@ -73,6 +75,8 @@ class AgentConfig:
     runtime_options: RuntimeOptions = field(default_factory=RuntimeOptions)
     heartbeat: float = DEFAULT_HEARTBEAT
     workers: int = DEFAULT_WORKERS
+    vnet_port: int = DEFAULT_VNET_PORT
+    vnet_bind: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,17 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         session,
         hub_public_key=identity.record.hubPublicKey,
         data=PlacementData(state / "data"),
-        buses=Buses(),
+        buses=(buses := Buses(identity.node_id)),
     )
     reconciler.adopt()
+    bridge = Bridge(
+        identity.node_id,
+        session.vnet_membership,
+        buses.netns_for,
+        port=config.vnet_port,
+        bind=config.vnet_bind,
+    )
+    bridge.start()
     runtime_names = sorted(runtimes)
 
     threads = [
@@ -184,8 +196,15 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
                 config.heartbeat,
                 lambda: collect_inventory(runtime_set.capabilities, state),
                 lambda: collect_usage(state, reconciler.running_count()),
+                bridge.endpoints,
             ),
             name="gu-agent-heartbeat",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_follow_networks,
+            args=(bridge, reconciler, stop),
+            name="gu-agent-vnet",
             daemon=True,
         ),
         threading.Thread(
@@ -222,11 +241,22 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
     finally:
         stop.set()
         session.close()  # ends a blocked watch or image pull at once
+        bridge.stop()
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         busy = [t.name for t in threads if t.is_alive()]
         log.info(kv("agent_stopped", node=identity.node_id, still_busy=",".join(busy) or None))
+
+
+def _follow_networks(bridge: Bridge, reconciler: WorkloadReconciler, stop: threading.Event) -> None:
+    """Keep the bridge in the networks this provider's workloads are members of, with their
+    current keys and members (every REFRESH_SECONDS)."""
+    while not stop.wait(REFRESH_SECONDS):
+        try:
+            bridge.sync(reconciler.networks())
+        except Exception as exc:  # the loop must outlive anything the hub does
+            log.warning(kv("vnet_sync_failed", error=exc))
 
 
 def main() -> None:

@@ -30,9 +30,10 @@ from specs.logfmt import kv
 log = logging.getLogger("gu.agent.vnet")
 
 
-def netns_name(network: str) -> str:
-    """The namespace of ``network``'s bus on this provider (≤ 15 characters)."""
-    return "gu-" + hashlib.sha256(network.encode()).hexdigest()[:12]
+def netns_name(node: str, network: str) -> str:
+    """The namespace of ``network``'s bus on provider ``node`` (≤ 15 characters; the node
+    in it too, so two agents on one machine never share a bus)."""
+    return "gu-" + hashlib.sha256(f"{node}/{network}".encode()).hexdigest()[:12]
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +43,8 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 class Buses:
     """The network namespaces of this provider's buses (see the module doc)."""
 
-    def __init__(self, use_netns: bool | None = None) -> None:
+    def __init__(self, node: str = "", use_netns: bool | None = None) -> None:
+        self.node = node
         can = os.geteuid() == 0 and shutil.which("ip") is not None
         self.use_netns = can if use_netns is None else use_netns and can
         self._lock = threading.Lock()
@@ -71,7 +73,7 @@ class Buses:
     def ensure(self, network: str) -> str:
         """``network``'s namespace, made now if it is not there: only a loopback, up, with
         multicast and a route for it (RuntimeError saying what failed)."""
-        name = netns_name(network)
+        name = netns_name(self.node, network)
         with self._lock:
             if name in self._made and os.path.exists(f"/run/netns/{name}"):
                 return name
@@ -92,12 +94,16 @@ class Buses:
             log.info(kv("vnet_bus_ready", network=network, netns=name))
             return name
 
+    def netns_for(self, network: str) -> str | None:
+        """The namespace ``network``'s bus is in here (None: the host's loopback)."""
+        return netns_name(self.node, network) if self.use_netns else None
+
     def release(self, network: str, still_used: Iterable[str]) -> None:
         """Delete ``network``'s namespace unless a workload in ``still_used`` (network names
         of this provider's remaining workloads) still needs it."""
         if not self.use_netns or network in set(still_used):
             return
-        name = netns_name(network)
+        name = netns_name(self.node, network)
         with self._lock:
             if os.path.exists(f"/run/netns/{name}"):
                 done = _ip("netns", "del", name)

@@ -190,7 +190,7 @@ class WorkloadReconciler:
     ) -> None:
         self.node_id = node_id
         self.data = data
-        self.buses = buses or Buses(use_netns=False)
+        self.buses = buses or Buses(node_id, use_netns=False)
         self.runtimes = runtimes
         self.cache = cache
         self.hub = hub
@@ -289,6 +289,11 @@ class WorkloadReconciler:
                 keys = set(self._placements) | set(self._workloads)
             for key in sorted(keys):
                 self.queue.add(key)
+
+    def networks(self) -> set[str]:
+        """The VirtualNetworks this provider's workloads are members of now."""
+        with self._lock:
+            return {w.network for w in self._workloads.values() if w.network}
 
     def running_count(self) -> int:
         """Workloads that have not finished (the heartbeat's ``usage.workloads``)."""

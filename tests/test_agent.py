@@ -63,7 +63,15 @@ class AgentProcess:
     def start(self, *args: str) -> AgentProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*AGENT, "--hub", self.hub.url, "--state-dir", str(self.state_dir), *args],
+                [
+                    *AGENT,
+                    "--hub",
+                    self.hub.url,
+                    "--state-dir",
+                    str(self.state_dir),
+                    *([] if "--vnet-bind" in args else ["--vnet-bind", "127.0.0.1"]),
+                    *args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

@@ -53,7 +53,7 @@ io) b=/bin/busybox; $b sha256sum in/data.bin | $b cut -d' ' -f1 > out/result.txt
     if echo x 2>/dev/null > in/data.bin; then echo writable; else echo read-only; fi > out/ro.txt
     $b mkdir out/sub && echo nested > out/sub/note.txt ;;
 peer) b=/bin/busybox; $b ip addr; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
-    case "$me" in 10.77.0.1/*) other=10.77.0.2 ;; *) other=10.77.0.1 ;; esac
+    other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}')
     $b ping -c 3 -w 60 "$other" && echo "reached $other"; r=$?
     $b sleep 6; exit $r ;;  # (stays up for the peer's pings)
 flood) i=0; while :; do /bin/busybox head -c 1048576 /dev/zero > out/c$i; i=$((i+1)); done ;;
@@ -345,7 +345,7 @@ def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Poo
     for name in ("vm-a", "vm-b"):
         vm_session(pool, name, "peer", cpu=0.5, network="lab")
     if os.geteuid() == 0:  # the bus in a namespace of its own, holding only a loopback
-        netns = netns_name("lab")
+        netns = netns_name(pool.agent.node_id, "lab")
 
         def ours() -> list[int]:
             found = subprocess.run(["pgrep", "-f", "process=gu-vm-[ab]-"], capture_output=True,
@@ -396,4 +396,38 @@ def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Poo
     for name in ("vm-a", "vm-b"):
         pool.admin.delete("Session", name)
         wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
-    assert not os.path.exists(f"/run/netns/{netns_name('lab')}")  # gone with its last VM
+    assert not os.path.exists(
+        f"/run/netns/{netns_name(pool.agent.node_id, 'lab')}"
+    )  # gone with its last VM
+
+
+def test_two_vms_on_two_providers_ping_each_other_through_the_agents_bridge(
+    pool: Pool,
+) -> None:
+    token = pool.admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+    second = AgentProcess(pool.hub, pool.tmp / "vm2", pool.tmp / "vm2.log")
+    second.start(
+        "--join-token", token, "--name", "vm2", "--heartbeat", "1", "--vnet-port", "0",
+        "--runtimes", "native,vm", "--vm-assets", str(pool.assets), "--vm-accel", "tcg",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len([p for p in pool.admin.call("GET", "/peers") if p["ready"]]) == 2,
+                 timeout=30, what="the second agent Ready")  # fmt: skip
+        pool.admin.apply([{"apiVersion": "gu/v1", "kind": "VirtualNetwork",
+                           "metadata": {"name": "wide"}, "spec": {"cidr": "10.78.0.0/24"}}])  # fmt: skip
+        vm_session(pool, "far-a", "peer", cpu=0.5, network="wide",
+                   providers={"nodes": [pool.agent.node_id]})  # fmt: skip
+        vm_session(pool, "far-b", "peer", cpu=0.5, network="wide",
+                   providers={"nodes": [second.node_id]})  # fmt: skip
+        a = placement_in(pool, "far-a", "Succeeded", timeout=180)
+        b = placement_in(pool, "far-b", "Succeeded", timeout=180)
+        assert a["spec"]["node"] != b["spec"]["node"]
+        for name, other in (("far-a", b), ("far-b", a)):
+            logs = run_gu("logs", name, env=pool.hub.env).stdout
+            peer_ip = other["spec"]["networkInterface"]["address"].split("/")[0]
+            assert f"reached {peer_ip}" in logs, logs
+        for name in ("far-a", "far-b"):
+            pool.admin.delete("Session", name)
+            wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+    finally:
+        second.stop()

@@ -17,6 +17,7 @@ from controller.api.common import ApiProblem, Caller
 from controller.api.deps import Deps
 from controller.auth import Forbidden
 from controller.poolview import ACTIVE
+from specs.kinds import default_bus
 
 router = APIRouter(tags=["vnet"])
 
@@ -53,8 +54,10 @@ def membership(name: str, who: Caller, d: Deps) -> dict[str, Any]:
     for m in members:
         m["endpoints"] = endpoints.get(m["node"], [])
     spec = net.get("spec") or {}
+    mcast = spec.get("multicast") or {}
     return {
         "network": name,
+        "bus": f"{mcast['group']}:{mcast['port']}" if mcast else default_bus(name),
         "cidr": spec.get("cidr"),
         "mtu": spec.get("mtu"),
         "keys": d.vnet_keys.keys(name, str(net["metadata"].get("uid") or "")),
