@@ -447,12 +447,15 @@ class Bridge:
         return reason
 
     def stats(self) -> dict[str, Any]:
-        """Per network: counters and each peer's path (direct, with its endpoint)."""
+        """Per network: counters, drops by reason and each peer's path (direct once heard
+        from, with its endpoint) — what the heartbeat's ``usage.networks`` carries."""
         with self._lock:
             nets = list(self.networks.values())
         return {
             n.name: {
-                **n.counters,
+                **{k: v for k, v in n.counters.items() if not k.startswith("dropped.")},
+                "dropped": {k.removeprefix("dropped."): v for k, v in n.counters.items()
+                            if k.startswith("dropped.") and v},  # fmt: skip
                 "peers": {
                     p.node: {
                         "path": "direct" if p.learned else "unknown",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psutil
 
@@ -131,7 +131,9 @@ def collect_inventory(runtimes: Mapping[str, Capabilities], storage_path: Path) 
     )
 
 
-def collect_usage(storage_path: Path, workloads: int) -> Usage:
+def collect_usage(
+    storage_path: Path, workloads: int, networks: dict[str, Any] | None = None
+) -> Usage:
     """What this machine is using now; ``workloads`` is the agent's count of running ones.
 
     ``cpuPercent`` is system-wide since the previous call from this thread, and
@@ -142,4 +144,5 @@ def collect_usage(storage_path: Path, workloads: int) -> Usage:
         memoryAvailableBytes=psutil.virtual_memory().available,
         storageFreeBytes=psutil.disk_usage(str(_existing(storage_path))).free,
         workloads=workloads,
+        networks=networks or {},
     )

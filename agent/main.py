@@ -195,7 +195,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
                 stop,
                 config.heartbeat,
                 lambda: collect_inventory(runtime_set.capabilities, state),
-                lambda: collect_usage(state, reconciler.running_count()),
+                lambda: collect_usage(state, reconciler.running_count(), bridge.stats()),
                 bridge.endpoints,
             ),
             name="gu-agent-heartbeat",

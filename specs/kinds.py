@@ -409,6 +409,24 @@ class Inventory(Model):
     runtimeInfo: list[RuntimeInfo] = Field(default_factory=list, max_length=16)
 
 
+class PeerPath(Model):
+    """How this provider reaches another member node of a network."""
+
+    path: Literal["direct", "relayed", "unknown"] = "unknown"
+    endpoint: str | None = Field(default=None, max_length=100)
+
+
+class NetworkCounters(Model):
+    """What this provider's bridge carried on one VirtualNetwork since the agent started."""
+
+    framesOut: int = 0
+    bytesOut: int = 0
+    framesIn: int = 0
+    bytesIn: int = 0
+    dropped: dict[str, int] = Field(default_factory=dict, max_length=16)
+    peers: dict[str, PeerPath] = Field(default_factory=dict, max_length=1024)
+
+
 class Usage(Model):
     """What a provider is using right now."""
 
@@ -416,6 +434,8 @@ class Usage(Model):
     memoryAvailableBytes: int = 0
     storageFreeBytes: int = 0
     workloads: int = 0
+    #: per VirtualNetwork it hosts a member of: frames and bytes bridged, drops, paths
+    networks: dict[str, NetworkCounters] = Field(default_factory=dict, max_length=256)
 
 
 class ProviderSpec(Model):

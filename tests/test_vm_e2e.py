@@ -11,6 +11,7 @@ agent and is deleted. A tampered image boots none.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +57,18 @@ peer) b=/bin/busybox; $b ip addr; me=$($b ip -4 -o addr show eth0 | $b awk '{pri
     other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}')
     $b ping -c 3 -w 60 "$other" && echo "reached $other"; r=$?
     $b sleep 6; exit $r ;;  # (stays up for the peer's pings)
+mesh) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}' | $b cut -d/ -f1)
+    pre=${me%.*}; ok=0; first=
+    for i in $($b seq 1 "$2"); do
+      [ "$pre.$i" = "$me" ] && continue; [ -n "$first" ] || first=$pre.$i
+      $b ping -c 2 -w 90 "$pre.$i" >/dev/null && { echo "reached $pre.$i"; ok=$((ok+1)); }
+    done
+    echo "mesh done $ok"
+    [ "$3" = long ] && $b ping -c 40 -i 0.25 -w 40 "$first" | $b tail -2
+    $b sleep "${4:-25}" ;;
+iso) /bin/busybox ip addr add "$3" dev eth0  # even with an address of the other network
+     if /bin/busybox ping -c 3 -w 6 "$2" >/dev/null 2>&1; then echo "reached $2"
+     else echo "isolated from $2"; fi ;;
 flood) i=0; while :; do /bin/busybox head -c 1048576 /dev/zero > out/c$i; i=$((i+1)); done ;;
 esac
 """
@@ -401,33 +414,59 @@ def test_two_vms_on_one_network_ping_each_other_over_the_providers_bus(pool: Poo
     )  # gone with its last VM
 
 
-def test_two_vms_on_two_providers_ping_each_other_through_the_agents_bridge(
+def test_vms_on_two_providers_reach_each_other_through_the_bridge_across_a_key_rotation(
     pool: Pool,
 ) -> None:
+    """Three VMs on one provider and one on another, all pairs ping (bus and bridge); the
+    key rotates while one pings; a VM on another network with the same CIDR reaches none."""
     token = pool.admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
     second = AgentProcess(pool.hub, pool.tmp / "vm2", pool.tmp / "vm2.log")
     second.start(
         "--join-token", token, "--name", "vm2", "--heartbeat", "1", "--vnet-port", "0",
         "--runtimes", "native,vm", "--vm-assets", str(pool.assets), "--vm-accel", "tcg",
     )  # fmt: skip
+    names = ("far-a", "far-c", "far-d", "far-b", "iso")
     try:
         wait_for(lambda: len([p for p in pool.admin.call("GET", "/peers") if p["ready"]]) == 2,
                  timeout=30, what="the second agent Ready")  # fmt: skip
-        pool.admin.apply([{"apiVersion": "gu/v1", "kind": "VirtualNetwork",
-                           "metadata": {"name": "wide"}, "spec": {"cidr": "10.78.0.0/24"}}])  # fmt: skip
-        vm_session(pool, "far-a", "peer", cpu=0.5, network="wide",
-                   providers={"nodes": [pool.agent.node_id]})  # fmt: skip
-        vm_session(pool, "far-b", "peer", cpu=0.5, network="wide",
-                   providers={"nodes": [second.node_id]})  # fmt: skip
-        a = placement_in(pool, "far-a", "Succeeded", timeout=180)
-        b = placement_in(pool, "far-b", "Succeeded", timeout=180)
-        assert a["spec"]["node"] != b["spec"]["node"]
-        for name, other in (("far-a", b), ("far-b", a)):
+        here, there = {"nodes": [pool.agent.node_id]}, {"nodes": [second.node_id]}
+        pool.admin.apply([
+            {"apiVersion": "gu/v1", "kind": "VirtualNetwork", "metadata": {"name": n},
+             "spec": {"cidr": cidr}} for n, cidr in (("wide", "10.78.0.0/24"),
+                                                     ("other", "10.79.0.0/24"))
+        ])  # fmt: skip
+        for name in ("far-a", "far-c", "far-d"):
+            vm_session(pool, name, "mesh", cpu=0.3, network="wide", providers=here,
+                       data={"args": ["mesh", "4"]})  # fmt: skip
+        vm_session(pool, "far-b", "mesh", cpu=0.3, network="wide", providers=there,
+                   data={"args": ["mesh", "4", "long", "5"]})  # fmt: skip
+        vm_session(pool, "iso", "iso", cpu=0.3, network="other", providers=here,
+                   data={"args": ["iso", "10.78.0.2", "10.78.0.250/24"]})  # fmt: skip
+        wait_for(lambda: "mesh done" in run_gu("logs", "far-b", env=pool.hub.env).stdout,
+                 timeout=240, what="far-b through its mesh pings")  # fmt: skip
+        rotated = run_gu("vnet", "rotate-key", "wide", env=pool.hub.env)
+        assert rotated.returncode == 0, rotated.stderr
+        # while they run: members, and the bridges' paths to each other (live, heartbeats)
+        described = wait_for(
+            lambda: "direct" in (out := run_gu("describe", "vnet", "wide", env=pool.hub.env)
+                                 .stdout) and out,
+            timeout=20, what="gu describe vnet showing direct paths",
+        )  # fmt: skip
+        assert "Bridges" in described and "10.78.0.4" in described, described
+        for name in names:
+            placement_in(pool, name, "Succeeded", timeout=240)
+        for name in ("far-a", "far-c", "far-d", "far-b"):
             logs = run_gu("logs", name, env=pool.hub.env).stdout
-            peer_ip = other["spec"]["networkInterface"]["address"].split("/")[0]
-            assert f"reached {peer_ip}" in logs, logs
-        for name in ("far-a", "far-b"):
-            pool.admin.delete("Session", name)
-            wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+            assert "mesh done 3" in logs, (name, logs)  # the other three, bus or bridge
+        long = run_gu("logs", "far-b", env=pool.hub.env).stdout
+        received = int(long.split(" packets received")[0].rsplit(", ", 1)[1])
+        assert received >= 30, long  # at most a few seconds lost while the key rotated
+        iso = run_gu("logs", "iso", env=pool.hub.env).stdout
+        assert "isolated from 10.78.0.2" in iso, iso
     finally:
+        for name in names:
+            with contextlib.suppress(Exception):
+                pool.admin.delete("Session", name)
+        for name in names:
+            wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
         second.stop()

@@ -276,6 +276,8 @@ def describe_command(state: CliState, kind: str, name: str) -> None:
             raise
         events = None
     click.echo(describe_text(obj, events))
+    if kind == "VirtualNetwork":
+        _describe_paths(client, obj)
     if kind == "Session":
         outputs = client.call("GET", f"/v1/sessions/{name}/outputs")["items"]
         if outputs:
@@ -284,6 +286,31 @@ def describe_command(state: CliState, kind: str, name: str) -> None:
                 click.echo(
                     f"  {o['placement']}  {o['files']} files, {o['size']} bytes  {o['hash']}"
                 )
+
+
+def _describe_paths(client: Any, net: dict[str, Any]) -> None:
+    """Each member node's bridge on this network: frames carried, drops, and how it reaches
+    the other member nodes (from the providers' live usage)."""
+    name = net["metadata"]["name"]
+    nodes = sorted({m.get("node") for m in net.get("status", {}).get("members") or []} - {None})
+    if not nodes:
+        return
+    click.echo("Bridges (per member node):")
+    for node in nodes:
+        try:
+            usage = client.call("GET", f"/peers/{node}").get("usage") or {}
+        except ApiError:
+            continue
+        c = (usage.get("networks") or {}).get(name)
+        if not c:
+            click.echo(f"  {node[:10]}  no bridge report yet")
+            continue
+        paths = ", ".join(f"{peer[:10]} {p.get('path')}" for peer, p in sorted(c["peers"].items()))
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted((c.get("dropped") or {}).items()))
+        click.echo(
+            f"  {node[:10]}  out {c.get('framesOut', 0)} in {c.get('framesIn', 0)} frames; "
+            f"dropped: {dropped or 'none'}; paths: {paths or 'no other member node'}"
+        )
 
 
 # ------------------------------------------------------------ gu delete

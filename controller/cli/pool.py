@@ -101,6 +101,18 @@ def peer_command(state: CliState, node: str, output: str) -> None:
         ]
     else:
         lines.append(["Inventory", "not reported yet"])
+    for net, c in sorted((usage.get("networks") or {}).items()):
+        paths = ", ".join(
+            f"{node[:10]} {p.get('path')}" + (f" {p['endpoint']}" if p.get("endpoint") else "")
+            for node, p in sorted((c.get("peers") or {}).items())
+        )
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted((c.get("dropped") or {}).items()))
+        lines.append([
+            f"Network {net}",
+            f"out {c.get('framesOut', 0)} frames/{c.get('bytesOut', 0)} B, in "
+            f"{c.get('framesIn', 0)}/{c.get('bytesIn', 0)} B; dropped: {dropped or 'none'}; "
+            f"peers: {paths or 'none'}",
+        ])  # fmt: skip
     click.echo(format_table(["FIELD", "VALUE"], lines))
 
 
