@@ -32,6 +32,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -58,6 +59,8 @@ REPLAY_WINDOW = 2048
 KEEPALIVE_SECONDS = 10.0
 REFRESH_SECONDS = 2.0
 MAX_DATAGRAM = 65535
+SOCKET_BUFFER = 4 << 20
+"""Receive buffers of the bus and peer sockets: bursts wait there, not on the floor."""
 CLONE_NEWNET = 0x40000000
 DROP_REASONS = ("badTag", "replay", "unknownNetwork", "unknownPeer", "unknownMac", "malformed")
 
@@ -155,6 +158,7 @@ def open_bus(group: str, port: int, netns: str | None) -> tuple[socket.socket, s
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(AttributeError, OSError):
                 rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             rx.bind((group, port))
             mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
             rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
@@ -191,6 +195,7 @@ class Bridge:
         self.membership = membership
         self.netns_of = netns_of
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         try:
             self.sock.bind((bind, port))
         except OSError as exc:  # (another agent on this machine has it): any free port
@@ -202,7 +207,7 @@ class Bridge:
         log.info(kv("vnet_bridge_listening", address=f"{bind}:{self.port}"))
         self.networks: dict[bytes, Network] = {}
         self._lock = threading.Lock()
-        self._counter = time.time_ns()
+        self._counter = itertools.count(time.time_ns())
         self._aeads: dict[tuple[bytes, str], ChaCha20Poly1305] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -318,9 +323,7 @@ class Bridge:
         if not net.keys:
             return None
         key_id, key = net.keys[0]
-        with self._lock:
-            self._counter += 1
-            counter = self._counter
+        counter = next(self._counter)
         header = HEADER.pack(VERSION, net.nid, self.me, key_id, counter)
         nonce = b"\0\0\0\0" + counter.to_bytes(8, "big")
         return header + self._aead(key, self.node_id).encrypt(nonce, frame, header)
@@ -454,8 +457,11 @@ class Bridge:
         return {
             n.name: {
                 **{k: v for k, v in n.counters.items() if not k.startswith("dropped.")},
-                "dropped": {k.removeprefix("dropped."): v for k, v in n.counters.items()
-                            if k.startswith("dropped.") and v},  # fmt: skip
+                "dropped": {
+                    k.removeprefix("dropped."): v
+                    for k, v in n.counters.items()
+                    if k.startswith("dropped.") and v
+                },
                 "peers": {
                     p.node: {
                         "path": "direct" if p.learned else "unknown",
