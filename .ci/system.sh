@@ -11,6 +11,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # the vm runtime: QEMU (TCG when KVM does not boot), mksquashfs for .gvmi images
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v mksquashfs >/dev/null 2>&1 || [ -x /usr/sbin/mksquashfs ] || need+=(squashfs-tools)
+# the virtual network's relay test blocks UDP between two bridges on loopback
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # the web UI's browser tests: Debian's chromium, driven by playwright (never its own download)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

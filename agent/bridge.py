@@ -21,7 +21,12 @@ counters per sender and key. A datagram that fails any check is dropped and coun
 Peers are addressed by node id, not by IP: the membership lists each member node's
 reported endpoints (heartbeats carry this agent's); an authenticated datagram from a new
 source address moves that peer's endpoint there (WireGuard-style roaming), and every
-member is sent a keepalive every ``KEEPALIVE_SECONDS`` so NAT mappings stay open.
+member is sent a keepalive every ``KEEPALIVE_SECONDS`` so NAT mappings stay open. When
+nothing came directly from a peer for ``PATH_TIMEOUT``, datagrams for it also go through
+the hub (``POST /v1/vnet/relay``, over the agent's authenticated connection; the hub
+passes ciphertext on and can read none of it) while the direct path keeps being tried;
+the first datagram heard directly again makes it direct (Tailscale's DERP fallback, in
+small).
 The membership is read again every ``REFRESH_SECONDS`` while the provider hosts a
 member; keys rotate with it (the previous key is still accepted during the overlap).
 """
@@ -35,13 +40,14 @@ import hashlib
 import itertools
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -56,7 +62,11 @@ log = logging.getLogger("gu.agent.bridge")
 VERSION = 1
 HEADER = struct.Struct("!B8s20sIQ")
 REPLAY_WINDOW = 2048
-KEEPALIVE_SECONDS = 10.0
+KEEPALIVE_SECONDS = 2.0
+PATH_TIMEOUT = 5.0
+"""A path counts as working while a datagram came over it within this many seconds."""
+RELAYED = ("relay", 0)
+"""The source address of a datagram that came through the hub's relay."""
 REFRESH_SECONDS = 2.0
 MAX_DATAGRAM = 65535
 SOCKET_BUFFER = 4 << 20
@@ -66,6 +76,14 @@ DROP_REASONS = ("badTag", "replay", "unknownNetwork", "unknownPeer", "unknownMac
 
 Membership = Callable[[str], dict[str, Any]]
 """``membership(network)``: the hub's ``GET /v1/vnet/{name}/membership`` answer."""
+
+
+class RelayPort(Protocol):
+    """The hub's relay over the agent's authenticated connection (``agent.hubsession``)."""
+
+    def relay_send(self, to: str, datagrams: list[bytes]) -> None: ...
+
+    def relay_poll(self, timeout: float) -> list[bytes]: ...
 
 
 def network_id(network: str) -> bytes:
@@ -110,10 +128,20 @@ class Peer:
     reported: list[tuple[str, int]] = field(default_factory=list)
     learned: tuple[str, int] | None = None
     last_heard: float = 0.0
+    direct_at: float = 0.0
+    relayed_at: float = 0.0
 
     def targets(self) -> list[tuple[str, int]]:
         """Where to send: the address it was last heard from, else every reported one."""
         return [self.learned] if self.learned else list(self.reported)
+
+    def direct(self, now: float) -> bool:
+        return now - self.direct_at < PATH_TIMEOUT
+
+    def path(self, now: float) -> str:
+        if self.direct(now):
+            return "direct"
+        return "relayed" if now - self.relayed_at < PATH_TIMEOUT else "unknown"
 
 
 @dataclass
@@ -189,8 +217,11 @@ class Bridge:
         netns_of: Callable[[str], str | None],
         port: int = 0,
         bind: str = "0.0.0.0",
+        relay: RelayPort | None = None,
     ) -> None:
         self.node_id = node_id
+        self.relay = relay
+        self._outbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=4096)
         self.me = node_bytes(node_id)
         self.membership = membership
         self.netns_of = netns_of
@@ -217,9 +248,13 @@ class Bridge:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        t = threading.Thread(target=self._peer_loop, name="gu-vnet-peers", daemon=True)
-        t.start()
-        self._threads.append(t)
+        loops = [(self._peer_loop, "gu-vnet-peers")]
+        if self.relay is not None:
+            loops += [(self._relay_out, "gu-vnet-relay-out"), (self._relay_in, "gu-vnet-relay-in")]
+        for target, name in loops:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
@@ -348,26 +383,36 @@ class Bridge:
         datagram = self._seal(net, frame)
         if datagram is None:
             return
+        now = time.monotonic()
         for node in nodes:
             peer = net.peers.get(node)
-            for target in peer.targets() if peer else []:
-                with contextlib.suppress(OSError):
-                    self.sock.sendto(datagram, target)
-                    net.counters["framesOut"] += 1
-                    net.counters["bytesOut"] += len(frame)
+            if peer is None:
+                continue
+            self._send(peer, datagram, now)
+            net.counters["framesOut"] += 1
+            net.counters["bytesOut"] += len(frame)
+
+    def _send(self, peer: Peer, datagram: bytes, now: float) -> None:
+        """Directly while that path works; else through the hub's relay as well, while
+        the direct one keeps being tried (it is taken again as soon as it answers)."""
+        for target in peer.targets():
+            with contextlib.suppress(OSError):
+                self.sock.sendto(datagram, target)
+        if self.relay is not None and not peer.direct(now):
+            with contextlib.suppress(queue.Full):
+                self._outbox.put_nowait((peer.node, datagram))
 
     def keepalive(self) -> None:
         """An empty authenticated datagram to every peer of every network."""
         with self._lock:
             nets = list(self.networks.values())
+        now = time.monotonic()
         for net in nets:
             datagram = self._seal(net, b"")
             if datagram is None:
                 continue
             for peer in list(net.peers.values()):
-                for target in peer.targets():
-                    with contextlib.suppress(OSError):
-                        self.sock.sendto(datagram, target)
+                self._send(peer, datagram, now)
 
     # --------------------------------------------------------- receiving
 
@@ -428,12 +473,21 @@ class Bridge:
         window = net.windows.setdefault((node, key_id), ReplayWindow())
         if not window.accept(counter):
             return self._drop(net, "replay")
-        if peer.learned != src:
-            if peer.learned is not None:
-                log.info(kv("vnet_peer_roamed", network=net.name, peer=node,
-                            endpoint=f"{src[0]}:{src[1]}"))  # fmt: skip
-            peer.learned = src
-        peer.last_heard = time.monotonic()
+        now = time.monotonic()
+        if src == RELAYED:
+            if not peer.direct(now) and now - peer.relayed_at >= PATH_TIMEOUT:
+                log.info(kv("vnet_peer_relayed", network=net.name, peer=node))
+            peer.relayed_at = now
+        else:
+            if peer.learned != src:
+                if peer.learned is not None:
+                    log.info(kv("vnet_peer_roamed", network=net.name, peer=node,
+                                endpoint=f"{src[0]}:{src[1]}"))  # fmt: skip
+                peer.learned = src
+            if not peer.direct(now):
+                log.info(kv("vnet_peer_direct", network=net.name, peer=node))
+            peer.direct_at = now
+        peer.last_heard = now
         if not frame:
             return "keepalive"
         dest = frame[:6]
@@ -444,6 +498,40 @@ class Bridge:
             net.counters["framesIn"] += 1
             net.counters["bytesIn"] += len(frame)
         return "delivered"
+
+    # ------------------------------------------------------------- relay
+
+    def _relay_out(self) -> None:
+        """Hand queued datagrams to the hub's relay, in batches per recipient."""
+        assert self.relay is not None
+        while not self._stop.is_set():
+            try:
+                first = self._outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch: dict[str, list[bytes]] = {first[0]: [first[1]]}
+            with contextlib.suppress(queue.Empty):
+                for _ in range(255):
+                    node, datagram = self._outbox.get_nowait()
+                    batch.setdefault(node, []).append(datagram)
+            for node, datagrams in batch.items():
+                try:
+                    self.relay.relay_send(node, datagrams)
+                except Exception as exc:  # the hub is away: direct probes go on
+                    log.debug(kv("vnet_relay_send_failed", peer=node, error=exc))
+
+    def _relay_in(self) -> None:
+        """Take what the hub relays to this agent (long poll) as if it came over UDP."""
+        assert self.relay is not None
+        while not self._stop.is_set():
+            try:
+                datagrams = self.relay.relay_poll(20.0)
+            except Exception as exc:
+                log.debug(kv("vnet_relay_poll_failed", error=exc))
+                self._stop.wait(1.0)
+                continue
+            for datagram in datagrams:
+                self.receive(datagram, RELAYED)
 
     def _drop(self, net: Network, reason: str) -> str:
         net.counters[f"dropped.{reason}"] += 1
@@ -464,7 +552,7 @@ class Bridge:
                 },
                 "peers": {
                     p.node: {
-                        "path": "direct" if p.learned else "unknown",
+                        "path": p.path(time.monotonic()),
                         "endpoint": f"{p.learned[0]}:{p.learned[1]}" if p.learned else None,
                     }
                     for p in n.peers.values()

@@ -23,6 +23,7 @@ from the network) would block it forever. The hub sends a BOOKMARK every
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
@@ -133,6 +134,19 @@ class HubSession:
     def vnet_membership(self, network: str) -> dict[str, Any]:
         """A network's keys and members (only to an agent hosting one of them)."""
         return dict(self.client.call("GET", f"/v1/vnet/{network}/membership"))
+
+    def relay_send(self, to: str, datagrams: list[bytes]) -> None:
+        """Sealed datagrams for member node ``to``, through the hub's relay."""
+        body = {"to": to, "datagrams": [base64.b64encode(d).decode() for d in datagrams]}
+        self.client.call("POST", "/v1/vnet/relay", json=body)
+
+    def relay_poll(self, timeout: float) -> list[bytes]:
+        """What the hub relays to this agent (waits up to ``timeout`` seconds)."""
+        got = self.client.call(
+            "GET", "/v1/vnet/relay", params={"timeout": timeout},
+            timeout=httpx.Timeout(10.0, read=timeout + 10),
+        )  # fmt: skip
+        return [base64.b64decode(d) for d in got.get("datagrams") or []]
 
     # ----------------------------------------------------------- placements
 

@@ -183,6 +183,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         buses.netns_for,
         port=config.vnet_port,
         bind=config.vnet_bind,
+        relay=session,
     )
     bridge.start()
     runtime_names = sorted(runtimes)

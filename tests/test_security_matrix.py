@@ -366,6 +366,10 @@ def logs_body(w: World, p: str) -> dict[str, Any]:
     return {"content": b"hello from the workload\n"}
 
 
+def relay_body(w: World, p: str) -> dict[str, Any]:
+    return {"json": {"to": w.other_node, "datagrams": []}}
+
+
 def resume_body(w: World, p: str) -> dict[str, Any]:
     return {"json": {"suspend": False}}  # a-session is not suspended: changes nothing
 
@@ -520,6 +524,9 @@ ROWS: tuple[Row, ...] = (
     Row("GET", "/v1/vnet/{name}/membership", "/v1/vnet/doomed-none/membership",
         "401 401 401 403 403 403 200"),
     Row("POST", "/v1/vnet/{name}/rotate-key", "/v1/vnet/doomed-none/rotate-key", ADMIN_ONLY),
+    # the relay: agents only (what they send is checked per datagram: none here)
+    Row("POST", "/v1/vnet/relay", "/v1/vnet/relay", "401 401 401 403 200 403 403", relay_body),
+    Row("GET", "/v1/vnet/relay", "/v1/vnet/relay?timeout=0", "401 401 401 403 200 403 403"),
     # images
     Row("POST", "/v1/images", "/v1/images", APPS_AND_ADMIN, image_body),
     Row("GET", "/v1/images", "/v1/images", APPS_AND_ADMIN),

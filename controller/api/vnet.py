@@ -8,13 +8,19 @@ the network (403 to any other agent, as to apps; the admin may read it). The key
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import hashlib
+from collections import deque
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
 from controller import authz
 from controller.api.common import ApiProblem, Caller
-from controller.api.deps import Deps
+from controller.api.deps import ApiDeps, Deps
 from controller.auth import Forbidden
 from controller.poolview import ACTIVE
 from specs.kinds import default_bus
@@ -75,3 +81,99 @@ def rotate_key(name: str, who: Caller, d: Deps) -> dict[str, Any]:
 
 
 __all__ = ["router"]
+
+
+# ------------------------------------------------------------------- relay
+
+RELAY_QUEUE = 2048
+"""Datagrams the hub holds per recipient agent (the oldest dropped past it)."""
+RELAY_BATCH = 256
+MAX_RELAY_DATAGRAM = 4096
+
+
+class RelayRequest(BaseModel):
+    to: str = Field(max_length=64)
+    datagrams: list[str] = Field(max_length=RELAY_BATCH)
+
+
+class Relay:
+    """In-memory mailboxes of sealed datagrams, per recipient node, on the API's loop."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[str, deque[str]] = {}
+        self.events: dict[str, asyncio.Event] = {}
+
+    def put(self, node: str, datagrams: list[str]) -> None:
+        box = self.boxes.setdefault(node, deque(maxlen=RELAY_QUEUE))
+        box.extend(datagrams)
+        event = self.events.pop(node, None)
+        if event is not None:
+            event.set()
+
+    async def take(self, node: str, timeout: float) -> list[str]:
+        box = self.boxes.get(node)
+        if not box:
+            event = self.events.setdefault(node, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+            box = self.boxes.get(node)
+        out = list(box or ())
+        if box:
+            box.clear()
+        return out
+
+
+def _shared_networks(d: ApiDeps, a: str, b: str) -> set[bytes]:
+    """Network ids (``agent.bridge.network_id``) both nodes host an active member of."""
+
+    def nets(node: str) -> set[str]:
+        return {
+            str(p["spec"].get("network"))
+            for p in d.store.list_where("Placement", "$.node", node)
+            if p["spec"].get("network")
+            and (p.get("status") or {}).get("state", "Pending") in ACTIVE
+        }
+
+    return {hashlib.sha256(n.encode()).digest()[:8] for n in nets(a) & nets(b)}
+
+
+@router.post("/v1/vnet/relay")
+async def relay_send(req: RelayRequest, request: Request, who: Caller, d: Deps) -> dict[str, Any]:
+    """An agent's sealed datagrams for another member node, when no direct UDP path works
+    between them: the hub passes the ciphertext on, and can read none of it. Only between
+    nodes hosting members of the network each datagram names, from its own sender."""
+    if who.role != "agent":
+        raise Forbidden(f"{who} lacks permission to relay: only agents relay frames")
+    shared = await asyncio.to_thread(_shared_networks, d, who.name, req.to)
+    me = bytes.fromhex(who.name.removeprefix("0x"))
+    ok = []
+    for text in req.datagrams:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError:
+            continue
+        # header: version (1) | network id (8) | sender (20) | ...
+        if len(raw) <= 29 or len(raw) > MAX_RELAY_DATAGRAM or raw[9:29] != me:
+            continue
+        if raw[1:9] in shared:
+            ok.append(text)
+    if ok:
+        relay_of(request).put(req.to, ok)
+    return {"relayed": len(ok), "refused": len(req.datagrams) - len(ok)}
+
+
+@router.get("/v1/vnet/relay")
+async def relay_receive(
+    request: Request, who: Caller, timeout: float = Query(default=20.0, ge=0, le=30)
+) -> dict[str, Any]:
+    """The datagrams relayed to this agent (long poll: waits up to ``timeout`` seconds)."""
+    if who.role != "agent":
+        raise Forbidden(f"{who} lacks permission to receive relayed frames")
+    return {"datagrams": await relay_of(request).take(who.name, timeout)}
+
+
+def relay_of(request: Request) -> Relay:
+    relay = getattr(request.app.state, "relay", None)
+    if relay is None:
+        relay = request.app.state.relay = Relay()
+    return relay
