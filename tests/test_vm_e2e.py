@@ -71,6 +71,16 @@ pingloop) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
     other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}')
     $b ping -c 2 -w 90 "$other" >/dev/null; echo "pinging $other"
     $b ping -c "$2" -i 0.25 -w 90 "$other" | $b tail -2; $b sleep 4 ;;
+tcprecv) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
+    other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}'); i=0
+    until $b wget -q -O /tmp/got "http://$other:5000/out"; do
+      i=$((i+1)); [ $i -gt 90 ] && exit 1; $b sleep 1
+    done
+    echo "received $($b sha256sum /tmp/got | $b cut -d' ' -f1) $($b wc -c < /tmp/got)" ;;
+tcpsend) b=/bin/busybox; $b mkdir -p /tmp/www; $b head -c 10485760 /dev/urandom > /tmp/www/out
+    echo "sent $($b sha256sum /tmp/www/out | $b cut -d' ' -f1)"
+    $b httpd -f -p 5000 -h /tmp/www & h=$!
+    i=0; while [ $i -lt 120 ]; do $b sleep 1; i=$((i+1)); done; kill $h ;;
 iso) /bin/busybox ip addr add "$3" dev eth0  # even with an address of the other network
      if /bin/busybox ping -c 3 -w 6 "$2" >/dev/null 2>&1; then echo "reached $2"
      else echo "isolated from $2"; fi ;;
@@ -528,6 +538,38 @@ def test_blocked_udp_between_two_providers_falls_back_to_the_hub_relay_and_back(
     finally:
         for rule in rules:
             subprocess.run(["iptables", "-D", *rule], check=False)
+        for name in names:
+            with contextlib.suppress(Exception):
+                pool.admin.delete("Session", name)
+        for name in names:
+            wait_for(lambda n=name: session_gone(pool, n), timeout=60, what=f"{name} deleted")
+        second.stop()
+
+
+@pytest.mark.parametrize("far", [False, True], ids=["same-provider", "two-providers"])
+def test_ten_mib_over_tcp_between_vms_arrive_intact(pool: Pool, far: bool) -> None:
+    token = pool.admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+    second = AgentProcess(pool.hub, pool.tmp / "vm4", pool.tmp / "vm4.log")
+    second.start(
+        "--join-token", token, "--name", "vm4", "--heartbeat", "1", "--vnet-port", "0",
+        "--runtimes", "native,vm", "--vm-assets", str(pool.assets), "--vm-accel", "tcg",
+    )  # fmt: skip
+    names = ("tcp-recv", "tcp-send")
+    try:
+        wait_for(lambda: second.node_id in {p["nodeId"] for p in pool.admin.call("GET", "/peers")
+                                            if p["ready"]}, timeout=30, what="vm4 Ready")  # fmt: skip
+        pool.admin.apply([{"apiVersion": "gu/v1", "kind": "VirtualNetwork",
+                           "metadata": {"name": "tcp"}, "spec": {"cidr": "10.81.0.0/24"}}])  # fmt: skip
+        vm_session(pool, "tcp-recv", "tcprecv", cpu=0.5, network="tcp",
+                   providers={"nodes": [pool.agent.node_id]})  # fmt: skip
+        vm_session(pool, "tcp-send", "tcpsend", cpu=0.5, network="tcp",
+                   providers={"nodes": [second.node_id if far else pool.agent.node_id]})  # fmt: skip
+        placement_in(pool, "tcp-recv", "Succeeded", timeout=240)
+        sent = run_gu("logs", "tcp-send", env=pool.hub.env).stdout
+        got = run_gu("logs", "tcp-recv", env=pool.hub.env).stdout
+        digest = sent.split("sent ", 1)[1].split()[0]
+        assert f"received {digest} 10485760" in got, (sent, got)
+    finally:
         for name in names:
             with contextlib.suppress(Exception):
                 pool.admin.delete("Session", name)
