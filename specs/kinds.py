@@ -8,8 +8,8 @@ names are the wire names (camelCase), so no alias can be forgotten.
 from __future__ import annotations
 
 import base64
-import hashlib
 import binascii
+import hashlib
 import ipaddress
 import re
 from datetime import datetime
