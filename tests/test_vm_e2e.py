@@ -47,6 +47,8 @@ class Pool:
 
 
 SCRIPT = """\
+# the other member of a two-member network: .1 for .2, .2 for anything else
+other_of() { echo "$1" | /bin/busybox awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}'; }
 case "$1" in
 exit7) echo hello-from-vm; echo oops >&2; exit 7 ;;
 ok) echo fine; exit 0 ;;
@@ -55,7 +57,7 @@ io) b=/bin/busybox; $b sha256sum in/data.bin | $b cut -d' ' -f1 > out/result.txt
     if echo x 2>/dev/null > in/data.bin; then echo writable; else echo read-only; fi > out/ro.txt
     $b mkdir out/sub && echo nested > out/sub/note.txt ;;
 peer) b=/bin/busybox; $b ip addr; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
-    other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}')
+    other=$(other_of "$me")
     $b ping -c 3 -w 60 "$other" && echo "reached $other"; r=$?
     $b sleep 6; exit $r ;;  # (stays up for the peer's pings)
 mesh) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}' | $b cut -d/ -f1)
@@ -68,11 +70,11 @@ mesh) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}' | $b
     [ "$3" = long ] && $b ping -c 40 -i 0.25 -w 40 "$first" | $b tail -2
     $b sleep "${4:-25}" ;;
 pingloop) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
-    other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}')
+    other=$(other_of "$me")
     $b ping -c 2 -w 90 "$other" >/dev/null; echo "pinging $other"
     $b ping -c "$2" -i 0.25 -w 90 "$other" | $b tail -2; $b sleep 4 ;;
 tcprecv) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
-    other=$(echo "$me" | $b awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}'); i=0
+    other=$(other_of "$me"); i=0
     until $b wget -q -O /tmp/got "http://$other:5000/out"; do
       i=$((i+1)); [ $i -gt 90 ] && exit 1; $b sleep 1
     done

@@ -20,7 +20,7 @@ from controller.cli.errors import BadInputError, HubError
 from controller.cli.images import progress_bar, upload
 from controller.cli.output import dump_json, format_table, human_bytes
 from controller.cli.state import CliState, pass_state
-from controller.client import Client
+from controller.client import Client, error_from
 from specs.images import Hasher, PackError, pack_tar
 
 
@@ -109,7 +109,7 @@ def download(client: Client, blob: str, out: Path, label: str | None = None) -> 
         with client.http.stream("GET", f"/v1/blobs/{blob}", headers=headers, timeout=None) as resp:
             if resp.status_code >= 400:
                 resp.read()
-                raise HubError(_message(resp.text, resp.status_code))
+                raise error_from(resp)
             total = int(resp.headers.get("content-length") or 0) or None
             with progress_bar() as progress, open(part, "wb") as fh:
                 task = progress.add_task(label or f"get {blob[:20]}…", total=total)
@@ -122,15 +122,6 @@ def download(client: Client, blob: str, out: Path, label: str | None = None) -> 
         os.replace(part, out)
     finally:
         part.unlink(missing_ok=True)
-
-
-def _message(text: str, status: int) -> str:
-    import json
-
-    try:
-        return str(json.loads(text)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {status}: {text[:200]}"
 
 
 @click.command("outputs")

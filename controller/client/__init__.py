@@ -55,6 +55,11 @@ class HubUnreachable(ApiError):
     """No answer from the hub at all."""
 
 
+def error_from(resp: httpx.Response) -> ApiError:
+    """The ApiError an error answer of the hub stands for (its message and details)."""
+    return _error_from(resp)
+
+
 def _error_from(resp: httpx.Response) -> ApiError:
     try:
         body = resp.json()
