@@ -524,6 +524,11 @@ class Bridge:
         """Take what the hub relays to this agent (long poll) as if it came over UDP."""
         assert self.relay is not None
         while not self._stop.is_set():
+            with self._lock:
+                hosting = bool(self.networks)
+            if not hosting:  # no network here: nothing can be relayed to this agent
+                self._stop.wait(1.0)
+                continue
             try:
                 datagrams = self.relay.relay_poll(20.0)
             except Exception as exc:
@@ -532,6 +537,8 @@ class Bridge:
                 continue
             for datagram in datagrams:
                 self.receive(datagram, RELAYED)
+            if not datagrams:
+                self._stop.wait(0.2)  # (a hub that is stopping answers at once: no spin)
 
     def _drop(self, net: Network, reason: str) -> str:
         net.counters[f"dropped.{reason}"] += 1

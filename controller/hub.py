@@ -40,6 +40,7 @@ from controller.metrics import HubMetrics
 from controller.poolview import PoolView
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
+from controller.relay import Relay
 from controller.store import Store, open_store
 from controller.vnetkeys import NetworkKeys
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
@@ -131,6 +132,7 @@ class Hub:
         self.links = LoginLinks()
         self.metrics_token = MetricsToken(self.store.get_meta(METRICS_TOKEN_KEY))
         self.vnet_keys = NetworkKeys(self.key, self.store)
+        self.relay = Relay()
         self.logs = PlacementLogs(state / "logs")
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
@@ -217,6 +219,7 @@ class Hub:
             links=self.links,
             metrics_token=self.metrics_token,
             vnet_keys=self.vnet_keys,
+            relay=self.relay,
             heartbeat_seconds=self.settings.heartbeat,
         )
 
@@ -267,6 +270,7 @@ class Hub:
         # End the watch streams (agents hold them open) so uvicorn's graceful
         # shutdown does not wait its full timeout for them; clients re-watch.
         self.feed.close()
+        self.relay.close()
         server.should_exit = True
         await asyncio.wait({serving, reconcile, beats, sweeper, outputs, leases}, timeout=10)
         self.store.close()

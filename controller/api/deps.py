@@ -22,6 +22,7 @@ from controller.liveness import Liveness
 from controller.logs import PlacementLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
+from controller.relay import Relay
 from controller.store import Store
 from controller.vnetkeys import NetworkKeys
 
@@ -50,6 +51,8 @@ class ApiDeps:
     metrics_token: MetricsToken
     #: the virtual networks' keys (derived from the hub's key, never stored)
     vnet_keys: NetworkKeys
+    #: the relay's mailboxes (``controller.relay``)
+    relay: Relay
     #: the heartbeat period the hub asks of agents that report none (seconds)
     heartbeat_seconds: float = 5.0
 

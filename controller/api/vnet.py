@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
-from collections import deque
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from controller import authz
@@ -85,8 +83,6 @@ __all__ = ["router"]
 
 # ------------------------------------------------------------------- relay
 
-RELAY_QUEUE = 2048
-"""Datagrams the hub holds per recipient agent (the oldest dropped past it)."""
 RELAY_BATCH = 256
 MAX_RELAY_DATAGRAM = 4096
 
@@ -94,33 +90,6 @@ MAX_RELAY_DATAGRAM = 4096
 class RelayRequest(BaseModel):
     to: str = Field(max_length=64)
     datagrams: list[str] = Field(max_length=RELAY_BATCH)
-
-
-class Relay:
-    """In-memory mailboxes of sealed datagrams, per recipient node, on the API's loop."""
-
-    def __init__(self) -> None:
-        self.boxes: dict[str, deque[str]] = {}
-        self.events: dict[str, asyncio.Event] = {}
-
-    def put(self, node: str, datagrams: list[str]) -> None:
-        box = self.boxes.setdefault(node, deque(maxlen=RELAY_QUEUE))
-        box.extend(datagrams)
-        event = self.events.pop(node, None)
-        if event is not None:
-            event.set()
-
-    async def take(self, node: str, timeout: float) -> list[str]:
-        box = self.boxes.get(node)
-        if not box:
-            event = self.events.setdefault(node, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
-            box = self.boxes.get(node)
-        out = list(box or ())
-        if box:
-            box.clear()
-        return out
 
 
 def _shared_networks(d: ApiDeps, a: str, b: str) -> set[bytes]:
@@ -138,7 +107,7 @@ def _shared_networks(d: ApiDeps, a: str, b: str) -> set[bytes]:
 
 
 @router.post("/v1/vnet/relay")
-async def relay_send(req: RelayRequest, request: Request, who: Caller, d: Deps) -> dict[str, Any]:
+async def relay_send(req: RelayRequest, who: Caller, d: Deps) -> dict[str, Any]:
     """An agent's sealed datagrams for another member node, when no direct UDP path works
     between them: the hub passes the ciphertext on, and can read none of it. Only between
     nodes hosting members of the network each datagram names, from its own sender."""
@@ -158,22 +127,15 @@ async def relay_send(req: RelayRequest, request: Request, who: Caller, d: Deps) 
         if raw[1:9] in shared:
             ok.append(text)
     if ok:
-        relay_of(request).put(req.to, ok)
+        d.relay.put(req.to, ok)
     return {"relayed": len(ok), "refused": len(req.datagrams) - len(ok)}
 
 
 @router.get("/v1/vnet/relay")
 async def relay_receive(
-    request: Request, who: Caller, timeout: float = Query(default=20.0, ge=0, le=30)
+    who: Caller, d: Deps, timeout: float = Query(default=20.0, ge=0, le=30)
 ) -> dict[str, Any]:
     """The datagrams relayed to this agent (long poll: waits up to ``timeout`` seconds)."""
     if who.role != "agent":
         raise Forbidden(f"{who} lacks permission to receive relayed frames")
-    return {"datagrams": await relay_of(request).take(who.name, timeout)}
-
-
-def relay_of(request: Request) -> Relay:
-    relay = getattr(request.app.state, "relay", None)
-    if relay is None:
-        relay = request.app.state.relay = Relay()
-    return relay
+    return {"datagrams": await d.relay.take(who.name, timeout)}
