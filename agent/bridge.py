@@ -154,6 +154,7 @@ class Network:
     netns: str | None
     rx: socket.socket
     tx: socket.socket
+    netns_id: tuple[int, int] | None = None  # which namespace of that name (namespace_id)
     keys: list[tuple[int, bytes]] = field(default_factory=list)
     local_macs: set[bytes] = field(default_factory=set)
     macs: dict[bytes, str] = field(default_factory=dict)  # MAC → node hosting it
@@ -165,6 +166,18 @@ class Network:
             | {f"dropped.{r}": 0 for r in DROP_REASONS}
         )
     )
+
+
+def namespace_id(netns: str | None) -> tuple[int, int] | None:
+    """Which namespace ``/run/netns/<netns>`` is now (device, inode; None: the host's, or
+    none of that name): a namespace deleted and made again under one name differs."""
+    if netns is None:
+        return None
+    try:
+        st = os.stat(f"/run/netns/{netns}")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def open_bus(group: str, port: int, netns: str | None) -> tuple[socket.socket, socket.socket]:
@@ -306,15 +319,26 @@ class Bridge:
 
     def _refresh(self, name: str, m: dict[str, Any]) -> None:
         nid = network_id(name)
+        netns = self.netns_of(name)
         with self._lock:
             net = self.networks.get(nid)
+        if net is not None and net.netns_id != namespace_id(netns):
+            # the bus's namespace was deleted with the network's last VM here and made
+            # anew for the next one: the sockets are still in the old one, hear the new
+            with self._lock:
+                self.networks.pop(nid, None)
+            net.rx.close()
+            net.tx.close()
+            log.info(kv("vnet_bus_moved", network=name, netns=netns))
+            net = None
         if net is None:
             members = m.get("members") or []
             bus = str(m.get("bus") or default_bus(name))
             mine = [x for x in members if x.get("node") == self.node_id]
             group, _, port = bus.partition(":")
-            rx, tx = open_bus(group, int(port), self.netns_of(name))
-            net = Network(name, nid, (group, int(port)), self.netns_of(name), rx, tx)
+            ns_id = namespace_id(netns)
+            rx, tx = open_bus(group, int(port), netns)
+            net = Network(name, nid, (group, int(port)), netns, rx, tx, netns_id=ns_id)
             with self._lock:
                 self.networks[nid] = net
             t = threading.Thread(
@@ -334,15 +358,14 @@ class Bridge:
             if node == self.node_id:
                 local.add(mac)
                 continue
-            old = net.peers.get(node)
             reported = []
             for e in member.get("endpoints") or []:
                 host, _, p = str(e).rpartition(":")
                 if host and p.isdigit():
                     reported.append((host, int(p)))
-            peers[node] = Peer(
-                node, reported, old.learned if old else None, old.last_heard if old else 0.0
-            )
+            # the same Peer for a known node: where it was heard from, and its paths, stay
+            peer = peers[node] = net.peers.get(node) or Peer(node)
+            peer.reported = reported
         with self._lock:
             net.keys, net.macs, net.local_macs, net.peers = keys, macs, local, peers
 
@@ -569,4 +592,12 @@ class Bridge:
         }
 
 
-__all__ = ["HEADER", "Bridge", "ReplayWindow", "network_id", "open_bus", "sender_key"]
+__all__ = [
+    "HEADER",
+    "Bridge",
+    "ReplayWindow",
+    "namespace_id",
+    "network_id",
+    "open_bus",
+    "sender_key",
+]

@@ -174,7 +174,9 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         session,
         hub_public_key=identity.record.hubPublicKey,
         data=PlacementData(state / "data"),
-        buses=(buses := Buses(identity.node_id)),
+        buses=(
+            buses := Buses(identity.node_id, on_change=(networks_changed := threading.Event()).set)
+        ),
     )
     reconciler.adopt()
     bridge = Bridge(
@@ -204,7 +206,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         ),
         threading.Thread(
             target=_follow_networks,
-            args=(bridge, reconciler, stop),
+            args=(bridge, reconciler, stop, networks_changed),
             name="gu-agent-vnet",
             daemon=True,
         ),
@@ -241,6 +243,7 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
             pass
     finally:
         stop.set()
+        networks_changed.set()  # (wakes the network follower)
         session.close()  # ends a blocked watch or image pull at once
         bridge.stop()
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT
@@ -250,10 +253,20 @@ def _run(config: AgentConfig, stop: threading.Event) -> None:
         log.info(kv("agent_stopped", node=identity.node_id, still_busy=",".join(busy) or None))
 
 
-def _follow_networks(bridge: Bridge, reconciler: WorkloadReconciler, stop: threading.Event) -> None:
+def _follow_networks(
+    bridge: Bridge,
+    reconciler: WorkloadReconciler,
+    stop: threading.Event,
+    changed: threading.Event,
+) -> None:
     """Keep the bridge in the networks this provider's workloads are members of, with their
-    current keys and members (every REFRESH_SECONDS)."""
-    while not stop.wait(REFRESH_SECONDS):
+    current keys and members: every REFRESH_SECONDS, and at once when a bus's namespace
+    was made or deleted (``changed``)."""
+    while not stop.is_set():
+        changed.wait(REFRESH_SECONDS)
+        changed.clear()
+        if stop.is_set():
+            return
         try:
             bridge.sync(reconciler.networks())
         except Exception as exc:  # the loop must outlive anything the hub does

@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from runtimes.base import NetworkAttachment
 from specs.kinds import NetworkInterface, default_bus
@@ -43,8 +43,15 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 class Buses:
     """The network namespaces of this provider's buses (see the module doc)."""
 
-    def __init__(self, node: str = "", use_netns: bool | None = None) -> None:
+    def __init__(
+        self,
+        node: str = "",
+        use_netns: bool | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.node = node
+        self.on_change = on_change
+        """Called when a namespace was made or deleted (the bridge follows at once)."""
         can = os.geteuid() == 0 and shutil.which("ip") is not None
         self.use_netns = can if use_netns is None else use_netns and can
         self._lock = threading.Lock()
@@ -92,7 +99,9 @@ class Buses:
                                        f"{done.stderr.strip()}")  # fmt: skip
             self._made.add(name)
             log.info(kv("vnet_bus_ready", network=network, netns=name))
-            return name
+        if self.on_change is not None:
+            self.on_change()
+        return name
 
     def netns_for(self, network: str) -> str | None:
         """The namespace ``network``'s bus is in here (None: the host's loopback)."""
@@ -112,6 +121,8 @@ class Buses:
                 else:
                     log.info(kv("vnet_bus_removed", network=network, netns=name))
             self._made.discard(name)
+        if self.on_change is not None:
+            self.on_change()
 
 
 __all__ = ["Buses", "netns_name"]

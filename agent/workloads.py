@@ -291,9 +291,14 @@ class WorkloadReconciler:
                 self.queue.add(key)
 
     def networks(self) -> set[str]:
-        """The VirtualNetworks this provider's workloads are members of now."""
+        """The VirtualNetworks this provider's unfinished workloads are members of now (a
+        finished VM is no member: the hub answers its agent no membership for it)."""
         with self._lock:
-            return {w.network for w in self._workloads.values() if w.network}
+            return {
+                w.network
+                for w in self._workloads.values()
+                if w.network and (w.status is None or not w.status.finished)
+            }
 
     def running_count(self) -> int:
         """Workloads that have not finished (the heartbeat's ``usage.workloads``)."""

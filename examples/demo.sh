@@ -192,6 +192,23 @@ YAML
   step "the VM's output (gu logs hello-vm): the guest kernel, one network interface (lo)"
   $GU logs hello-vm
   $GU peer demo-agent | grep Runtimes
+
+  step "virtual network: two VMs on VirtualNetwork lan (examples/vnet/) ping each other"
+  sed "s/sha3-256:IMAGE_HASH/$VM_HASH/" examples/vnet/pair.yaml >"$DEMO/vm/pair.yaml"
+  $GU apply -f "$DEMO/vm/pair.yaml"
+  phase_of() { $GU get session "$1" -o json | $PY -c 'import json,sys; print(json.load(sys.stdin)["status"].get("phase","Pending"))'; }
+  both_running() { [ "$(phase_of ping-a)" = Running ] && [ "$(phase_of ping-b)" = Running ]; }
+  wait_until 180 "both VMs running" both_running
+  $GU get vnet lan -o wide
+  both_done() {
+    for s in ping-a ping-b; do case "$(phase_of $s)" in Succeeded|Failed) ;; *) return 1 ;; esac; done
+  }
+  wait_until 180 "both pings to end" both_done
+  $GU get sessions
+  for s in ping-a ping-b; do
+    $GU logs "$s" | grep -E 'eth0|reached|packets' || true
+    [ "$(phase_of $s)" = Succeeded ] || { echo "demo: $s did not reach its peer" >&2; exit 1; }
+  done
 fi
 step "inputs and outputs: three parts of one picture from one shared input (examples/render/)"
 R_HASH=$($GU image build --runtime native examples/render/renderer -o "$DEMO/renderer.tar.gz")

@@ -54,19 +54,25 @@ AGENT = [sys.executable, "-m", "agent.main"]
 class AgentProcess:
     """One ``gu agent`` subprocess with its own state dir and log file."""
 
-    def __init__(self, hub: HubProcess, state_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, hub: HubProcess, state_dir: Path, log_path: Path, netns: str | None = None,
+        hub_url: str | None = None,
+    ) -> None:  # fmt: skip
         self.hub = hub
         self.state_dir = state_dir
         self.log_path = log_path
+        self.netns = netns  # started inside this network namespace (``tests.netlan``)
+        self.hub_url = hub_url or hub.url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *args: str) -> AgentProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *(["ip", "netns", "exec", self.netns] if self.netns else []),
                     *AGENT,
                     "--hub",
-                    self.hub.url,
+                    self.hub_url,
                     "--state-dir",
                     str(self.state_dir),
                     *([] if "--vnet-bind" in args else ["--vnet-bind", "127.0.0.1"]),

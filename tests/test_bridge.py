@@ -153,3 +153,39 @@ def test_the_replay_window_accepts_each_counter_once_within_its_span() -> None:
     assert not w.accept(12) and not w.accept(3000)
     assert not w.accept(3000 - 2048)  # too old for the window
     assert w.accept(3000 - 2047) and not w.accept(3000 - 2047)
+
+
+def test_a_peer_keeps_its_path_across_membership_refreshes(pair: Any) -> None:
+    """A refresh (every 2 s) must not forget that a peer answers directly: a peer taken for
+    unreachable is sent every frame through the hub as well, and its copies arrive as
+    replays."""
+    a, b, _ = pair
+    net_a = next(iter(a.networks.values()))
+    hello = b._seal(next(iter(b.networks.values())), b"")
+    assert hello is not None and a.receive(hello, ("127.0.0.1", b.port)) == "keepalive"
+    assert a.stats()["lab"]["peers"][B]["path"] == "direct"
+    a.sync({"lab"})
+    a.sync({"lab"})
+    assert a.stats()["lab"]["peers"][B]["path"] == "direct"
+    assert net_a.peers[B].learned == ("127.0.0.1", b.port)
+
+
+def test_a_bus_namespace_made_anew_under_its_name_is_joined_again(pair: Any) -> None:
+    """The agent deletes a network's namespace with its last VM and makes it again for the
+    next: the bridge's bus sockets must follow to the new one."""
+    a, b, spaces = pair
+    old = next(iter(b.networks.values()))
+    subprocess.run(["ip", "netns", "del", spaces[B]], check=True)
+    netns(spaces[B])
+    b.sync({"lab"})
+    new = next(iter(b.networks.values()))
+    assert new is not old and new.netns_id != old.netns_id
+    heard = listener(spaces[B])
+    group, _, port = BUS.partition(":")
+    _, vm = open_bus(group, int(port), spaces[A])
+    try:
+        vm.sendto(frame(MAC_B, MAC_A), (group, int(port)))
+        assert heard.recv(2048) == frame(MAC_B, MAC_A)  # injected into the new namespace
+    finally:
+        vm.close()
+        heard.close()

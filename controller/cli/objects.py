@@ -30,6 +30,7 @@ from controller.cli.output import (
     indent,
     object_table,
     row_for,
+    short_node,
 )
 from controller.cli.state import CliState, pass_state
 from controller.client import ApiError, Client
@@ -101,14 +102,17 @@ def get_command(
         _get_and_watch(client, kind, name, selector, output)
         return
     if name:
-        obj = get_or_not_found(client, kind, name)
-        click.echo(_render([obj], output, single=True, kind=kind))
-        return
-    objects = client.list(kind, selector)
-    if not objects and output in ("table", "wide"):
-        click.echo(f"No {plural(kind).lower()} found.", err=True)
-        return
-    click.echo(_render(objects, output, single=False, kind=kind))
+        objects = [get_or_not_found(client, kind, name)]
+        click.echo(_render(objects, output, single=True, kind=kind))
+    else:
+        objects = client.list(kind, selector)
+        if not objects and output in ("table", "wide"):
+            click.echo(f"No {plural(kind).lower()} found.", err=True)
+            return
+        click.echo(_render(objects, output, single=False, kind=kind))
+    if kind == "VirtualNetwork" and output == "wide":
+        for net in objects:
+            click.echo("\n" + vnet_members_table(client, net))
 
 
 def _matches(obj: dict[str, Any], name: str | None, selector: dict[str, str | None]) -> bool:
@@ -288,29 +292,64 @@ def describe_command(state: CliState, kind: str, name: str) -> None:
                 )
 
 
-def _describe_paths(client: Any, net: dict[str, Any]) -> None:
-    """Each member node's bridge on this network: frames carried, drops, and how it reaches
-    the other member nodes (from the providers' live usage)."""
+def _bridge_reports(client: Any, net: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Per member node of ``net``: what its bridge last reported of the network (frames,
+    drops, the path to each other member node), from the providers' live usage."""
     name = net["metadata"]["name"]
     nodes = sorted({m.get("node") for m in net.get("status", {}).get("members") or []} - {None})
-    if not nodes:
-        return
-    click.echo("Bridges (per member node):")
+    reports: dict[str, dict[str, Any] | None] = {}
     for node in nodes:
         try:
             usage = client.call("GET", f"/peers/{node}").get("usage") or {}
         except ApiError:
-            continue
-        c = (usage.get("networks") or {}).get(name)
-        if not c:
+            usage = {}
+        reports[node] = (usage.get("networks") or {}).get(name) or None
+    return reports
+
+
+def _paths_text(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "no bridge report yet"
+    paths = ", ".join(f"{peer[:10]} {p.get('path')}" for peer, p in sorted(report["peers"].items()))
+    return paths or "no other member node"
+
+
+def _describe_paths(client: Any, net: dict[str, Any]) -> None:
+    """Each member node's bridge on this network: frames carried, drops, and how it reaches
+    the other member nodes."""
+    reports = _bridge_reports(client, net)
+    if not reports:
+        return
+    click.echo("Bridges (per member node):")
+    for node, c in reports.items():
+        if c is None:
             click.echo(f"  {node[:10]}  no bridge report yet")
             continue
-        paths = ", ".join(f"{peer[:10]} {p.get('path')}" for peer, p in sorted(c["peers"].items()))
         dropped = ", ".join(f"{k} {v}" for k, v in sorted((c.get("dropped") or {}).items()))
         click.echo(
             f"  {node[:10]}  out {c.get('framesOut', 0)} in {c.get('framesIn', 0)} frames; "
-            f"dropped: {dropped or 'none'}; paths: {paths or 'no other member node'}"
+            f"dropped: {dropped or 'none'}; paths: {_paths_text(c)}"
         )
+
+
+def vnet_members_table(client: Any, net: dict[str, Any]) -> str:
+    """``gu get vnet NAME -o wide``'s second table: every member with its address, MAC and
+    its node's paths to the other member nodes (direct or relayed)."""
+    reports = _bridge_reports(client, net)
+    rows = [
+        [
+            str(m.get("placement")),
+            short_node(m.get("node")) if m.get("node") else "<none>",
+            str(m.get("ip") or "<none>"),
+            str(m.get("mac") or "<none>"),
+            _paths_text(reports.get(m["node"])) if m.get("node") else str(m.get("reason", "")),
+        ]
+        for m in net.get("status", {}).get("members") or []
+    ]
+    head = f"Members of {net['metadata']['name']}:"
+    if not rows:
+        return head + " none"
+    return head + "\n" + format_table(["PLACEMENT", "NODE", "IP", "MAC", "PATHS"], rows)
 
 
 # ------------------------------------------------------------ gu delete

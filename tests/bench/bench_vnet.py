@@ -14,6 +14,11 @@ the remote member's MAC are injected on A's bus and counted on B's.
   to B's with the same Python sender and receiver, in the same run (ratio; goal ≥ 0.5).
 - latency: one-way, frames paced 1 ms apart carrying the send time (one host, one
   clock), p50/p99 through the bridges against plain UDP (added p99; goal ≤ 1 ms).
+- VM to VM (``--vm-runs`` pings per case; 0 skips it): a real hub on 127.0.0.1 and two
+  real agents in provider namespaces of a LAN (``tests.netlan``), TCG guests pinging
+  each other every 0.2 s: both VMs on one provider (the bus alone, the baseline), on
+  two providers (bus, bridge, bus), and on two providers with UDP between them blocked
+  (through the hub's relay). p50/p99 round trips as the guest's ping reports them.
 
 Every namespace is deleted at the end; no traffic leaves them.
 """
@@ -41,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from agent.bridge import open_bus  # noqa: E402
+from controller.client import Client  # noqa: E402
+from tests.helpers import start_hub_subprocess  # noqa: E402
+from tests.netlan import Lan  # noqa: E402
+from tests.vmkit import busybox_root  # noqa: E402
 
 A, B = "0x" + "a" * 40, "0x" + "b" * 40
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -155,9 +164,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--pings", type=int, default=1000)
+    ap.add_argument("--vm-runs", type=int, default=100, help="pings per VM case (0: none)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_vnet needs root (it makes network namespaces)")
+    bridges(args)
+    if args.vm_runs:
+        with tempfile.TemporaryDirectory(prefix="gu-bench-vnet-") as tmp:
+            vm_round_trips(Path(tmp), args.vm_runs)
+
+
+def bridges(args: argparse.Namespace) -> None:
     tag = uuid.uuid4().hex[:5]
     pa, pb, ba, bb = (f"gub{tag}{x}" for x in ("pa", "pb", "ba", "bb"))
     made: list[str] = []
@@ -224,6 +241,133 @@ def main() -> None:
                     p.kill()
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+GUEST = """\
+case "$1" in
+pong) /bin/busybox sleep "$2" ;;
+ping) b=/bin/busybox; $b ping -c 3 -w 90 "$2" >/dev/null
+      $b ping -c "$3" -i 0.2 -w "$(($3 / 5 + 30))" "$2" ;;
+esac
+"""
+
+
+def vm_round_trips(tmp: Path, pings: int) -> None:
+    """Guest-to-guest ping round trips on one bus, across two bridges, and relayed."""
+    from runtimes.vm.assets import find_assets
+
+    assets = ROOT / ".venv" / "vmkit-assets"
+    find_assets(assets)
+    gu = [sys.executable, "-m", "controller.cli.main"]
+    procs: list[subprocess.Popen[bytes]] = []
+    lan: Lan | None = None
+    try:
+        hub, url, config = start_hub_subprocess(tmp)
+        procs.append(hub)
+        env = dict(os.environ, GU_CONFIG=str(config), GU_LOG_LEVEL="WARNING")
+        root = busybox_root(tmp / "root", GUEST)
+        built = subprocess.run(
+            [*gu, "image", "build", "--runtime", "vm", "--from-dir", str(root), "--entrypoint",
+             "/bin/sh", "--entrypoint", "/run.sh", "-o", str(tmp / "g.gvmi")],
+            env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        image = built.stdout.strip()
+        client = Client.from_config(config)
+        with open(tmp / "g.gvmi", "rb") as f:
+            client.request("POST", "/v1/images", content=f)
+        client.apply([
+            {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "b"}, "spec": {}},
+            {"apiVersion": "gu/v1", "kind": "ImagePolicy", "metadata": {"name": "b"},
+             "spec": {"apps": ["b"], "allowImages": [image]}},
+            {"apiVersion": "gu/v1", "kind": "VirtualNetwork", "metadata": {"name": "b"},
+             "spec": {"cidr": "10.90.0.0/24"}},
+        ])  # fmt: skip
+        lan = Lan(int(url.rsplit(":", 1)[1]))
+        nodes = []
+        for name, host in (("pa", 11), ("pb", 12)):
+            ns = lan.add(name, host)
+            join = client.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.main",
+                 "--hub", lan.hub_url(ns), "--join-token", join, "--state-dir",
+                 str(tmp / name), "--heartbeat", "1", "--vnet-bind", "0.0.0.0",
+                 "--vnet-port", "0", "--runtimes", "vm", "--vm-assets", str(assets),
+                 "--vm-accel", "tcg"],
+                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+            nodes.append(wait_ready(client, set(nodes)))
+        a, b = nodes[0], nodes[1]
+        same = ping_case(client, image, "same", a, a, pings)
+        emit("vm_rtt_same_provider_p50", same[0], "ms", p99_ms=same[1], pings=pings)
+        across = ping_case(client, image, "across", a, b, pings)
+        emit("vm_rtt_two_providers_p50", across[0], "ms", p99_ms=across[1], pings=pings,
+             added_p50_ms=round(across[0] - same[0], 3))  # fmt: skip
+        lan.block_udp(lan.namespaces[1], True)
+        relayed = ping_case(client, image, "relayed", a, b, pings)
+        lan.block_udp(lan.namespaces[1], False)
+        emit("vm_rtt_relayed_p50", relayed[0], "ms", p99_ms=relayed[1], pings=pings,
+             added_p50_ms=round(relayed[0] - same[0], 3))  # fmt: skip
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if lan is not None:
+            lan.close()
+
+
+def wait_ready(client: Client, known: set[str]) -> str:
+    """The node id of a Ready provider not in ``known`` (bounded: 60 s)."""
+    for _ in range(600):
+        new = [p["nodeId"] for p in client.call("GET", "/peers") if p["ready"]]
+        new = [n for n in new if n not in known]
+        if new:
+            return str(new[0])
+        time.sleep(0.1)
+    raise SystemExit("a new agent was not Ready after 60 s")
+
+
+def ping_case(client: Client, image: str, case: str, at: str, to: str, pings: int
+              ) -> tuple[float, float]:  # fmt: skip
+    """A guest on ``to`` answering, one on ``at`` pinging it: (p50, p99) in ms."""
+
+    def session(name: str, node: str, args: list[str]) -> dict[str, Any]:
+        return {"apiVersion": "gu/v1", "kind": "Session", "metadata": {"name": name},
+                "spec": {"app": "b", "network": "b", "providers": {"nodes": [node]},
+                         "workload": {"runtime": "vm", "image": {"hash": image}, "args": args,
+                                      "resources": {"cpu": 0.5, "memoryMiB": 192}}}}  # fmt: skip
+
+    pong, ping = f"{case}-pong", f"{case}-ping"
+    client.apply([session(pong, to, ["pong", str(pings // 5 + 200)])])
+    address = state_of(client, pong, "Running")["spec"]["networkInterface"]["address"]
+    client.apply([session(ping, at, ["ping", address.split("/")[0], str(pings)])])
+    state_of(client, ping, "Succeeded", 300)
+    out = client.request("GET", f"/v1/sessions/{ping}/logs").text
+    times = [float(line.rsplit("time=", 1)[1].split()[0]) for line in out.splitlines()
+             if "time=" in line]  # fmt: skip
+    for name in (ping, pong):
+        client.delete("Session", name)
+    for _ in range(600):  # bounded: 60 s
+        if not client.list("Placement"):
+            break
+        time.sleep(0.1)
+    if len(times) < pings // 2:
+        raise SystemExit(f"{case}: only {len(times)} of {pings} pings answered: {out[-500:]}")
+    return round(pct(times, 50), 3), round(pct(times, 99), 3)
+
+
+def state_of(client: Client, session: str, state: str, seconds: float = 180) -> dict[str, Any]:
+    for _ in range(int(seconds * 10)):
+        ps = client.list("Placement", selector=f"gu/session={session}")
+        if ps and ps[0]["status"].get("state") == state:
+            return ps[0]
+        if ps and ps[0]["status"].get("state") == "Failed":
+            raise SystemExit(f"{session} failed: {ps[0]['status']}")
+        time.sleep(0.1)
+    raise SystemExit(f"{session} not {state} after {seconds} s")
 
 
 def _bound(addr: str, port: int) -> socket.socket:

@@ -15,6 +15,9 @@ if [ "${BENCH_QUICK:-}" = 1 ]; then
   $PY tests/bench/bench_vm.py --runs 3
   $PY tests/bench/bench_docker.py --sessions 5 --size-mib 10
   $PY tests/bench/bench_preempt.py --runs 5 --providers 200 --urgent 20
+  $PY tests/bench/bench_io.py --mib 64 --runs 2
+  $PY tests/bench/bench_ui.py --agents 200 --runs 3 --beats 5 --cpu-seconds 5
+  if [ "$(id -u)" = 0 ]; then $PY tests/bench/bench_vnet.py --frames 5000 --pings 200 --vm-runs 0; fi
 else
   $PY tests/bench/bench_core.py
   $PY tests/bench/bench_startup.py
@@ -25,4 +28,8 @@ else
   $PY tests/bench/bench_vm.py
   $PY tests/bench/bench_docker.py
   $PY tests/bench/bench_preempt.py
+  $PY tests/bench/bench_io.py
+  $PY tests/bench/bench_ui.py
+  # (root: it makes network namespaces)
+  if [ "$(id -u)" = 0 ]; then $PY tests/bench/bench_vnet.py; fi
 fi
