@@ -173,7 +173,7 @@ def test_a_peer_keeps_its_path_across_membership_refreshes(pair: Any) -> None:
 def test_a_bus_namespace_made_anew_under_its_name_is_joined_again(pair: Any) -> None:
     """The agent deletes a network's namespace with its last VM and makes it again for the
     next: the bridge's bus sockets must follow to the new one."""
-    a, b, spaces = pair
+    _, b, spaces = pair
     old = next(iter(b.networks.values()))
     subprocess.run(["ip", "netns", "del", spaces[B]], check=True)
     netns(spaces[B])
