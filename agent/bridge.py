@@ -41,6 +41,7 @@ import itertools
 import logging
 import os
 import queue
+import select
 import socket
 import struct
 import threading
@@ -180,9 +181,24 @@ def namespace_id(netns: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def open_bus(group: str, port: int, netns: str | None) -> tuple[socket.socket, socket.socket]:
-    """(the socket that hears the bus, the one that speaks on it), made inside ``netns``
-    (a socket stays in the namespace it was made in, whichever thread uses it)."""
+IP_BLOCK_SOURCE = getattr(socket, "IP_BLOCK_SOURCE", 38)  # (Linux; Python lacks the name)
+
+
+def bus_source(node: str) -> str:
+    """The loopback address this agent's bridge speaks on its buses from: its own, so its
+    listening socket can have the kernel drop what it injected itself (127.x.y.z from the
+    node id; every 127/8 address is the loopback's)."""
+    h = hashlib.sha256(node.encode()).digest()
+    return f"127.{h[0]}.{h[1]}.{max(2, h[2])}"
+
+
+def open_bus(
+    group: str, port: int, netns: str | None, source: str = "127.0.0.1"
+) -> tuple[socket.socket, socket.socket]:
+    """(the socket that hears the bus, the one that speaks on it from ``source``), made
+    inside ``netns`` (a socket stays in the namespace it was made in, whichever thread
+    uses it). With a ``source`` of its own the listening socket does not hear what the
+    speaking one sends: every injected frame would otherwise come back to be dropped."""
     made: list[Any] = []
 
     def make() -> None:
@@ -203,8 +219,10 @@ def open_bus(group: str, port: int, netns: str | None) -> tuple[socket.socket, s
             rx.bind((group, port))
             mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
             rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            if source != "127.0.0.1":  # struct ip_mreq_source: group, interface, source
+                rx.setsockopt(socket.IPPROTO_IP, IP_BLOCK_SOURCE, mreq + socket.inet_aton(source))
             tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            tx.bind(("127.0.0.1", 0))
+            tx.bind((source, 0))
             tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
             made.extend([rx, tx])
@@ -218,6 +236,17 @@ def open_bus(group: str, port: int, netns: str | None) -> tuple[socket.socket, s
     if not made or isinstance(made[0], BaseException):
         raise RuntimeError(f"cannot open the bus {group}:{port} in {netns}: {made[:1]}")
     return made[0], made[1]
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, Any] | None:
+    """One datagram from a non-blocking socket, or None after 0.5 s without one. While
+    datagrams keep coming this is one system call each: a socket with a timeout would
+    poll before every read."""
+    try:
+        return sock.recvfrom(MAX_DATAGRAM)
+    except BlockingIOError:
+        select.select([sock], [], [], 0.5)
+        return None
 
 
 class Bridge:
@@ -245,7 +274,7 @@ class Bridge:
         except OSError as exc:  # (another agent on this machine has it): any free port
             log.warning(kv("vnet_port_taken", port=port, error=exc, action="using a free one"))
             self.sock.bind((bind, 0))
-        self.sock.settimeout(0.5)
+        self.sock.setblocking(False)  # (see _recv)
         self.port = self.sock.getsockname()[1]
         self.bind = bind
         log.info(kv("vnet_bridge_listening", address=f"{bind}:{self.port}"))
@@ -337,7 +366,7 @@ class Bridge:
             mine = [x for x in members if x.get("node") == self.node_id]
             group, _, port = bus.partition(":")
             ns_id = namespace_id(netns)
-            rx, tx = open_bus(group, int(port), netns)
+            rx, tx = open_bus(group, int(port), netns, bus_source(self.node_id))
             net = Network(name, nid, (group, int(port)), netns, rx, tx, netns_id=ns_id)
             with self._lock:
                 self.networks[nid] = net
@@ -440,17 +469,18 @@ class Bridge:
     # --------------------------------------------------------- receiving
 
     def _bus_loop(self, net: Network) -> None:
-        net.rx.settimeout(0.5)
+        net.rx.setblocking(False)
         own = net.tx.getsockname()
         while not self._stop.is_set():
             try:
-                frame, src = net.rx.recvfrom(MAX_DATAGRAM)
-            except TimeoutError:
-                continue
+                got = _recv(net.rx)
             except OSError:
                 return  # closed: the network was left
+            if got is None:
+                continue
+            frame, src = got
             if src == own:
-                continue  # what this bridge injected, heard back
+                continue  # what this bridge injected, heard back (where not blocked)
             self.send_frame(net, frame)
 
     def _peer_loop(self) -> None:
@@ -461,12 +491,11 @@ class Bridge:
                 last_keepalive = now
                 self.keepalive()
             try:
-                datagram, src = self.sock.recvfrom(MAX_DATAGRAM)
-            except TimeoutError:
-                continue
+                got = _recv(self.sock)
             except OSError:
                 return
-            self.receive(datagram, src)
+            if got is not None:
+                self.receive(*got)
 
     def receive(self, datagram: bytes, src: tuple[str, int]) -> str:
         """Check one datagram from a peer and deliver its frame; what became of it
@@ -475,8 +504,7 @@ class Bridge:
             self.unknown_network += 1
             return "malformed"
         version, nid, sender, key_id, counter = HEADER.unpack_from(datagram)
-        with self._lock:
-            net = self.networks.get(nid)
+        net = self.networks.get(nid)  # (one dict read: atomic; writers hold the lock)
         if version != VERSION or net is None:
             self.unknown_network += 1
             return "unknownNetwork"
@@ -493,7 +521,9 @@ class Bridge:
             frame = self._aead(key, node).decrypt(nonce, datagram[HEADER.size :], header)
         except InvalidTag:
             return self._drop(net, "badTag")
-        window = net.windows.setdefault((node, key_id), ReplayWindow())
+        window = net.windows.get((node, key_id))
+        if window is None:
+            window = net.windows[(node, key_id)] = ReplayWindow()
         if not window.accept(counter):
             return self._drop(net, "replay")
         now = time.monotonic()
@@ -596,6 +626,7 @@ __all__ = [
     "HEADER",
     "Bridge",
     "ReplayWindow",
+    "bus_source",
     "namespace_id",
     "network_id",
     "open_bus",

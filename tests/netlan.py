@@ -91,6 +91,8 @@ class Forwarder:
             except OSError:
                 inner.close()
                 continue
+            for sock in (inner, outer):  # (or Nagle holds a request's body for an ACK)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open += [inner, outer]
             for a, b in ((inner, outer), (outer, inner)):
