@@ -49,6 +49,9 @@ class Pool:
 SCRIPT = """\
 # the other member of a two-member network: .1 for .2, .2 for anything else
 other_of() { echo "$1" | /bin/busybox awk -F'[./]' '{print $1"."$2"."$3"."($4 == 1 ? 2 : 1)}'; }
+# a peer may boot later: one ping a second until it answers (ping -c N sends only N)
+reach() { for _ in $(/bin/busybox seq 1 "${2:-90}"); do
+    /bin/busybox ping -c 1 -W 1 "$1" >/dev/null 2>&1 && return 0; done; return 1; }
 case "$1" in
 exit7) echo hello-from-vm; echo oops >&2; exit 7 ;;
 ok) echo fine; exit 0 ;;
@@ -58,20 +61,20 @@ io) b=/bin/busybox; $b sha256sum in/data.bin | $b cut -d' ' -f1 > out/result.txt
     $b mkdir out/sub && echo nested > out/sub/note.txt ;;
 peer) b=/bin/busybox; $b ip addr; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
     other=$(other_of "$me")
-    $b ping -c 3 -w 60 "$other" && echo "reached $other"; r=$?
+    reach "$other" 60 && $b ping -c 3 -w 10 "$other" && echo "reached $other"; r=$?
     $b sleep 6; exit $r ;;  # (stays up for the peer's pings)
 mesh) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}' | $b cut -d/ -f1)
     pre=${me%.*}; ok=0; first=
     for i in $($b seq 1 "$2"); do
       [ "$pre.$i" = "$me" ] && continue; [ -n "$first" ] || first=$pre.$i
-      $b ping -c 2 -w 90 "$pre.$i" >/dev/null && { echo "reached $pre.$i"; ok=$((ok+1)); }
+      reach "$pre.$i" && { echo "reached $pre.$i"; ok=$((ok+1)); }
     done
     echo "mesh done $ok"
     [ "$3" = long ] && $b ping -c 40 -i 0.25 -w 40 "$first" | $b tail -2
     $b sleep "${4:-25}" ;;
 pingloop) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
     other=$(other_of "$me")
-    $b ping -c 2 -w 90 "$other" >/dev/null; echo "pinging $other"
+    reach "$other"; echo "pinging $other"
     $b ping -c "$2" -i 0.25 -w "$(($2 / 4 + 30))" "$other" | $b tail -2; $b sleep 4 ;;
 tcprecv) b=/bin/busybox; me=$($b ip -4 -o addr show eth0 | $b awk '{print $4}')
     other=$(other_of "$me"); i=0

@@ -246,7 +246,8 @@ def bridges(args: argparse.Namespace) -> None:
 GUEST = """\
 case "$1" in
 pong) /bin/busybox sleep "$2" ;;
-ping) b=/bin/busybox; $b ping -c 3 -w 90 "$2" >/dev/null
+ping) b=/bin/busybox; i=0
+      until $b ping -c 1 -W 1 "$2" >/dev/null 2>&1 || [ $i -ge 90 ]; do i=$((i+1)); done
       $b ping -c "$3" -i 0.2 -w "$(($3 / 5 + 30))" "$2" ;;
 esac
 """
