@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from controller.client import Client
+from controller.store import Store
 from tests.dockerd import Engine, find_or_start
 from tests.helpers import GU, ROOT, free_port, wait_for
+from tests.pgcluster import PgCluster, why_not
 
 
 @dataclass
@@ -123,3 +127,58 @@ def docker_engine() -> Iterator[Engine]:
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for the whole run (``tests.pgcluster``); tests make
+    their own databases in it. Skipped where PostgreSQL is not installed, except in CI
+    (``make test`` installs it)."""
+    reason = why_not()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PgCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# Every backend behind the Store Protocol runs the same tests: a test that takes ``store``
+# (or ``backend``) runs once on SQLite and once on PostgreSQL.
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
+    """``backend(folder, **options)`` → a store of this backend, the same one again for
+    the same folder (a SQLite file in it, or a PostgreSQL database of its own)."""
+    made: list[Store] = []
+    if request.param == "sqlite":
+
+        def make(path: Path, **kw: Any) -> Store:
+            from controller.store import SQLiteStore
+
+            made.append(SQLiteStore(path / "hub.db", **kw))
+            return made[-1]
+    else:
+        from controller.store.postgres import PostgresStore
+
+        cluster = request.getfixturevalue("pg")
+        urls: dict[Path, str] = {}
+
+        def make(path: Path, **kw: Any) -> Store:
+            url = urls.get(path) or urls.setdefault(path, cluster.database())
+            made.append(PostgresStore(url, **kw))
+            return made[-1]
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            with contextlib.suppress(Exception):
+                s.close()
+
+
+@pytest.fixture
+def store(backend: Callable[..., Store], tmp_path: Path) -> Store:
+    return backend(tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,9 @@ from controller.blobs import (
     sweep_outputs,
 )
 from controller.images import ImageStore, StoreFull
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from specs.images import hash_bytes, hash_file, pack_tar
 from specs.kinds import Workload
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 def session(name: str, app: str = "a", inputs: list[str] | None = None) -> dict[str, object]:

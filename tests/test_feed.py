@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from controller import authz
 from controller.auth import Principal
 from controller.feed import ChangeFeed, entry_of, may_see
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 
 PRINCIPALS = [
     Principal("admin", "admin"),
@@ -47,13 +43,6 @@ async def fill(feed: ChangeFeed) -> None:
         await asyncio.sleep(0.01)
     feed.store.unsubscribe(feed._from_thread)
     assert feed.rv == feed.store.resource_version
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 def test_may_see_is_authz_visible_for_every_principal_and_kind(store: Store) -> None:

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from controller.heartbeats import HeartbeatBatcher
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from tests.test_reconcilers_scheduling import add_provider
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 def beat(n: int) -> dict[str, object]:
@@ -32,8 +21,8 @@ def test_fifty_beats_are_one_commit_merged_into_each_status(store: Store) -> Non
             store.update_status(
                 "Provider", node, {**cur["status"], "conditions": [{"type": "Ready"}]}
             )
-    commits: list[int] = []
-    store.subscribe(commits.append)
+    commits: list[float] = []
+    store.time_commits(commits.append)
     batcher = HeartbeatBatcher(store)
     for n, node in enumerate(nodes):
         batcher.record(node, beat(n % 60))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from controller.enrollment import create_join_token
 from controller.hub import Hub, HubSettings
 from controller.liveness import Liveness, keep
 from controller.reconcilers.placement import ClusterState
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from specs.identity import LOGIN_PAYLOAD_TYPE, generate_key, login_body, public_key_str, sign
 from tests.test_reconcilers_scheduling import GIB, add_provider
 
@@ -39,13 +39,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 # ------------------------------------------------------------------ unit

@@ -7,8 +7,6 @@ status the way an agent does (the end-to-end runs with real agents are in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ from controller.api.objects import default_priority_errors
 from controller.reconcile import Controller
 from controller.reconcilers.preemption import candidates_on, victims_for
 from controller.scheduler import NodeView, Query
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from tests.test_reconcilers_scheduling import (
     IMAGE,
     add_provider,
@@ -28,13 +26,6 @@ from tests.test_reconcilers_scheduling import (
     placements,
     reconcile_everything,
 )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,6 @@ import pytest
 
 from controller.reconcile import Context, Controller, Result
 from controller.store import Gone, SQLiteStore, Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 def widget(name: str, **spec: Any) -> dict[str, Any]:
@@ -202,11 +195,11 @@ def test_when_the_change_log_is_gone_everything_is_relisted(store: Store) -> Non
 
     store.create(widget("old"))
     real_changes = store.changes
-    failed = threading.Event()
+    gone_next = threading.Event()  # the next read of the log finds it compacted
 
     def changes_gone_once(since: int, limit: int = 1000) -> list[Any]:
-        if not failed.is_set():
-            failed.set()
+        if gone_next.is_set():
+            gone_next.clear()
             raise Gone("compacted")
         return real_changes(since, limit)
 
@@ -216,6 +209,7 @@ def test_when_the_change_log_is_gone_everything_is_relisted(store: Store) -> Non
         async with running(controller):
             await eventually(lambda: "old" in seen, what="initial list")
             seen.clear()
+            gone_next.set()
             store.create(widget("new"))
             await eventually(lambda: {"old", "new"} <= set(seen), what="relist")
 

@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.reconcile import Controller
 from controller.reconcilers import SESSION_FINALIZER, register_all
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from tests.helpers import condition_of
 
 IMAGE = "sha3-256:" + "ab" * 32
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import pytest
 
 from controller.reconcile import Controller
 from controller.reconcilers import SESSION_FINALIZER, register_all
-from controller.store import SQLiteStore, Store
+from controller.store import Store
 from tests.helpers import condition_of
 
 IMAGE = "sha3-256:" + "ab" * 32
@@ -36,13 +36,6 @@ def nid(i: int) -> str:
 
 def iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "hub.db")
-    yield s
-    s.close()
 
 
 def make_controller(
@@ -820,13 +813,12 @@ def test_a_count_no_pool_can_fill_waits_as_one_placement_and_one_reason(
 
 @pytest.mark.usefixtures("app")
 def test_after_deleting_1000_sessions_the_event_storage_is_back_to_its_size(
-    store: Store, controller: Controller, tmp_path: Path
+    store: Store, controller: Controller
 ) -> None:
-    import sqlite3
+    from tests.test_store import event_rows as rows
 
     def event_rows() -> int:
-        with sqlite3.connect(tmp_path / "hub.db") as db:
-            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return rows(store)
 
     add_provider(store, 1, cores=64)
     reconcile_everything(controller, store)

@@ -3,9 +3,11 @@
 - ``protocol.Store`` — the typed Protocol every caller is written against;
 - ``objects.ObjectStore`` — the rules of a write, once for every backend;
 - ``sqlite.SQLiteStore`` — the embedded default (SQLite in WAL mode);
+- ``postgres.PostgresStore`` — PostgreSQL, for several hubs on one database;
 - ``types`` — errors (with their HTTP status) and the records a store returns.
 
-``open_store(path)`` gives the hub's store; ``Store`` here is the Protocol.
+``open_store(where)`` gives the hub's store (a file path, or a ``postgresql://`` URL);
+``Store`` here is the Protocol.
 """
 
 from __future__ import annotations
@@ -24,15 +26,27 @@ from controller.store.types import (
     ChangeType,
     Conflict,
     Event,
+    Fenced,
     Gone,
     NotFound,
     StoreError,
+    Unavailable,
 )
 
 
-def open_store(path: Path | str) -> Store:
-    """The hub's store at ``path`` (a SQLite file; created on first use)."""
-    return SQLiteStore(path)
+def is_store_url(where: Path | str) -> bool:
+    """Whether ``where`` names a PostgreSQL database rather than a SQLite file."""
+    return str(where).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(where: Path | str, *, writer: str = "") -> Store:
+    """The hub's store: a ``postgresql://`` URL (shared by several hubs; ``writer`` names
+    this one in the change log), or the path of a SQLite file (created on first use)."""
+    if is_store_url(where):
+        from controller.store.postgres import PostgresStore
+
+        return PostgresStore(str(where), writer=writer)
+    return SQLiteStore(where)
 
 
 __all__ = [
@@ -44,6 +58,7 @@ __all__ = [
     "ChangeType",
     "Conflict",
     "Event",
+    "Fenced",
     "Gone",
     "NotFound",
     "Obj",
@@ -51,5 +66,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "Unavailable",
+    "is_store_url",
     "open_store",
 ]

@@ -7,6 +7,7 @@ or PostgreSQL found it.
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -40,6 +41,25 @@ class Gone(StoreError):
     """The change log no longer reaches back to the requested resourceVersion: relist."""
 
     status = 410
+
+
+class Unavailable(StoreError):
+    """The database cannot be reached now (a shared store restarting): retry shortly."""
+
+    status = 503
+
+
+class Fenced(StoreError):
+    """A write on behalf of a reconcile leader that is no longer the leader: refused, so a
+    hub that lost its lease (paused, cut off) never overwrites its successor's work."""
+
+    status = 409
+
+
+FENCE: ContextVar[int | None] = ContextVar("gu_fence", default=None)
+"""The leadership epoch the current thread writes on behalf of (``controller.leader``): a
+store shared by several hubs refuses its writes once another epoch holds the lease. None
+(API requests, a single hub): no fencing."""
 
 
 @dataclass(frozen=True)
