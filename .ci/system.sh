@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages gu's real-part tests and demo need, only when missing
-# (busybox-static, iproute2, docker.io, qemu-system-x86 and squashfs-tools for gVMkit).
+# (busybox-static, iproute2, docker.io, qemu-system-x86 and squashfs-tools for gVMkit,
+# iptables, chromium, postgresql).
 # Idempotent and quiet; safe to run on every `make test` / `make demo`.
 set -euo pipefail
 need=()
@@ -15,6 +16,8 @@ command -v mksquashfs >/dev/null 2>&1 || [ -x /usr/sbin/mksquashfs ] || need+=(s
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # the web UI's browser tests: Debian's chromium, driven by playwright (never its own download)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# the PostgreSQL store's tests start a throwaway cluster of their own (tests/pgcluster.py)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "gu: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2
@@ -22,6 +25,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "gu: installing ${need[*]} (apt-get)" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # packages install, services do not start (dockerd, PostgreSQL's default cluster): the
+  # tests start their own and stop only those
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi

@@ -67,7 +67,15 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
 
 
 @click.command("agent", short_help="Run the provider agent (enrol, heartbeat, run placements).")
-@click.option("--hub", required=True, metavar="URL", help="The hub's URL, e.g. http://hub:61622.")
+@click.option(
+    "--hub",
+    "hubs",
+    required=True,
+    multiple=True,
+    metavar="URL",
+    help="The hub's URL, e.g. http://hub:61622; give it once per hub of a cluster sharing "
+    "one store (the agent uses the first that answers and moves on when it stops).",
+)
 @click.option(
     "--join-token",
     envvar="GU_JOIN_TOKEN",
@@ -142,7 +150,7 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str] | None:
     help="Address the virtual network bridge listens on (its endpoints are reported).",
 )
 def agent_command(
-    hub: str,
+    hubs: tuple[str, ...],
     join_token: str | None,
     state_dir: str,
     name: str | None,
@@ -165,7 +173,7 @@ def agent_command(
     setup_logging()
     wanted = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
     config = AgentConfig(
-        hub=hub,
+        hub=",".join(h.strip().rstrip("/") for h in hubs),
         state_dir=Path(state_dir).expanduser(),
         join_token=join_token or None,
         name=name,

@@ -45,7 +45,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.client import ApiError, Client, HubUnreachable
+from controller.client import ApiError, Client, HubUnreachable, hub_urls
 from specs.fileio import write_atomic
 from specs.identity import (
     LOGIN_PAYLOAD_TYPE,
@@ -189,8 +189,31 @@ def enroll(
     Raises EnrollmentError when the hub refuses (bad or expired token, invalid
     name or labels), HubUnreachable when there is no answer.
     """
+    return _on_any_hub(hub, lambda url: _enroll_at(url, hub, key, join_token, name, labels))
+
+
+def _on_any_hub(hub: str, attempt: Callable[[str], T]) -> T:
+    """``attempt(url)`` on each of ``hub``'s URLs (several: a cluster) until one answers."""
+    last: HubUnreachable | None = None
+    for url in hub_urls(hub):
+        try:
+            return attempt(url)
+        except HubUnreachable as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _enroll_at(
+    url: str,
+    hub: str,
+    key: Ed25519PrivateKey,
+    join_token: str,
+    name: str,
+    labels: dict[str, str],
+) -> AgentRecord:
     pub = public_key_str(key)
-    with httpx.Client(base_url=hub, timeout=30.0) as http:
+    with httpx.Client(base_url=url, timeout=30.0) as http:
         chal = _post(http, "/v1/auth/challenge", {"publicKey": pub, "purpose": "enroll"})
         expiry = int(time.time()) + 60
         body = login_body(chal["hubId"], chal["nonce"], "enroll", expiry)
@@ -226,11 +249,15 @@ def enroll(
 
 def _hub_public_key(hub: str, key: Ed25519PrivateKey) -> tuple[str, str]:
     """(hub id, hub public key) from a challenge (for records that lack them)."""
-    with httpx.Client(base_url=hub, timeout=30.0) as http:
-        chal = _post(
-            http, "/v1/auth/challenge", {"publicKey": public_key_str(key), "purpose": "api"}
-        )
-    return str(chal["hubId"]), str(chal.get("hubPublicKey", ""))
+
+    def ask(url: str) -> tuple[str, str]:
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            chal = _post(
+                http, "/v1/auth/challenge", {"publicKey": public_key_str(key), "purpose": "api"}
+            )
+        return str(chal["hubId"]), str(chal.get("hubPublicKey", ""))
+
+    return _on_any_hub(hub, ask)
 
 
 def _until_reachable(what: str, stop: threading.Event | None, attempt: Callable[[], T]) -> T:

@@ -125,6 +125,14 @@ class Authenticator:
             self._revoked = self._still_needed(revoked, time.time())
         self._persist = persist
 
+    def merge_revocations(self, revoked: dict[tuple[str, str, str], float]) -> None:
+        """Add revocations another hub of the cluster made (read from the shared store)."""
+        with self._lock:
+            merged = dict(self._revoked)
+            for key, when in revoked.items():
+                merged[key] = max(when, merged.get(key, when))
+            self._revoked = self._still_needed(merged, time.time())
+
     def _still_needed(
         self, table: dict[tuple[str, str, str], float], now: float
     ) -> dict[tuple[str, str, str], float]:

@@ -16,7 +16,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +36,17 @@ from controller.config import Context, config_path, load_config
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
-from controller.liveness import Liveness
+from controller.leader import Leadership
+from controller.liveness import CHECKPOINT_SECONDS, Liveness
 from controller.liveness import keep as keep_leases
-from controller.logs import PlacementLogs
+from controller.logs import OutputLogs, PlacementLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
-from controller.relay import Relay
-from controller.store import Store, open_store
+from controller.relay import Relay, SharedRelay
+from controller.shared import SharedBlobs, SharedLogs
+from controller.store import Store, is_store_url, open_store
 from controller.vnetkeys import NetworkKeys
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 from specs.logfmt import kv
@@ -51,6 +56,8 @@ log = logging.getLogger("gu.hub")
 DEFAULT_STATE_DIR = Path("~/.local/share/gu/hub")
 DEFAULT_LISTEN = "127.0.0.1:61622"
 REVOCATIONS_KEY = "auth:revoked"
+SHARED_CHECKPOINT_SECONDS = 1.0
+"""On a shared store: how often a hub writes the leases it heard and reads the others'."""
 
 
 @dataclass
@@ -65,6 +72,8 @@ class HubSettings:
     max_image_bytes: int = 64 << 30
     #: the image store's bound: images, blobs and outputs together (None: the disk's)
     store_max_bytes: int | None = None
+    #: a ``postgresql://`` URL: the store several hubs share (None: SQLite in the state dir)
+    store: str | None = None
 
     @property
     def url(self) -> str:
@@ -111,11 +120,15 @@ class Hub:
         if not admins.exists():
             admins.write_text(public_key_str(admin_key) + "\n")
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
-        self.store: Store = open_store(state / "hub.db")
+        self.instance = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        """This hub process among the hubs of a shared store (the lease holder's name)."""
+        self.shared = settings.store is not None and is_store_url(settings.store)
+        self.store: Store = open_store(settings.store or state / "hub.db", writer=self.instance)
         self.images = ImageStore(
             state / "images",
             max_image_bytes=settings.max_image_bytes,
             max_total_bytes=settings.store_max_bytes,
+            replica=SharedBlobs(settings.store) if self.shared and settings.store else None,
         )
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
@@ -133,23 +146,41 @@ class Hub:
         self.metrics_token = MetricsToken(self.store.get_meta(METRICS_TOKEN_KEY))
         self.vnet_keys = NetworkKeys(self.key, self.store)
         self.relay = Relay()
-        self.logs = PlacementLogs(state / "logs")
+        self.shared_relay = (
+            SharedRelay(settings.store, self.instance, self.relay)
+            if self.shared and settings.store
+            else None
+        )
+        self.logs: OutputLogs = (
+            SharedLogs(settings.store)
+            if self.shared and settings.store
+            else PlacementLogs(state / "logs")
+        )
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
         self.admissions = AdmissionSigner(self.key)
-        self.controller = Controller(
+        self.leadership = Leadership(self.store, self.instance)
+        self.controller = self._new_controller(None)
+        self._controller_used = False
+        self.metrics.watch_pool(self.pool, lambda: self.controller.stats())
+
+    def _new_controller(self, fence: int | None) -> Controller:
+        """A reconcile engine with every reconciler (one per leadership term: an engine
+        runs once); its writes carry ``fence``, the term's epoch."""
+        controller = Controller(
             self.store,
-            resync_period=settings.resync_period,
+            resync_period=self.settings.resync_period,
             observe=self.metrics.observe_reconcile,
+            fence=fence,
         )
-        self.metrics.watch_pool(self.pool, self.controller.stats)
         register_all(
-            self.controller,
-            node_grace=settings.node_grace,
-            heartbeat=settings.heartbeat,
+            controller,
+            node_grace=self.settings.node_grace,
+            heartbeat=self.settings.heartbeat,
             policy=session_policy(self.images, self.admissions),
             liveness=self.liveness,
         )
+        return controller
 
     @property
     def hub_id(self) -> str:
@@ -179,8 +210,13 @@ class Hub:
             return {}
 
     def _save_revocations(self, table: dict[tuple[str, str, str], float]) -> None:
-        rows = [[r, n, k, t] for (r, n, k), t in sorted(table.items())]
-        self.store.put_meta(REVOCATIONS_KEY, json.dumps(rows))
+        # merged with what is stored, in one transaction: other hubs of a shared store
+        # write this table too, and none may drop another's revocation
+        with self.store.transaction():
+            merged = {**self._load_revocations(), **table}
+            cutoff = time.time() - self.settings.token_ttl - 60  # (older: no live token)
+            rows = [[r, n, k, t] for (r, n, k), t in sorted(merged.items()) if t > cutoff]
+            self.store.put_meta(REVOCATIONS_KEY, json.dumps(rows))
 
     def _placement_exists(self, name: str) -> bool:
         return self.store.try_get("Placement", name) is not None
@@ -230,6 +266,8 @@ class Hub:
         host, port = parse_listen(self.settings.listen)
         loop = asyncio.get_running_loop()
         self.feed.attach(loop)
+        if self.shared_relay is not None:
+            self.shared_relay.attach(loop)
         stop = asyncio.Event()
         app = create_app(self.api_deps())
         config = uvicorn.Config(
@@ -238,23 +276,22 @@ class Hub:
         server = _quiet_server_class()(config)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reconcile = asyncio.create_task(self.controller.run(stop), name="reconcile")
+        lead = asyncio.create_task(self.leadership.run(self._term, stop), name="leadership")
         beats = asyncio.create_task(self.heartbeats.run(stop), name="heartbeats")
-        sweeper = asyncio.create_task(
-            self.logs.sweep_every(self._placement_exists, stop), name="log-sweep"
-        )
-        outputs = asyncio.create_task(
-            sweep_outputs_every(self.store, self.images, stop), name="output-sweep"
-        )
         leases = asyncio.create_task(
             keep_leases(
                 self.liveness,
                 self.store,
-                lambda node: self.controller.enqueue("Provider", node),
+                self._lease_expired,
                 stop,
+                checkpoint_every=SHARED_CHECKPOINT_SECONDS if self.shared else CHECKPOINT_SECONDS,
+                load_every=SHARED_CHECKPOINT_SECONDS if self.shared else None,
             ),
             name="liveness",
         )
+        background = [lead, beats, leases]
+        if self.shared:
+            background.append(asyncio.create_task(self._follow_revocations(stop)))
         serving = asyncio.create_task(server.serve(), name="api")
         log.info(
             "event=hub_started hub_id=%s url=%s state_dir=%s",
@@ -265,16 +302,59 @@ class Hub:
         if ready is not None:
             ready.set()
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopper, reconcile}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({serving, stopper, lead}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         # End the watch streams (agents hold them open) so uvicorn's graceful
         # shutdown does not wait its full timeout for them; clients re-watch.
         self.feed.close()
         self.relay.close()
         server.should_exit = True
-        await asyncio.wait({serving, reconcile, beats, sweeper, outputs, leases}, timeout=10)
+        await asyncio.wait({serving, *background}, timeout=10)
+        if self.shared_relay is not None:
+            self.shared_relay.close()
         self.store.close()
         log.info("event=hub_stopped")
+
+    async def _term(self, epoch: int | None, ended: asyncio.Event) -> None:
+        """One leadership term (``controller.leader``): the reconcile engine and the sweeps
+        of what the hubs share, until ``ended``."""
+        if self._controller_used or epoch is not None:
+            self.controller = self._new_controller(epoch)
+        self._controller_used = True
+        tasks = [
+            asyncio.create_task(self.controller.run(ended), name="reconcile"),
+            asyncio.create_task(
+                self.logs.sweep_every(self._placement_exists, ended), name="log-sweep"
+            ),
+            asyncio.create_task(
+                sweep_outputs_every(self.store, self.images, ended), name="output-sweep"
+            ),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not ended.is_set():  # the engine stopped by itself: the term ends with it
+                for task in done:
+                    if task.exception() is not None:
+                        log.error(kv("term_task_failed", task=task.get_name(),
+                                     error=task.exception()))  # fmt: skip
+        finally:
+            ended.set()
+            await asyncio.wait(tasks, timeout=10)
+
+    def _lease_expired(self, node: str) -> None:
+        """A provider's lease ran out: its reconcile says NotReady (on the leader; another
+        hub's reconciles run elsewhere, and the leader sees the same lease run out)."""
+        if self.leadership.leading:
+            self.controller.enqueue("Provider", node)
+
+    async def _follow_revocations(self, stop: asyncio.Event) -> None:
+        """Revocations made on another hub of the cluster, read every few seconds."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SHARED_CHECKPOINT_SECONDS * 2)
+            with contextlib.suppress(Exception):
+                table = await asyncio.to_thread(self._load_revocations)
+                self.auth.merge_revocations(table)
 
 
 def _quiet_server_class() -> type:
@@ -327,6 +407,7 @@ def run_hub(
     listen: str = DEFAULT_LISTEN,
     node_grace: float = 30.0,
     store_max_gib: float | None = None,
+    store: str | None = None,
 ) -> None:
     """Start a hub and block until it is stopped (the ``gu hub`` command)."""
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
@@ -335,6 +416,7 @@ def run_hub(
         listen=listen,
         node_grace=node_grace,
         store_max_bytes=int(store_max_gib * (1 << 30)) if store_max_gib else None,
+        store=store,
     )
     parse_listen(listen)
     hub = Hub(settings)

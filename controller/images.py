@@ -38,7 +38,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Final, TypeVar
+from typing import BinaryIO, Final, Protocol, TypeVar
 
 from specs.fileio import fsync_dir
 from specs.images import (
@@ -61,6 +61,24 @@ MAX_SIGNATURE_BYTES: Final = 64 * 1024
 _STALE_TMP_SECONDS: Final = 3600.0
 
 T = TypeVar("T")
+
+
+class BlobReplica(Protocol):
+    """A copy of every blob that other hubs can reach (``controller.shared.SharedBlobs``)."""
+
+    def has(self, hash: str) -> bool: ...
+
+    def put(self, hash: str, path: Path) -> None: ...
+
+    def fetch(self, hash: str, dest: Path) -> bool: ...
+
+    def list(self) -> builtins.list[tuple[str, int]]: ...
+
+    def delete(self, hash: str) -> bool: ...
+
+    def put_signature(self, hash: str, sig_id: str, data: bytes) -> None: ...
+
+    def signatures(self, hash: str) -> builtins.list[tuple[str, bytes]]: ...
 
 
 class ImageNotFound(LookupError):
@@ -153,8 +171,12 @@ class ImageStore:
         *,
         max_image_bytes: int | None = None,
         max_total_bytes: int | None = None,
+        replica: BlobReplica | None = None,
     ) -> None:
         self.root = Path(root)
+        self.replica = replica
+        """Where hubs sharing a store keep every blob too (``controller.shared``): written
+        before an upload is acknowledged, read into this store on a miss."""
         self.max_image_bytes = max_image_bytes
         self.max_total_bytes = max_total_bytes
         self._images = self.root / "sha3-256"
@@ -164,7 +186,7 @@ class ImageStore:
             d.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         self._lock = threading.Lock()
-        self._used = sum(i.size for i in self.list())
+        self._used = sum(i.size for i in self._list_local())
         """Bytes stored (images, blobs, outputs), kept as they come and go."""
 
     @property
@@ -267,6 +289,8 @@ class ImageStore:
             fsync_dir(self._images)
             with self._lock:
                 self._used += upload.hasher.size
+        if self.replica is not None:
+            self.replica.put(actual, final)
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
         return self._info(actual, final)
 
@@ -289,22 +313,60 @@ class ImageStore:
     # ------------------------------------------------------------- reads
 
     def path(self, hash: str) -> Path:
-        """The file of image ``hash``; raise ImageNotFound when it is not stored."""
+        """The file of image ``hash``; raise ImageNotFound when it is not stored (here, or
+        in the replica: then it is fetched and verified first)."""
         p = self._images / parse_hash(hash)
-        if not p.is_file():
+        if not p.is_file() and not self._fetch(hash, p):
             raise ImageNotFound(hash)
         return p
 
+    def _fetch(self, hash: str, final: Path) -> bool:
+        """Copy blob ``hash`` from the replica into this store (verified); False if the
+        replica does not have it either (or there is none)."""
+        if self.replica is None:
+            return False
+        tmp = self._tmp / f"{uuid.uuid4().hex}.fetch"
+        try:
+            if not self.replica.fetch(hash, tmp):
+                return False
+            os.chmod(tmp, 0o444)
+            try:
+                os.link(tmp, final)
+                size = tmp.stat().st_size
+                fsync_dir(self._images)
+                with self._lock:
+                    self._used += size
+            except FileExistsError:
+                pass  # fetched by another request meanwhile
+            log.info("event=image_fetched hash=%s from=replica", hash)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def exists(self, hash: str) -> bool:
-        """True when image ``hash`` is stored (InvalidImageHash on a malformed hash)."""
-        return (self._images / parse_hash(hash)).is_file()
+        """True when image ``hash`` is stored, here or in the replica (InvalidImageHash on
+        a malformed hash)."""
+        if (self._images / parse_hash(hash)).is_file():
+            return True
+        return self.replica is not None and self.replica.has(hash)
 
     def info(self, hash: str) -> ImageInfo:
         """Hash, size and creation time of a stored image; ImageNotFound otherwise."""
         return self._info(hash, self.path(hash))
 
     def list(self) -> builtins.list[ImageInfo]:
-        """Every stored image, oldest first."""
+        """Every stored image (here, and in the replica), oldest first."""
+        out = self._list_local()
+        if self.replica is not None:
+            here = {i.hash for i in out}
+            out += [
+                ImageInfo(hash=h, size=n, created=datetime.now(UTC))
+                for h, n in self.replica.list()
+                if h not in here
+            ]
+        return out
+
+    def _list_local(self) -> builtins.list[ImageInfo]:
         out: builtins.list[ImageInfo] = []
         with os.scandir(self._images) as it:
             for entry in it:
@@ -340,11 +402,14 @@ class ImageStore:
         """Remove image ``hash`` and its signatures; ImageNotFound when it is not stored."""
         hex_part = parse_hash(hash)
         path = self._images / hex_part
+        shared = self.replica is not None and self.replica.delete(hash)
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
-            raise ImageNotFound(hash) from None
+            if not shared:
+                raise ImageNotFound(hash) from None
+            size = 0
         with self._lock:
             self._used -= size
         sig_dir = self._sigs / hex_part
@@ -365,7 +430,7 @@ class ImageStore:
         signature uploaded twice is stored once.
         """
         hex_part = parse_hash(hash)
-        if not (self._images / hex_part).is_file():
+        if not self.exists(hash):
             raise ImageNotFound(hash)
         if not sig_bytes:
             raise ValueError("a signature cannot be empty")
@@ -377,6 +442,8 @@ class ImageStore:
         sig_dir = self._sigs / hex_part
         sig_dir.mkdir(exist_ok=True)
         final = sig_dir / (parse_hash(hash_bytes(sig_bytes)) + ".sig")
+        if self.replica is not None:
+            self.replica.put_signature(hash, final.name, sig_bytes)
         if final.exists():
             return
         tmp = self._tmp / f"{uuid.uuid4().hex}.sig.part"
@@ -394,9 +461,10 @@ class ImageStore:
     def signatures(self, hash: str) -> builtins.list[bytes]:
         """Every signature stored for image ``hash``, in a stable order (may be empty)."""
         sig_dir = self._sigs / parse_hash(hash)
-        if not sig_dir.is_dir():
-            return []
-        return [p.read_bytes() for p in sorted(sig_dir.glob("*.sig"))]
+        found = {p.name: p.read_bytes() for p in sig_dir.glob("*.sig")} if sig_dir.is_dir() else {}
+        if self.replica is not None:
+            found.update(self.replica.signatures(hash))
+        return [found[name] for name in sorted(found)]
 
     # ----------------------------------------------------------- helpers
 

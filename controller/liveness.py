@@ -242,6 +242,12 @@ class Liveness:
                     out.append(name)
         return out
 
+    def due(self, now: datetime | None = None) -> bool:
+        """Whether a lease would be reported by ``expired`` now."""
+        now = now or self.clock()
+        with self._lock:
+            return any(not ls.expired and ls.deadline <= now for ls in self._leases.values())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._leases)
@@ -280,6 +286,8 @@ class Liveness:
                 current = self._leases.get(name)
                 if current is None or current.last < lease.last:
                     self._leases[name] = lease
+                    if lease.usage is not None:
+                        self._usage_changed.add(name)
                     loaded += 1
         return loaded
 
@@ -292,15 +300,28 @@ async def keep(
     *,
     sweep: float = SWEEP_SECONDS,
     checkpoint_every: float = CHECKPOINT_SECONDS,
+    load_every: float | None = None,
 ) -> None:
     """The hub's liveness task: every ``sweep`` seconds hand each lease that ran out to
     ``on_expired`` (the hub queues that Provider's reconcile); every
-    ``checkpoint_every`` seconds, and once more on ``stop``, checkpoint the leases."""
+    ``checkpoint_every`` seconds, and once more on ``stop``, checkpoint the leases.
+
+    Several hubs on one store (``load_every`` set) each hear only the agents connected
+    to them: each checkpoints often and reads the others' checkpoints every
+    ``load_every`` seconds, and a lease that seems to have run out is first looked up
+    in the store, where another hub may have heard from that agent since."""
     loop = asyncio.get_running_loop()
     next_checkpoint = loop.time() + checkpoint_every
+    next_load = loop.time()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), sweep)
+        if load_every is not None and (loop.time() >= next_load or liveness.due()):
+            next_load = loop.time() + load_every
+            try:
+                await asyncio.to_thread(liveness.load, store)
+            except Exception:  # the store is away: judge from what this hub heard
+                log.warning("event=lease_load_failed")
         for node in liveness.expired():
             on_expired(node)
         if loop.time() >= next_checkpoint or stop.is_set():

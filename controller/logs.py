@@ -20,11 +20,27 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger("gu.hub.logs")
 
 SWEEP_INTERVAL = 60.0
 _SUFFIXES = (".log", ".run", ".tmp")
+
+
+class OutputLogs(Protocol):
+    """Where the hub keeps placements' output: files here (``PlacementLogs``), or the
+    shared database of several hubs (``controller.shared.SharedLogs``)."""
+
+    def store(self, placement: str, body: bytes, run: int | None) -> None: ...
+
+    def read(self, placement: str, previous: bool = False) -> str: ...
+
+    def sweep(self, exists: Callable[[str], bool]) -> int: ...
+
+    async def sweep_every(
+        self, exists: Callable[[str], bool], stop: asyncio.Event, interval: float = ...
+    ) -> None: ...
 
 
 class PlacementLogs:

@@ -88,6 +88,7 @@ class HubProcess:
 def make_hub(tmp_path: Path, *extra_args: str) -> HubProcess:
     """A hub (not started) whose state, config and logs live under ``tmp_path``."""
     state = tmp_path / "hub"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["GU_CONFIG"] = str(state / "admin-config.yaml")
     env.setdefault("GU_LOG_LEVEL", "INFO")

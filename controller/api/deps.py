@@ -19,7 +19,7 @@ from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
 from controller.liveness import Liveness
-from controller.logs import PlacementLogs
+from controller.logs import OutputLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
 from controller.relay import Relay
@@ -35,7 +35,7 @@ class ApiDeps:
     images: ImageStore
     auth: Authenticator
     heartbeats: HeartbeatBatcher
-    logs: PlacementLogs
+    logs: OutputLogs
     #: recent changes, read once and shared by every watch stream, which it wakes
     #: (``controller.feed``)
     feed: ChangeFeed

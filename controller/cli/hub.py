@@ -54,6 +54,14 @@ DEFAULT_NODE_GRACE = 30.0
     metavar="GIB",
     help="Bound of the image store (images, blobs, outputs); uploads past it are refused.",
 )
+@click.option(
+    "--store",
+    envvar="GU_STORE",
+    default=None,
+    metavar="URL",
+    help="A postgresql://USER@HOST:PORT/DB URL: the store several hubs share (also from "
+    "GU_STORE; a password is best kept in ~/.pgpass). Default: SQLite in the state dir.",
+)
 @click.pass_context
 def hub_group(
     ctx: click.Context,
@@ -61,20 +69,32 @@ def hub_group(
     listen: str,
     node_grace: float,
     store_max_gib: float | None,
+    store: str | None,
 ) -> None:
     """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
 
     The first start creates the state dir with the hub's key and an admin key,
     and writes a client config (also ~/.config/gu/config.yaml if you have none).
+    Several hubs share one PostgreSQL store (--store) when each has the same
+    hub.key, admin.key and admins.pub in its state dir (copy them, 0600): any of
+    them serves the API, one at a time runs the reconcilers.
     """
     if ctx.invoked_subcommand is not None:
         return
     from controller.hub import run_hub
+    from controller.store import StoreError, is_store_url
 
+    if store is not None and not is_store_url(store):
+        raise BadInputError(
+            f"--store {store!r}: expected a postgresql:// URL, e.g. "
+            "postgresql://gu@db.lan:5432/gu (leave it out for the embedded SQLite store)"
+        )
     try:
-        run_hub(Path(state_dir).expanduser(), listen, node_grace, store_max_gib)
+        run_hub(Path(state_dir).expanduser(), listen, node_grace, store_max_gib, store)
     except ValueError as exc:  # a bad --listen
         raise BadInputError(str(exc)) from None
+    except StoreError as exc:  # the database cannot be reached or is too new
+        raise BadInputError(f"--store: {exc}") from None
     except KeyboardInterrupt:
         pass
 

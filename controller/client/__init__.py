@@ -79,19 +79,34 @@ def path_for(kind: str, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
+def hub_urls(hub: str | Iterable[str]) -> builtins.list[str]:
+    """The hub URLs of ``hub``: one URL, several separated by commas, or a list of them."""
+    parts = hub.split(",") if isinstance(hub, str) else [u for h in hub for u in h.split(",")]
+    urls = [u.strip().rstrip("/") for u in parts if u.strip()]
+    if not urls:
+        raise ValueError("no hub URL given")
+    return urls
+
+
 class Client:
-    """A logged-in connection to one hub (thread-safe)."""
+    """A logged-in connection to a hub (thread-safe).
+
+    Several hubs of one cluster (``hub`` a list, or URLs separated by commas) are tried
+    in turn: a request that cannot reach the current one goes to the next, which stays
+    current. Their tokens are interchangeable (the hubs share their key); a log-in
+    whose challenge went to another hub is simply done again."""
 
     def __init__(
         self,
-        hub: str,
+        hub: str | Iterable[str],
         key: Ed25519PrivateKey,
         *,
         purpose: str = "api",
         timeout: float = 30.0,
         token_ttl: int | None = None,
     ) -> None:
-        self.hub = hub.rstrip("/")
+        self.hubs = hub_urls(hub)
+        self._current = 0
         self.key = key
         self.public_key = public_key_str(key)
         self.purpose = purpose
@@ -99,7 +114,39 @@ class Client:
         self._token: str | None = None
         self._token_exp = 0.0
         self._lock = threading.Lock()
-        self.http = httpx.Client(base_url=self.hub, timeout=timeout)
+        self.http = httpx.Client(base_url=self.hubs[0], timeout=timeout)
+
+    @property
+    def hub(self) -> str:
+        """The hub URL requests go to now."""
+        return self.hubs[self._current]
+
+    def _next_hub(self, failed: str) -> None:
+        """The hub at ``failed`` did not answer: use the next one (once per failure)."""
+        with self._lock:
+            if self.hubs[self._current] != failed:
+                return  # another thread moved on already
+            self._current = (self._current + 1) % len(self.hubs)
+            self.http.base_url = httpx.URL(self.hubs[self._current])
+
+    def _send(
+        self, method: str, path: str, body: Callable[[], Any] | None = None, **kw: Any
+    ) -> httpx.Response:
+        """One request to the current hub, then each other hub in turn while none can be
+        reached (``body()`` makes a streamed body anew for each try)."""
+        last: Exception | None = None
+        for _ in range(len(self.hubs)):
+            at = self.hub
+            try:
+                if body is not None:
+                    kw["content"] = body()
+                return self.http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                last = exc
+                if len(self.hubs) > 1:
+                    self._next_hub(at)
+        where = self.hub if len(self.hubs) == 1 else "any of " + ", ".join(self.hubs)
+        raise HubUnreachable(0, f"cannot reach the hub at {where}: {last}")
 
     @classmethod
     def from_config(cls, config: str | Path | None = None, context: str | None = None) -> Client:
@@ -120,6 +167,16 @@ class Client:
 
     def login(self) -> str:
         """Challenge–response log-in; returns a fresh bearer token."""
+        for attempt in range(2):
+            try:
+                return self._login()
+            except ApiError as exc:
+                # (the challenge and the answer went to two hubs, one failing over)
+                if attempt or exc.status != 401 or len(self.hubs) == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _login(self) -> str:
         chal = self._raw(
             "POST",
             "/v1/auth/challenge",
@@ -149,10 +206,7 @@ class Client:
             return self._token
 
     def _raw(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kw)
-        except httpx.TransportError as exc:
-            raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+        resp = self._send(method, path, **kw)
         if resp.status_code >= 400:
             raise _error_from(resp)
         return resp.json()
@@ -163,10 +217,7 @@ class Client:
         extra = dict(kw.pop("headers", None) or {})
         for attempt in range(2):
             headers = {**extra, "Authorization": f"Bearer {self.token()}"}
-            try:
-                resp = self.http.request(method, path, headers=headers, **kw)
-            except httpx.TransportError as exc:
-                raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+            resp = self._send(method, path, headers=headers, **kw)
             if resp.status_code == 401 and attempt == 0:
                 with self._lock:
                     self._token = None
@@ -182,10 +233,7 @@ class Client:
         extra = dict(kw.pop("headers", None) or {})
         for attempt in range(2):
             headers = {**extra, "Authorization": f"Bearer {self.token()}"}
-            try:
-                resp = self.http.request(method, path, headers=headers, content=body(), **kw)
-            except httpx.TransportError as exc:
-                raise HubUnreachable(0, f"cannot reach the hub at {self.hub}: {exc}") from None
+            resp = self._send(method, path, body=body, headers=headers, **kw)
             if resp.status_code == 401 and attempt == 0:
                 with self._lock:
                     self._token = None
@@ -276,4 +324,7 @@ class Client:
                     if line:
                         yield json.loads(line)
         except httpx.TransportError as exc:
-            raise HubUnreachable(0, f"watch: lost the hub at {self.hub}: {exc}") from None
+            at = self.hub
+            if len(self.hubs) > 1:  # the caller watches again: on the next hub
+                self._next_hub(at)
+            raise HubUnreachable(0, f"watch: lost the hub at {at}: {exc}") from None

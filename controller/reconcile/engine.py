@@ -52,6 +52,7 @@ from typing import Any
 
 from controller.client.workqueue import QueueShutDown, WorkQueue
 from controller.store import Change, Conflict, Gone, Store
+from controller.store.types import FENCE
 from specs.logfmt import logfmt
 
 log = logging.getLogger("gu.reconcile")
@@ -165,9 +166,12 @@ class Controller:
         batch_size: int = 500,
         queue: WorkQueue | None = None,
         observe: Callable[[str, float, str], None] | None = None,
+        fence: int | None = None,
     ) -> None:
         """``observe(kind, seconds, outcome)`` is called after each reconcile, outcome
-        ``ok``, ``error`` or ``conflict`` (the hub's metrics)."""
+        ``ok``, ``error`` or ``conflict`` (the hub's metrics). ``fence``: the leadership
+        epoch every write of the handlers carries (``controller.leader``; a shared store
+        refuses them once another hub leads)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         if resync_period <= 0 or not 0 <= jitter < 1:
@@ -181,6 +185,7 @@ class Controller:
         self.batch_size = batch_size
         self._queue = queue if queue is not None else WorkQueue()
         self._observe = observe
+        self.fence = fence
         self._handlers: dict[str, Handler] = {}
         self._watches: dict[str, list[tuple[str, Mapper]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -457,6 +462,7 @@ class Controller:
 
     def _work(self) -> None:
         """One worker thread: take keys until the queue shuts down."""
+        FENCE.set(self.fence)  # (a thread starts with no context of its creator's)
         while True:
             try:
                 key = self._queue.get(timeout=1.0)

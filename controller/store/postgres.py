@@ -28,7 +28,9 @@ leader lease; the rules of a write are ``ObjectStore``'s, so both backends behav
   may start at once); a database migrated further than this hub knows is refused, and
   nothing is ever dropped.
 - The database may restart under a hub: a statement that finds its connection broken
-  raises ``Unavailable`` (HTTP 503, retry) and the next one reconnects.
+  raises ``Unavailable`` (HTTP 503, retry) and the next one reconnects. A writer idle
+  inside a transaction for 5 s (its hub paused or hung) is cut off by the server, so the
+  write lock it holds stalls the other hubs no longer than that.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from controller import faults
 from controller.store.objects import ObjectStore
 from controller.store.types import (
     FENCE,
@@ -140,10 +143,20 @@ def redact(url: str) -> str:
     return f"{head}://{user}:***@{host}" if ":" in cred else f"{head}://{user}@{host}"
 
 
+IDLE_IN_TRANSACTION_MS: Final = 5000
+"""A writer that stops inside a transaction (its hub paused or hung) is cut off after this
+long, so the write lock it holds cannot stall every other hub."""
+
+
 def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection, or ``Unavailable`` saying where it failed."""
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=10,
+            options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+        )
     except psycopg.Error as exc:
         raise Unavailable(f"cannot reach PostgreSQL at {redact(url)}: {_first_line(exc)}") from None
 
@@ -292,12 +305,14 @@ class PostgresStore(ObjectStore):
             self._depth += 1
             try:
                 yield
-            except BaseException:
+            except BaseException as exc:
                 self._depth -= 1
                 if self._depth == 0:
                     self._owner = None
                     with contextlib.suppress(psycopg.Error):
                         self._db.execute("ROLLBACK")
+                    if isinstance(exc, psycopg.Error):  # (the connection went away)
+                        raise Unavailable(f"PostgreSQL: {_first_line(exc)}") from None
                 raise
             self._depth -= 1
             if self._depth:
@@ -324,6 +339,8 @@ class PostgresStore(ObjectStore):
 
     def _begin(self) -> None:
         """BEGIN, the write lock, the fence check and the current rv (see the module doc)."""
+        if FENCE.get() is not None:
+            faults.pause("store.fenced-begin")
         for attempt in (0, 1):
             try:
                 self._reconnect_writer()
