@@ -79,27 +79,32 @@ def wait_for(
 
 
 def start_hub_subprocess(
-    tmp: Path, node_grace: float = 30.0
+    tmp: Path, node_grace: float = 30.0, store: str | None = None, log: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """A quiet hub process on a free loopback port with its state under ``tmp``, for the
     benchmark scripts: (process, URL, path of its admin client config). Waits until
-    ``/healthz`` answers (at most about 10 s)."""
+    ``/healthz`` answers (at most about 10 s). ``store``: a ``postgresql://`` URL to share;
+    ``log``: INFO lines to ``tmp/hub.log``."""
     import httpx
 
     port = free_port()
     state = tmp / "hub"
-    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"), GU_LOG_LEVEL="WARNING")
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GU_CONFIG=str(state / "admin-config.yaml"),
+               GU_LOG_LEVEL="INFO" if log else "WARNING")  # fmt: skip
     code = (
         "import sys; from pathlib import Path; from controller.hub import run_hub; "
-        "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]))"
+        "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), None, sys.argv[4] or None)"
     )
+    out = open(tmp / "hub.log", "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}", str(node_grace)],
+        [sys.executable, "-c", code, str(state), f"127.0.0.1:{port}", str(node_grace),
+         store or ""],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:

@@ -10,7 +10,15 @@ line per figure. Each figure is paired with a baseline measured in the same run:
 - watch latency, write → event seen by an HTTP watcher, vs the same write's own
   round trip (what the watcher adds on top of the apply itself).
 
-Traffic goes only to a hub this script starts on 127.0.0.1 and stops at the end.
+With ``--store postgresql://…`` (or ``--store auto``: a throwaway cluster this script
+starts, ``tests/pgcluster.py``) the API figures and scheduling through the real
+controller (``--providers`` × ``--sessions`` count-1 Sessions) are measured on SQLite
+and on PostgreSQL in the same run, each PostgreSQL figure with its ratio to SQLite's;
+then the failover time of two hubs on that store over ``--kills`` kills: ``kill -9`` of
+the leader → a Priority applied through the survivor reconciled (its Ready condition),
+the killed hub started again each time.
+
+Traffic goes only to hubs and a database this script starts on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -132,12 +140,30 @@ def bench_resync(n: int, tmp: Path) -> None:
     store.close()
 
 
-def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    return start_hub_subprocess(tmp)
+def start_hub(tmp: Path, store: str | None = None) -> tuple[subprocess.Popen[bytes], str, Path]:
+    return start_hub_subprocess(tmp, store=store)
 
 
-def bench_api(n: int, batch: int, tmp: Path) -> None:
-    proc, _url, cfg = start_hub(tmp)
+FIGURES: dict[str, dict[str, float]] = {}
+"""figure → {store label → value}: what the PostgreSQL figures are compared with."""
+
+
+def emit_for(label: str, figure: str, value: float, unit: str, higher: bool, **extra: Any) -> None:
+    """``emit``, and with a store label, recorded to compare (the ratio on PostgreSQL's)."""
+    if not label:
+        emit(figure, value, unit, **extra)
+        return
+    FIGURES.setdefault(figure, {})[label] = value
+    base = FIGURES[figure].get("sqlite")
+    if label != "sqlite" and base:
+        ratio = value / base if higher else base / value
+        extra["ratio_to_sqlite"] = round(ratio, 3)
+        extra["better_is"] = "higher" if higher else "lower"
+    emit(f"{figure}_{label}", value, unit, store=label, **extra)
+
+
+def bench_api(n: int, batch: int, tmp: Path, store: str | None = None, label: str = "") -> None:
+    proc, _url, cfg = start_hub(tmp, store)
     try:
         client = Client.from_config(cfg)
         client.http.timeout = httpx.Timeout(120)
@@ -146,7 +172,8 @@ def bench_api(n: int, batch: int, tmp: Path) -> None:
         for i in range(0, n, batch):
             client.apply(objs[i : i + batch], apply_set="bench")
         dt = time.perf_counter() - t
-        emit("api_apply", n / dt, "objects/s", seconds=round(dt, 3), objects=n, batch=batch)
+        emit_for(label, "api_apply", n / dt, "objects/s", True, seconds=round(dt, 3), objects=n,
+                 batch=batch)  # fmt: skip
 
         time.sleep(1.0)  # let the reconcilers write their first status
         rv = client.list("Priority")[0]["metadata"]["resourceVersion"] if n > 1 else 0
@@ -159,22 +186,16 @@ def bench_api(n: int, batch: int, tmp: Path) -> None:
         dt = time.perf_counter() - t
         rv_after = client.call("GET", "/v1/priorities")["resourceVersion"]
         del rv
-        emit(
-            "api_noop_reapply",
-            dt,
-            "s",
-            objects=n,
-            actions=actions,
-            rows_written=rv_after - rv_before,
-        )
+        emit_for(label, "api_noop_reapply", dt, "s", False, objects=n, actions=actions,
+                 rows_written=rv_after - rv_before)  # fmt: skip
 
-        bench_watch(client)
+        bench_watch(client, label=label)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
 
 
-def bench_watch(client: Client, writes: int = 200) -> None:
+def bench_watch(client: Client, writes: int = 200, label: str = "") -> None:
     start_rv = client.call("GET", "/v1/priorities")["resourceVersion"]
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -207,19 +228,107 @@ def bench_watch(client: Client, writes: int = 200) -> None:
         roundtrips.append(time.perf_counter() - t)
     th.join(30)
     lat = [seen[k] - sent[k] for k in sent if k in seen]
-    emit("watch_latency_p50", percentile(lat, 50) * 1000, "ms", events=len(lat))
-    emit("watch_latency_p99", percentile(lat, 99) * 1000, "ms", events=len(lat))
-    emit("apply_roundtrip_p50_baseline", percentile(roundtrips, 50) * 1000, "ms")
-    emit("apply_roundtrip_p99_baseline", percentile(roundtrips, 99) * 1000, "ms")
+    ms = lambda v: v * 1000  # noqa: E731
+    emit_for(label, "watch_latency_p50", ms(percentile(lat, 50)), "ms", False, events=len(lat))
+    emit_for(label, "watch_latency_p99", ms(percentile(lat, 99)), "ms", False, events=len(lat))
+    emit_for(label, "apply_roundtrip_p50_baseline", ms(percentile(roundtrips, 50)), "ms", False)
+    emit_for(label, "apply_roundtrip_p99_baseline", ms(percentile(roundtrips, 99)), "ms", False)
+
+
+def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
+    """The same figures on SQLite and on PostgreSQL, then failover time on PostgreSQL."""
+    from tests.bench.bench_scheduler import bench_controller
+    from tests.pgcluster import PgCluster
+
+    cluster = PgCluster() if args.store == "auto" else None
+    try:
+        fresh_db = cluster.database if cluster else (lambda: args.store)
+        for label in ("sqlite", "postgresql"):
+            url = None if label == "sqlite" else fresh_db()
+            bench_api(args.objects, args.batch, tmp / f"api-{label}", url, label)
+            from controller.store import open_store
+
+            (tmp / f"sched-{label}").mkdir()
+            store = open_store(fresh_db()) if url else None
+            rate = bench_controller(tmp / f"sched-{label}", args.providers, args.sessions, 1,
+                                    store=store, label=f"_{label}")  # fmt: skip
+            emit_for(label, "scheduling", rate, "placements/s", True,
+                     providers=args.providers, sessions=args.sessions)  # fmt: skip
+        if args.kills:
+            bench_failover(fresh_db(), tmp / "failover", args.kills)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def bench_failover(url: str, tmp: Path, kills: int) -> None:
+    """``kill -9`` of the leader → a Priority applied through the other hub reconciled."""
+    import shutil
+    import signal
+
+    from specs.identity import load_private_key
+
+    procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+
+    def start(name: str) -> None:
+        proc, hub_url, _cfg = start_hub_subprocess(tmp / name, store=url, log=True)
+        procs[name] = (proc, hub_url)
+
+    tmp.mkdir(parents=True)
+    start("a")
+    for _ in range(200):  # A leads first (bounded: 20 s)
+        if "event=leader_elected" in (tmp / "a" / "hub.log").read_text():
+            break
+        time.sleep(0.1)
+    (tmp / "b" / "hub").mkdir(parents=True, mode=0o700)
+    for f in ("hub.key", "admin.key", "admins.pub"):
+        shutil.copy2(tmp / "a" / "hub" / f, tmp / "b" / "hub" / f)
+    start("b")
+    key = load_private_key(tmp / "a" / "hub" / "admin.key")
+    leader, other = "a", "b"
+    took: list[float] = []
+    try:
+        for i in range(kills):
+            client = Client(procs[other][1], key)
+            client.list("Priority")  # logged in before the kill
+            procs[leader][0].send_signal(signal.SIGKILL)
+            procs[leader][0].wait(10)
+            killed = time.perf_counter()
+            name = f"failover-{i}"
+            client.apply([{"apiVersion": "gu/v1", "kind": "Priority",
+                           "metadata": {"name": name}, "spec": {"value": i}}])  # fmt: skip
+            for _ in range(600):  # bounded: 60 s
+                conds = client.get("Priority", name)["status"].get("conditions") or []
+                if any(c.get("type") == "Ready" for c in conds):
+                    break
+                time.sleep(0.05)
+            took.append(time.perf_counter() - killed)
+            client.close()
+            start(leader)  # back, as a follower
+            leader, other = other, leader
+        emit("failover", percentile(took, 50), "s", kills=kills,
+             p99_s=round(percentile(took, 99), 3), max_s=round(max(took), 3),
+             each=[round(t, 2) for t in took], goal_s=10)  # fmt: skip
+    finally:
+        for proc, _ in procs.values():
+            proc.kill()
+            proc.wait(10)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--store", metavar="URL", help="postgresql://… or auto (see the doc)")
+    ap.add_argument("--providers", type=int, default=200)
+    ap.add_argument("--sessions", type=int, default=2000)
+    ap.add_argument("--kills", type=int, default=10)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
         tmp = Path(d)
+        if args.store:
+            bench_stores(args, tmp)
+            return
         bench_store_baseline(args.objects, args.batch, tmp)
         bench_resync(args.objects, tmp)
         bench_api(args.objects, args.batch, tmp)

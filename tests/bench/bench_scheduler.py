@@ -85,9 +85,12 @@ def inventory() -> dict[str, Any]:
     }
 
 
-def world(tmp: Path, providers: int, workers: int = 4) -> tuple[Store, Controller]:
-    """A fresh store with Ready providers and an App, and a controller with every reconciler."""
-    store = SQLiteStore(tmp / "hub.db")
+def world(
+    tmp: Path, providers: int, workers: int = 4, store: Store | None = None
+) -> tuple[Store, Controller]:
+    """A fresh store (``store``, or SQLite in ``tmp``) with Ready providers and an App, and
+    a controller with every reconciler."""
+    store = store if store is not None else SQLiteStore(tmp / "hub.db")
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with store.transaction():
         store.create({"kind": "App", "metadata": {"name": "bench"}, "spec": {}})
@@ -141,9 +144,16 @@ def converged(store: Store, n_sessions: int, n_placements: int) -> bool:
 
 
 def bench_controller(
-    tmp: Path, providers: int, n_sessions: int, count: int, workers: int = 4
-) -> None:
-    store, controller = world(tmp, providers, workers)
+    tmp: Path,
+    providers: int,
+    n_sessions: int,
+    count: int,
+    workers: int = 4,
+    store: Store | None = None,
+    label: str = "",
+) -> float:
+    """Placements per second through the real controller (and prints its figures)."""
+    store, controller = world(tmp, providers, workers, store)
     total = n_sessions * count
     objs = sessions(n_sessions, count)
 
@@ -168,7 +178,7 @@ def bench_controller(
     elapsed, stats = asyncio.run(body())
     bound = sum(1 for p in store.list("Placement") if p["spec"]["node"])
     emit(
-        f"controller_{n_sessions}x{count}",
+        f"controller_{n_sessions}x{count}{label}",
         total / elapsed,
         "placements/s",
         placements=total,
@@ -185,13 +195,14 @@ def bench_controller(
     for s in store.list("Session"):
         controller.reconcile("Session", s["metadata"]["name"])
     emit(
-        f"resync_noop_{n_sessions}x{count}",
+        f"resync_noop_{n_sessions}x{count}{label}",
         (time.perf_counter() - start) * 1000,
         "ms",
         sessions=n_sessions,
         rows_written=store.resource_version - rv,
     )
     store.close()
+    return total / elapsed
 
 
 def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None:
