@@ -291,7 +291,7 @@ class Hub:
         )
         background = [lead, beats, leases]
         if self.shared:
-            background.append(asyncio.create_task(self._follow_revocations(stop)))
+            background.append(asyncio.create_task(self._follow_cluster(stop)))
         serving = asyncio.create_task(server.serve(), name="api")
         log.info(
             "event=hub_started hub_id=%s url=%s state_dir=%s",
@@ -347,14 +347,18 @@ class Hub:
         if self.leadership.leading:
             self.controller.enqueue("Provider", node)
 
-    async def _follow_revocations(self, stop: asyncio.Event) -> None:
-        """Revocations made on another hub of the cluster, read every few seconds."""
+    async def _follow_cluster(self, stop: asyncio.Event) -> None:
+        """What another hub of the cluster changed in memory-held settings, read every few
+        seconds: revocations, and the metrics token."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SHARED_CHECKPOINT_SECONDS * 2)
             with contextlib.suppress(Exception):
                 table = await asyncio.to_thread(self._load_revocations)
                 self.auth.merge_revocations(table)
+                digest = await asyncio.to_thread(self.store.get_meta, METRICS_TOKEN_KEY)
+                if digest:
+                    self.metrics_token.digest = digest
 
 
 def _quiet_server_class() -> type:

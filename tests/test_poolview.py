@@ -11,7 +11,7 @@ from controller.auth import Principal
 from controller.liveness import Liveness
 from controller.poolview import PoolView, TableQuery
 from controller.store import Store
-from tests.test_reconcilers_scheduling import IMAGE, add_provider, store  # noqa: F401
+from tests.test_reconcilers_scheduling import IMAGE, add_provider
 
 ADMIN = Principal("admin", "admin")
 
@@ -51,7 +51,7 @@ def tasks(view: PoolView) -> dict[str, list[str]]:
     return {n: sorted(t["placement"] for t in r["tasks"]) for n, r in rows(view).items()}
 
 
-def test_followed_changes_give_what_a_fresh_load_gives(store: Store) -> None:  # noqa: F811
+def test_followed_changes_give_what_a_fresh_load_gives(store: Store) -> None:
     live = Liveness()
     view = PoolView(store, live)
     view.load()
@@ -85,7 +85,7 @@ def test_followed_changes_give_what_a_fresh_load_gives(store: Store) -> None:  #
 
 
 def test_an_app_sees_the_providers_its_policy_allows_and_only_its_own_task_names(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     view = PoolView(store, Liveness())
     a = add_provider(store, 1, labels={"zone": "lab"})
@@ -119,7 +119,7 @@ def test_the_usage_history_is_bounded_and_spaced() -> None:
     assert live.history("n", 3) == samples[-3:]
 
 
-def test_the_table_filters_sorts_and_pages_on_the_hub(store: Store) -> None:  # noqa: F811
+def test_the_table_filters_sorts_and_pages_on_the_hub(store: Store) -> None:
     view = PoolView(store, Liveness())
     nodes = [add_provider(store, i, cores=i, labels={"zone": "lab"} if i % 2 else {}) for i in
              range(1, 8)]  # fmt: skip
