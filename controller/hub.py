@@ -122,13 +122,16 @@ class Hub:
         self.admin_keys = {line.strip() for line in admins.read_text().splitlines() if line.strip()}
         self.instance = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         """This hub process among the hubs of a shared store (the lease holder's name)."""
-        self.shared = settings.store is not None and is_store_url(settings.store)
-        self.store: Store = open_store(settings.store or state / "hub.db", writer=self.instance)
+        url = settings.store if settings.store and is_store_url(settings.store) else None
+        self.shared = url is not None
+        """Several hubs may share this store (PostgreSQL): they elect a leader and share
+        blobs, output, leases and the relay through it."""
+        self.store: Store = open_store(url or state / "hub.db", writer=self.instance)
         self.images = ImageStore(
             state / "images",
             max_image_bytes=settings.max_image_bytes,
             max_total_bytes=settings.store_max_bytes,
-            replica=SharedBlobs(settings.store) if self.shared and settings.store else None,
+            replica=(blobs := SharedBlobs(url)) if url else None,
         )
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
@@ -146,16 +149,11 @@ class Hub:
         self.metrics_token = MetricsToken(self.store.get_meta(METRICS_TOKEN_KEY))
         self.vnet_keys = NetworkKeys(self.key, self.store)
         self.relay = Relay()
-        self.shared_relay = (
-            SharedRelay(settings.store, self.instance, self.relay)
-            if self.shared and settings.store
-            else None
-        )
+        self.shared_relay = SharedRelay(url, self.instance, self.relay) if url else None
         self.logs: OutputLogs = (
-            SharedLogs(settings.store)
-            if self.shared and settings.store
-            else PlacementLogs(state / "logs")
+            (shared_logs := SharedLogs(url)) if url else PlacementLogs(state / "logs")
         )
+        self._closing: list[SharedBlobs | SharedLogs] = [blobs, shared_logs] if url else []
         self.first_start = first_start
         self.admin_config = self._write_client_configs(state / "admin.key")
         self.admissions = AdmissionSigner(self.key)
@@ -312,6 +310,8 @@ class Hub:
         await asyncio.wait({serving, *background}, timeout=10)
         if self.shared_relay is not None:
             self.shared_relay.close()
+        for part in self._closing:
+            part.close()
         self.store.close()
         log.info("event=hub_stopped")
 
