@@ -76,12 +76,17 @@ class Leadership:
     async def run(self, term: Term, stop: asyncio.Event) -> None:
         """Lead whenever this hub may, running ``term`` for each term, until ``stop``."""
         if not self.elected:
-            self.leading = True
-            self.terms += 1
-            try:
-                await term(None, stop)
-            finally:
-                self.leading = False
+            while not stop.is_set():
+                self.leading = True
+                self.terms += 1
+                try:
+                    await term(None, stop)
+                finally:
+                    self.leading = False
+                if not stop.is_set():  # the engine failed: a new one, after a breath
+                    log.error(kv("term_ended", action="starting the reconcilers again in 1 s"))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
             return
         assert isinstance(self.store, LeaseStore)
         while not stop.is_set():

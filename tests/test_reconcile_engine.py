@@ -351,3 +351,22 @@ def test_recording_events_inside_and_outside_store_transactions_cannot_deadlock(
     assert not any(t.is_alive() for t in threads), "event recording deadlocked"
     assert errors == []
     assert store.events("App", "a")
+
+
+def test_resyncs_of_an_empty_store_leave_the_engine_running(store: Store) -> None:
+    """(A resync with nothing to queue once failed the engine, and with it the hub.)"""
+    controller = Controller(store, resync_period=0.05, jitter=0)
+    seen: list[str] = []
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        seen.append(obj["metadata"]["name"])
+
+    async def body() -> None:
+        async with running(controller) as task:
+            await asyncio.sleep(0.5)  # several resyncs of nothing
+            assert not task.done()
+            store.create(widget("late"))
+            await eventually(lambda: "late" in seen, what="a reconcile after them")
+
+    run(body)

@@ -371,6 +371,9 @@ class Controller:
         hold the GIL (and so the API's loop) for seconds, and keys changes queue do not
         wait behind all of them."""
         keys = await self._in_thread(self._all_keys)
+        if not keys:  # (an empty store: nothing to queue)
+            self._last_resync = datetime.now(UTC)
+            return
         steps = max(1, min(len(keys), int(spread / _RESYNC_TICK)))
         size = -(-len(keys) // steps)
         for i in range(0, len(keys), size):

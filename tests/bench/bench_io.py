@@ -76,7 +76,7 @@ def main() -> None:
     size = args.mib * MIB
     with tempfile.TemporaryDirectory(prefix="gu-bench-io-", dir=os.environ.get("TMPDIR")) as t:
         tmp = Path(t)
-        proc, _url, config = start_hub_subprocess(tmp)
+        proc, _url, config = start_hub_subprocess(tmp, log=True)
         try:
             client = Client.from_config(config)
             data = tmp / "data.bin"
@@ -146,6 +146,9 @@ def main() -> None:
                 emit(figure, mb / m, "MB/s", ratio_to_sha3=round(b / m, 3),
                      ratio_to_slower_baseline=round(max(b, w) / m, 3), mib=args.mib,
                      runs=args.runs, seconds_p50=round(m, 3), goal_ratio=0.8)  # fmt: skip
+        except BaseException:
+            print((tmp / "hub.log").read_text()[-3000:], file=sys.stderr)  # why, if the hub died
+            raise
         finally:
             proc.terminate()
             proc.wait(timeout=30)
