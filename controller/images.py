@@ -34,7 +34,9 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +59,10 @@ log = logging.getLogger("gu.hub.images")
 # Signatures are small (an Ed25519 signature and a short payload); anything
 # bigger is a mistake or abuse, not a signature.
 MAX_SIGNATURE_BYTES: Final = 64 * 1024
+SYNC_EVERY: Final = 64 << 20
+"""An upload waits for the disk every this many bytes (see ``_Upload.store``)."""
+MAX_PENDING_BATCHES: Final = 64
+"""Batches (1 MiB) an upload holds in memory while the disk or the hashing catches up."""
 # Temp files older than this at start-up belong to an upload that died with its process.
 _STALE_TMP_SECONDS: Final = 3600.0
 
@@ -133,16 +139,36 @@ class _Upload:
         self.hasher = Hasher()
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
+        self.received = 0
+        self._unsynced = 0
+
     def write(self, chunk: BytesLike) -> None:
-        view = memoryview(chunk)
-        if self.max_bytes is not None and self.hasher.size + view.nbytes > self.max_bytes:
+        """Check, hash and store ``chunk`` (``put_stream``: one thread does all three)."""
+        self.admit(len(chunk))
+        self.hasher.update(chunk)
+        self.store(chunk)
+
+    def admit(self, size: int) -> None:
+        """Count ``size`` more bytes in: ImageTooLarge past the upload's limit, StoreFull
+        past the store's bound (nothing of the upload is kept either way)."""
+        if self.max_bytes is not None and self.received + size > self.max_bytes:
             raise ImageTooLarge(self.max_bytes)
         if self.room is not None:
-            self.room(self.hasher.size + view.nbytes)  # StoreFull past the store's bound
-        self.hasher.update(view)
+            self.room(self.received + size)
+        self.received += size
+
+    def store(self, chunk: BytesLike) -> None:
+        """Write ``chunk`` at the end of the file; every ``SYNC_EVERY`` bytes, wait for the
+        disk to have them (so the fsync at the end has little left, and writing back runs
+        alongside the hashing instead of after it)."""
+        view = memoryview(chunk)
         assert self._fd is not None
+        self._unsynced += view.nbytes
         while view:
             view = view[os.write(self._fd, view) :]
+        if self._unsynced >= SYNC_EVERY:
+            os.fdatasync(self._fd)
+            self._unsynced = 0
 
     def finish(self) -> None:
         """fsync and close: after this the bytes are on disk, not just in the page cache."""
@@ -232,29 +258,35 @@ class ImageStore:
         if expected is not None:
             parse_hash(expected)
         upload = await _in_thread(self._begin)
-        writing: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
+        # one thread hashes and one writes (and waits for the disk now and then), each
+        # taking batches in order while the loop receives the next: hashlib and os.write
+        # let go of the GIL, so receiving, hashing and writing back all overlap
+        hashing, writing = (ThreadPoolExecutor(1, f"gu-upload-{w}") for w in ("hash", "write"))
+        pending: deque[asyncio.Future[None]] = deque()
         try:
             batch = bytearray()
             async for chunk in chunks:
                 batch += chunk
                 if len(batch) >= CHUNK_SIZE:
-                    # one batch is hashed and written in a thread while the loop receives
-                    # the next (hashlib lets go of the GIL): receiving and hashing overlap
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(_in_thread(upload.write, batch))
+                    upload.admit(len(batch))
+                    pending.append(loop.run_in_executor(hashing, upload.hasher.update, batch))
+                    pending.append(loop.run_in_executor(writing, upload.store, batch))
                     batch = bytearray()
-            if writing is not None:
-                await writing
-                writing = None
+                    while len(pending) > 2 * MAX_PENDING_BATCHES:  # (memory stays bounded)
+                        await pending.popleft()
+            while pending:
+                await pending.popleft()
             if batch:
                 await _in_thread(upload.write, batch)
             await _in_thread(upload.finish)
             return await _in_thread(self._commit, upload, expected)
         finally:
-            if writing is not None:  # (the upload failed meanwhile: let the write end first)
+            for work in pending:  # (the upload failed meanwhile: let the work end first)
                 with contextlib.suppress(Exception):
-                    await writing
+                    await work
+            hashing.shutdown(wait=False)
+            writing.shutdown(wait=False)
             await _in_thread(upload.discard)
 
     def _begin(self) -> _Upload:
