@@ -176,10 +176,30 @@ def test_removing_the_image_from_the_policy_stops_its_placements(hub: Hub) -> No
     assert "PolicyViolation" in reasons
 
 
-def test_a_policy_change_wakes_the_sessions_of_its_apps(hub: Hub) -> None:
-    from controller.reconcilers.session import sessions_of_policy_apps
+def test_a_policy_change_wakes_the_sessions_of_the_apps_it_names_and_named(hub: Hub) -> None:
+    from controller.reconcilers.session import policy_apps_mapper
 
+    mapper = policy_apps_mapper()
     image = push(hub, b"program")
     apply(hub, app(), policy(allowImages=[image]), session(image))
     changed = hub.store.get("ImagePolicy", "p")
-    assert sessions_of_policy_apps(changed, hub.store) == ["s"]
+    assert mapper(changed, hub.store) == ["s"]
+    # the policy stops naming the app: its Sessions are woken all the same
+    dropped = {**changed, "spec": {**changed["spec"], "apps": ["someone-else"]}}
+    assert mapper(dropped, hub.store) == ["s"]
+    assert mapper(dropped, hub.store) == []  # (and no longer once that was seen)
+
+
+def test_a_change_of_the_default_priority_wakes_the_sessions_that_name_none(
+    hub: Hub,
+) -> None:
+    from controller.reconcilers.session import priority_mapper
+
+    mapper = priority_mapper()
+    image = push(hub, b"program")
+    apply(hub, app(), policy(allowImages=[image]), session(image))
+    prio = {"kind": "Priority", "metadata": {"name": "batch"}, "spec": {"value": 5}}
+    assert mapper(prio, hub.store) == []  # nobody names it, and it is no default
+    default = {**prio, "spec": {"value": 5, "default": True}}
+    assert mapper(default, hub.store) == ["s"]  # "s" names no priority
+    assert mapper(prio, hub.store) == ["s"]  # no longer the default: "s" again

@@ -96,9 +96,10 @@ from controller.reconcilers.session.reconciler import (
 )
 from controller.reconcilers.session.status import SESSION_FINALIZER
 from controller.reconcilers.session.watches import (
+    policy_apps_mapper,
+    priority_mapper,
     provider_facts,
     sessions_naming,
-    sessions_of_policy_apps,
 )
 
 __all__ = [
@@ -110,9 +111,10 @@ __all__ = [
     "node_lost",
     "plan_deletion",
     "plan_session",
+    "policy_apps_mapper",
+    "priority_mapper",
     "provider_facts",
     "register",
     "session_problems",
     "sessions_naming",
-    "sessions_of_policy_apps",
 ]

@@ -45,9 +45,10 @@ from controller.reconcilers.session.plan import (
 from controller.reconcilers.session.queue import Waiter, WaitQueue, queue_key
 from controller.reconcilers.session.status import INVALID_SPEC, REFERENCES_RESOLVED, conditions_of
 from controller.reconcilers.session.watches import (
+    policy_apps_mapper,
+    priority_mapper,
     provider_facts,
     sessions_naming,
-    sessions_of_policy_apps,
 )
 from controller.reconcilers.vnet import Allocator
 from controller.scheduler import Allowed, RankedNodes, schedule
@@ -379,11 +380,11 @@ def register(
         "Session",
         watches={
             "App": sessions_naming("app"),
-            "Priority": sessions_naming("priority"),
+            "Priority": priority_mapper(),
             "VirtualNetwork": sessions_naming("network"),
             "Placement": reconciler.sessions_for_placement,
             "Provider": reconciler.sessions_for_provider,
-            "ImagePolicy": sessions_of_policy_apps,
+            "ImagePolicy": policy_apps_mapper(),
         },
     )(reconciler)
     return reconciler
