@@ -144,3 +144,44 @@ def test_a_commit_wakes_the_streams_that_may_see_it_and_no_other(store: Store) -
 
     woke = asyncio.run(scenario())
     assert woke == {"admin/admin": True, "agent/node-a": True, "agent/node-b": False}
+
+
+def test_an_agent_behind_the_ring_reads_only_its_own_changes_from_the_store(
+    store: Store,
+) -> None:
+    """Its stream reads its node's changes by the log's node index, then goes on from
+    where the log is: the other changes are never read for it (1,000 agents behind the
+    ring once read every change each, and decoded it, to keep their own)."""
+    import time
+    from types import SimpleNamespace
+
+    from controller.api.objects import _stream
+
+    feed = ChangeFeed(store, capacity=10)
+    store.create({"kind": "Provider", "metadata": {"name": "node-a"}, "spec": {}})
+    for i in range(60):  # node-a's among many others'
+        node = "node-a" if i % 20 == 0 else "node-b"
+        store.create({"kind": "Placement", "metadata": {"name": f"p{i}"}, "spec": {"node": node}})
+    whole_log_reads: list[int] = []
+    real_changes = store.changes
+
+    def counting(since: int, limit: int = 1000) -> list[Any]:
+        whole_log_reads.append(since)
+        return real_changes(since, limit)
+
+    async def body() -> list[dict[str, Any]]:
+        await fill(feed)
+        feed.store.subscribe(feed._from_thread)
+        store.changes = counting  # type: ignore[method-assign]
+        agent = Principal("agent", "node-a")
+        d = SimpleNamespace(store=store, feed=feed)
+        out = [json.loads(x) async for x in _stream(d, agent, 0, None, time.monotonic() + 0.5)]  # type: ignore[arg-type]
+        return out
+
+    events = asyncio.run(body())
+    names = [e["object"]["metadata"]["name"] for e in events if e["object"]]
+    assert names == ["node-a", "p0", "p20", "p40"]
+    assert (
+        events[-1]["type"] == "BOOKMARK" and events[-1]["resourceVersion"] == store.resource_version
+    )
+    assert whole_log_reads == []

@@ -266,3 +266,56 @@ def test_deleting_objects_removes_their_events_so_event_storage_returns_to_its_s
     assert event_rows(store) == before
     assert store.events("App", "a0") == []
     assert [e.message for e in store.events("App", "keep")] == ["stays"]
+
+
+def test_node_changes_are_a_nodes_placements_and_provider_by_index(store: Store) -> None:
+    store.create({"kind": "Provider", "metadata": {"name": "a"}, "spec": {}})
+    store.create({"kind": "Provider", "metadata": {"name": "b"}, "spec": {}})
+    store.create({"kind": "Session", "metadata": {"name": "s"}, "spec": {"node": "a"}})
+    store.create({"kind": "Placement", "metadata": {"name": "pa"}, "spec": {"node": "a"}})
+    store.create({"kind": "Placement", "metadata": {"name": "pb"}, "spec": {"node": "b"}})
+    store.create({"kind": "Placement", "metadata": {"name": "pu"}, "spec": {}})  # unbound
+    store.update_status("Placement", "pa", {"state": "Running"})
+    got = store.node_changes("a", 0)
+    assert [(c.kind, c.name, c.type) for c in got] == [
+        ("Provider", "a", "ADDED"), ("Placement", "pa", "ADDED"), ("Placement", "pa", "MODIFIED"),
+    ]  # fmt: skip
+    assert [c.name for c in store.node_changes("a", got[0].rv)] == ["pa", "pa"]
+    assert store.node_changes("a", store.resource_version) == []
+    if isinstance(store, SQLiteStore):
+        plan = (
+            store._reader()
+            .execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM changes WHERE node = ? AND rv > ? ORDER BY rv",
+                ("a", 0),
+            )
+            .fetchall()
+        )
+        assert "changes_node" in str(plan), plan
+
+
+def test_node_changes_of_a_compacted_log_are_gone(
+    backend: Callable[..., Store], tmp_path: Path
+) -> None:
+    store = backend(tmp_path, changelog_limit=10)
+    for i in range(30):
+        store.create({"kind": "Placement", "metadata": {"name": f"p{i}"}, "spec": {"node": "a"}})
+    with pytest.raises(Gone):
+        store.node_changes("a", 1)
+    assert len(store.node_changes("a", store.resource_version - 3)) == 3
+
+
+def test_a_change_log_from_before_the_node_index_gets_it_filled_in(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "hub.db")
+    store.create({"kind": "Placement", "metadata": {"name": "p"}, "spec": {"node": "a"}})
+    store.close()
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # as an older hub left it
+        db.execute("DROP INDEX changes_node")
+        db.execute("ALTER TABLE changes DROP COLUMN node")
+    again = SQLiteStore(tmp_path / "hub.db")
+    try:
+        assert [c.name for c in again.node_changes("a", 0)] == ["p"]
+    finally:
+        again.close()

@@ -59,6 +59,7 @@ from controller.store.types import (
     Gone,
     StoreError,
     Unavailable,
+    change_node,
     dumps,
     now,
 )
@@ -129,6 +130,13 @@ MIGRATIONS: Final[Sequence[Sequence[str]]] = (
         """CREATE TABLE gu_logs (
             placement text NOT NULL, previous boolean NOT NULL, body bytea NOT NULL,
             PRIMARY KEY (placement, previous))""",
+    ),
+    # 3: the change log indexed by the provider a change concerns (agents' watches)
+    (
+        "ALTER TABLE gu_changes ADD COLUMN node text",
+        "UPDATE gu_changes SET node = (object::jsonb #>> '{spec,node}') WHERE kind = 'Placement'",
+        "UPDATE gu_changes SET node = name WHERE kind = 'Provider'",
+        "CREATE INDEX gu_changes_node ON gu_changes (node, rv) WHERE node IS NOT NULL",
     ),
 )
 
@@ -481,8 +489,8 @@ class PostgresStore(ObjectStore):
 
     def _log_change(self, obj: dict[str, Any], change: ChangeType) -> None:
         self._db.execute(
-            "INSERT INTO gu_changes(rv, kind, name, type, object, writer, epoch) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            "INSERT INTO gu_changes(rv, kind, name, type, object, writer, epoch, node) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
             (
                 obj["metadata"]["resourceVersion"],
                 obj["kind"],
@@ -491,6 +499,7 @@ class PostgresStore(ObjectStore):
                 dumps(obj),
                 self.writer,
                 FENCE.get(),
+                change_node(obj["kind"], obj),
             ),
         )
 
@@ -565,6 +574,20 @@ class PostgresStore(ObjectStore):
                 raise Gone(
                     f"resourceVersion {since} is too old (oldest kept: {oldest[0][0]}); list again"
                 )
+        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""
+        rows = self._read(
+            "SELECT rv, type, kind, name, object FROM gu_changes WHERE node = %s AND rv > %s "
+            "ORDER BY rv LIMIT %s",
+            (node, since, limit),
+        )
+        oldest = self._read("SELECT value FROM gu_meta WHERE key='oldest'")
+        if oldest and since + 1 < int(oldest[0][0]) and since < self.resource_version:
+            raise Gone(
+                f"resourceVersion {since} is too old (oldest kept: {oldest[0][0]}); list again"
+            )
         return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def change_writers(self) -> builtins.list[tuple[int, str, int | None]]:

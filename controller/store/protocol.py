@@ -83,6 +83,11 @@ class Store(Protocol):
         """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
         ...
 
+    def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """The changes with rv > ``since`` of ``node``'s Placements and its Provider (an
+        agent's watch), oldest first, by an index: O(its changes), not O(all)."""
+        ...
+
     # writes
     def create(self, obj: Obj, *, apply_set: str | None = None) -> Obj:
         """Create a new object; raises AlreadyExists."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from controller.store.objects import ObjectStore
-from controller.store.types import Change, ChangeType, Event, Gone, dumps, now
+from controller.store.types import Change, ChangeType, Event, Gone, change_node, dumps, now
 from specs.selectors import match_labels
 
 log = logging.getLogger("gu.store")
@@ -138,11 +138,30 @@ class SQLiteStore(ObjectStore):
                 f"CREATE INDEX IF NOT EXISTS {_index_name(path)} "
                 f"ON objects (kind, json_extract(spec, '{path}'))"
             )
+        self._index_changes_by_node()
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 0
         self._committed_rv = self._rv  # what readers on other connections can see
         row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
         self._oldest = int(row[0]) if row and row[0] is not None else self._rv + 1
+
+    def _index_changes_by_node(self) -> None:
+        """The change log's ``node`` column and its index (a database from before them gets
+        both, its rows filled in once)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(changes)").fetchall()}
+        if "node" not in cols:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ALTER TABLE changes ADD COLUMN node TEXT")
+                self._db.execute(
+                    "UPDATE changes SET node = json_extract(object, '$.spec.node') "
+                    "WHERE kind = 'Placement'"
+                )
+                self._db.execute("UPDATE changes SET node = name WHERE kind = 'Provider'")
+                self._db.execute("COMMIT")
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS changes_node ON changes (node, rv) WHERE node IS NOT NULL"
+        )
 
     # ------------------------------------------------------------ plumbing
 
@@ -338,13 +357,14 @@ class SQLiteStore(ObjectStore):
 
     def _log_change(self, obj: dict[str, Any], change: ChangeType) -> None:
         self._db.execute(
-            "INSERT INTO changes(rv, kind, name, type, object) VALUES (?,?,?,?,?)",
+            "INSERT INTO changes(rv, kind, name, type, object, node) VALUES (?,?,?,?,?,?)",
             (
                 obj["metadata"]["resourceVersion"],
                 obj["kind"],
                 obj["metadata"]["name"],
                 change,
                 dumps(obj),
+                change_node(obj["kind"], obj),
             ),
         )
 
@@ -427,6 +447,22 @@ class SQLiteStore(ObjectStore):
         )
         # checked after the read: a compaction advances _oldest before it commits, so
         # a read that raced one is refused (relist) rather than silently missing rows
+        oldest = self._oldest
+        if since + 1 < oldest and since < self._committed_rv:
+            raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
+        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT rv, type, kind, name, object FROM changes WHERE node = ? AND rv > ? "
+                "ORDER BY rv LIMIT ?",
+                (node, since, limit),
+            )
+            .fetchall()
+        )
         oldest = self._oldest
         if since + 1 < oldest and since < self._committed_rv:
             raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")

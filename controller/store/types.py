@@ -94,6 +94,16 @@ class Event:
     message: str
 
 
+def change_node(kind: str, obj: dict[str, Any]) -> str | None:
+    """The provider a change concerns, for the change log's node index: a Placement's
+    node, a Provider itself (what an agent's watch stream carries), else None."""
+    if kind == "Placement":
+        return (obj.get("spec") or {}).get("node") or None
+    if kind == "Provider":
+        return str(obj["metadata"]["name"])
+    return None
+
+
 def now() -> str:
     """The current UTC time as the store writes it (RFC 3339, ``Z``)."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
