@@ -319,3 +319,36 @@ def test_a_change_log_from_before_the_node_index_gets_it_filled_in(tmp_path: Pat
         assert [c.name for c in again.node_changes("a", 0)] == ["p"]
     finally:
         again.close()
+
+
+def test_threads_coming_and_going_never_lose_a_connection_under_their_reads(
+    tmp_path: Path,
+) -> None:
+    """Readers on short-lived threads (as asyncio's and anyio's pools make them) while
+    others start and end: no read fails, none finds its connection closed under it (a
+    connection was once handed down by thread id and closed by a newcomer: a crash)."""
+    import threading
+
+    store = SQLiteStore(tmp_path / "hub.db")
+    store.create({"kind": "App", "metadata": {"name": "a"}, "spec": {}})
+    errors: list[BaseException] = []
+
+    def read_a_while() -> None:
+        try:
+            for _ in range(30):
+                assert store.try_get("App", "a") is not None
+                store.changes(0, 10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        for _ in range(20):  # 20 waves of 10 threads (bounded)
+            wave = [threading.Thread(target=read_a_while) for _ in range(10)]
+            for t in wave:
+                t.start()
+            for t in wave:
+                t.join(10)
+        assert not errors, errors[:3]
+        assert len(store._readers) <= 11  # the ended threads' connections were closed
+    finally:
+        store.close()

@@ -125,7 +125,8 @@ class SQLiteStore(ObjectStore):
         self._listeners: list[Callable[[int], None]] = []
         self._timers: list[Callable[[float], None]] = []
         self._owner: int | None = None  # the thread inside a transaction, if any
-        self._readers: dict[int, sqlite3.Connection] = {}  # by thread ident
+        self._local = threading.local()  # this thread's reader connection
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -169,8 +170,8 @@ class SQLiteStore(ObjectStore):
         with self._lock:
             self._closed = True
             with self._readers_lock:
-                readers, self._readers = self._readers, {}
-            for conn in readers.values():
+                readers, self._readers = self._readers, []
+            for _, conn in readers:
                 conn.close()
             self._db.close()
 
@@ -181,24 +182,34 @@ class SQLiteStore(ObjectStore):
         writes); otherwise the thread's own read-only connection, opened on
         first use. Reads on it take no lock: WAL gives each statement the last
         committed snapshot.
+
+        A thread's connection lives in a thread-local slot, and is closed only once
+        its thread has ended. (It was kept by thread id: a new thread given the id of
+        one that had ended took over that thread's connection while another new
+        thread, seeing that id as dead a moment before, closed it under its reads:
+        SQLite crashed the hub.)
         """
-        me = threading.get_ident()
-        if self._owner == me:
+        if self._owner == threading.get_ident():
             return self._db
-        conn = self._readers.get(me)
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             with self._readers_lock:
                 if self._closed:
                     raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-                # a new thread: first close the connections of threads that ended
-                alive = {t.ident for t in threading.enumerate()}
-                for ident in [i for i in self._readers if i not in alive]:
-                    self._readers.pop(ident).close()
+                # a new thread: first close the connections of threads that have ended
+                kept = []
+                for thread, old in self._readers:
+                    if thread.is_alive():
+                        kept.append((thread, old))
+                    else:
+                        old.close()
                 conn = sqlite3.connect(
                     self.path, check_same_thread=False, isolation_level=None, timeout=30
                 )
                 conn.execute("PRAGMA query_only=ON")
-                self._readers[me] = conn
+                kept.append((threading.current_thread(), conn))
+                self._readers = kept
+            self._local.conn = conn
         return conn
 
     def subscribe(self, callback: Callable[[int], None]) -> None:

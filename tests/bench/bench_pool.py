@@ -118,6 +118,7 @@ def count_bound(client: Client, since: int, prefix: str, want: int, limit: float
                     break
         except HubUnreachable as exc:  # a busy hub answered too late: say so, go on
             print(f"bench_pool: {exc}", file=sys.stderr)
+            time.sleep(0.5)
     return len(bound)
 
 
