@@ -370,3 +370,43 @@ def test_resyncs_of_an_empty_store_leave_the_engine_running(store: Store) -> Non
             await eventually(lambda: "late" in seen, what="a reconcile after them")
 
     run(body)
+
+
+def test_a_pass_is_not_woken_again_by_its_own_writes_but_others_are(store: Store) -> None:
+    """A handler's status write, and a write it reports with ``ctx.wrote``, wake neither
+    it again (it knew what it wrote) — a watcher of that kind is woken all the same, and
+    so is the handler by anybody else's write."""
+    controller = Controller(store, workers=2)
+    passes: list[str] = []
+    gadget_passes: list[str] = []
+
+    @controller.reconciler("Widget", watches={"Part": lambda part, _s: [part["spec"]["of"]]})
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        passes.append(obj["metadata"]["name"])
+        ctx.update_status(obj, {"seen": obj["spec"].get("size")})
+        part = store.try_get("Part", obj["metadata"]["name"])
+        if part is None:
+            ctx.wrote(store.create({"kind": "Part", "metadata": {"name": obj["metadata"]["name"]},
+                                    "spec": {"of": obj["metadata"]["name"]}}))  # fmt: skip
+
+    @controller.reconciler(
+        "Gadget",
+        watches={"Part": lambda part, _store: ["g"], "Widget": lambda w, _store: ["g"]},
+    )
+    def gadget(obj: dict[str, Any], ctx: Context) -> None:
+        gadget_passes.append(obj["metadata"]["name"])
+
+    store.create({"kind": "Gadget", "metadata": {"name": "g"}, "spec": {}})
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: "g" in gadget_passes, what="the gadget listed")
+            store.create(widget("w", size=1))
+            await eventually(lambda: store.try_get("Part", "w") is not None, what="its part")
+            await asyncio.sleep(0.5)  # time for any wake-up its own writes would cause
+            assert passes == ["w"], passes  # its status and its part woke it no more
+            assert len(gadget_passes) >= 2  # the watcher of parts and widgets was woken
+            store.replace(widget("w", size=2))  # somebody else's write
+            await eventually(lambda: passes == ["w", "w"], what="a pass for that")
+
+    run(body)

@@ -57,6 +57,9 @@ from specs.logfmt import logfmt
 
 log = logging.getLogger("gu.reconcile")
 
+_MAX_OWN_WRITES = 100_000
+"""Notes of a handler's own writes kept at most (``Controller.note_write``)."""
+
 Obj = dict[str, Any]
 
 _ERROR_MAX_CHARS = 300
@@ -104,6 +107,13 @@ class Context:
         """
         return self.controller.record_event(obj, reason, message, type_)
 
+    def wrote(self, obj: Obj) -> Obj:
+        """Say that this pass wrote ``obj`` (as the store returned it): the change it
+        makes does not wake this key again — the pass that wrote it knew it already
+        (controller-runtime's "expectations"). Other keys it concerns are woken as ever."""
+        self.controller.note_write(f"{self.kind}/{self.name}", obj)
+        return obj
+
     def update_status(self, obj: Obj, status: Obj) -> Obj:
         """Write ``status`` of ``obj`` if it differs from what ``obj`` has.
 
@@ -113,8 +123,10 @@ class Context:
         if status == obj.get("status"):
             return obj
         meta = obj["metadata"]
-        return self.store.update_status(
-            obj["kind"], meta["name"], status, expected_rv=meta["resourceVersion"]
+        return self.wrote(
+            self.store.update_status(
+                obj["kind"], meta["name"], status, expected_rv=meta["resourceVersion"]
+            )
         )
 
     def ensure_finalizer(self, obj: Obj, finalizer: str) -> Obj:
@@ -123,11 +135,13 @@ class Context:
         finalizers = list(meta.get("finalizers") or [])
         if finalizer in finalizers or meta.get("deletionTimestamp"):
             return obj
-        return self.store.set_finalizers(
-            obj["kind"],
-            meta["name"],
-            [*finalizers, finalizer],
-            expected_rv=meta["resourceVersion"],
+        return self.wrote(
+            self.store.set_finalizers(
+                obj["kind"],
+                meta["name"],
+                [*finalizers, finalizer],
+                expected_rv=meta["resourceVersion"],
+            )
         )
 
     def remove_finalizer(self, obj: Obj, finalizer: str) -> Obj:
@@ -136,11 +150,13 @@ class Context:
         finalizers = list(meta.get("finalizers") or [])
         if finalizer not in finalizers:
             return obj
-        return self.store.set_finalizers(
-            obj["kind"],
-            meta["name"],
-            [f for f in finalizers if f != finalizer],
-            expected_rv=meta["resourceVersion"],
+        return self.wrote(
+            self.store.set_finalizers(
+                obj["kind"],
+                meta["name"],
+                [f for f in finalizers if f != finalizer],
+                expected_rv=meta["resourceVersion"],
+            )
         )
 
 
@@ -191,6 +207,9 @@ class Controller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._counters_lock = threading.Lock()
+        self._own: dict[tuple[str, str, int], str] = {}  # (kind, name, rv) → writer key
+        self._own_lock = threading.Lock()
+        self._pass = threading.local()  # the notes of the pass a worker is running
         self._wake = asyncio.Event()
         self._wake_scheduled = False
         self._executor: ThreadPoolExecutor | None = None
@@ -439,8 +458,23 @@ class Controller:
                 return since, list(keys), False
         return since, list(keys), True
 
+    def note_write(self, writer: str, obj: Obj) -> None:
+        """Key ``writer``'s pass wrote ``obj``: the change with its rv wakes ``writer`` no
+        more (``Context.wrote``). Forgotten if the pass fails (its writes rolled back)."""
+        meta = obj.get("metadata") or {}
+        note = (str(obj.get("kind")), str(meta.get("name")), int(meta.get("resourceVersion") or 0))
+        with self._own_lock:
+            if len(self._own) >= _MAX_OWN_WRITES:  # (notes of changes never read: a relist)
+                self._own.clear()
+            self._own[note] = writer
+        pending = getattr(self._pass, "notes", None)
+        if pending is not None:
+            pending.append(note)
+
     def _keys_for(self, change: Change) -> list[str]:
         keys: list[str] = []
+        with self._own_lock:
+            writer = self._own.pop((change.kind, change.name, change.rv), None)
         if change.kind in self._handlers:
             keys.append(f"{change.kind}/{change.name}")
         for target, mapper in self._watches.get(change.kind, ()):
@@ -455,6 +489,8 @@ class Controller:
                         error=_describe(exc),
                     )
                 )
+        if writer is not None:
+            keys = [k for k in keys if k != writer]
         return keys
 
     def _all_keys(self) -> list[str]:
@@ -487,6 +523,7 @@ class Controller:
             self._in_flight += 1
         began = time.perf_counter()
         outcome = "ok"
+        self._pass.notes = []
         try:
             result = self.reconcile(kind, name)
         except Conflict as exc:
@@ -524,6 +561,11 @@ class Controller:
             if isinstance(result, Result) and result.requeue_after is not None:
                 self._queue.add_after(key, result.requeue_after)
         finally:
+            if outcome != "ok":  # its writes were rolled back: their rvs may come again
+                with self._own_lock:
+                    for note in self._pass.notes:
+                        self._own.pop(note, None)
+            self._pass.notes = None
             with self._counters_lock:
                 self._reconciles += 1
                 self._in_flight -= 1

@@ -35,18 +35,22 @@ def apply_plan(plan: SessionPlan, obj: Obj, ctx: Context) -> Obj:
     with store.transaction():
         if plan.ensure_finalizer:
             obj = ctx.ensure_finalizer(obj, SESSION_FINALIZER)
+        # (each written placement is noted as this pass's own: its change does not wake
+        # this Session again, which planned it; other watchers of placements still wake)
         for placement, status in plan.placement_status.values():
             meta = placement["metadata"]
-            store.update_status(
-                "Placement", meta["name"], status, expected_rv=meta["resourceVersion"]
+            ctx.wrote(
+                store.update_status(
+                    "Placement", meta["name"], status, expected_rv=meta["resourceVersion"]
+                )
             )
         for pname, placement in plan.placement_spec.items():
             if pname not in plan.delete:
-                store.replace(placement)
+                ctx.wrote(store.replace(placement))
         for placement in plan.create:
-            store.create(placement)
+            ctx.wrote(store.create(placement))
         for pname in plan.delete:
-            store.delete("Placement", pname)
+            ctx.wrote(store.delete("Placement", pname))
         if plan.status is not None:
             obj = ctx.update_status(obj, plan.status)
         for reason, message, type_ in plan.events:
