@@ -109,6 +109,11 @@ class ChangeFeed:
     def rv(self) -> int:
         return self._rv
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether the ring holds every change this hub has been told is committed."""
+        return self._rv >= self._target and self._loop is not None
+
     # ------------------------------------------------------------- filling
 
     def listen(self, callback: Callable[[list[Change] | None], None]) -> None:

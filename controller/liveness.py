@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controller.store import Store
+from controller.store import Change, Store
 
 log = logging.getLogger("gu.hub.liveness")
 
@@ -292,6 +292,46 @@ class Liveness:
         return loaded
 
 
+class ProviderDecisions:
+    """For each Provider, its stored readiness and decision fields (``DECISION_FIELDS``)
+    at the newest resourceVersion seen: from the change feed's batches (on the API's
+    loop) and from the Providers the heartbeat route reads (in its worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[int, Obj | None]] = {}  # name → (rv, decision)
+
+    def note(self, name: str, rv: int, obj: Obj | None) -> None:
+        """``obj`` (None: deleted) is ``name``'s Provider as of ``rv``; kept if newer."""
+        decision: Obj | None = None
+        if obj is not None:
+            status = obj.get("status") or {}
+            if is_ready(status):
+                decision = {k: status.get(k) for k in DECISION_FIELDS}
+        with self._lock:
+            known = self._known.get(name)
+            if known is None or known[0] < rv:
+                self._known[name] = (rv, decision)
+
+    def on_batch(self, batch: list[Change] | None) -> None:
+        """A ``ChangeFeed`` listener: each Provider change; None (the feed started afresh)
+        forgets everything."""
+        if batch is None:
+            with self._lock:
+                self._known.clear()
+            return
+        for change in batch:
+            if change.kind == "Provider":
+                obj = None if change.type == "DELETED" else change.object
+                self.note(change.name, change.rv, obj)
+
+    def unchanged(self, name: str, decision: Obj) -> bool:
+        """Whether ``name`` is known Ready with exactly ``decision`` stored."""
+        with self._lock:
+            known = self._known.get(name)
+        return known is not None and known[1] is not None and known[1] == decision
+
+
 async def keep(
     liveness: Liveness,
     store: Store,
@@ -378,6 +418,7 @@ __all__ = [
     "MISSED_BEATS",
     "Lease",
     "Liveness",
+    "ProviderDecisions",
     "is_ready",
     "keep",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -400,5 +401,119 @@ def test_a_watch_that_skipped_other_kinds_ends_with_a_bookmark_of_how_far_it_rea
         assert events == [
             {"type": "BOOKMARK", "object": None, "resourceVersion": hub.store.resource_version}
         ]
+
+    run_hub(tmp_path, monkeypatch, scenario)
+
+
+# ------------------------------------------------------- the heartbeat fast path
+
+
+def test_provider_decisions_keep_the_newest_and_forget_on_delete_or_reset() -> None:
+    from controller.liveness import ProviderDecisions
+    from controller.store import Change
+
+    def provider(ready: str, cores: int) -> dict[str, Any]:
+        return {
+            "kind": "Provider",
+            "metadata": {"name": "n1"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": ready}],
+                "inventory": inventory(cores),
+                "endpoints": [],
+                "heartbeatSeconds": 1.0,
+            },
+        }
+
+    decision = {"inventory": inventory(4), "endpoints": [], "heartbeatSeconds": 1.0}
+    known = ProviderDecisions()
+    assert not known.unchanged("n1", decision)  # never seen: the route decides
+    known.note("n1", 5, provider("True", 4))
+    assert known.unchanged("n1", decision)
+    assert not known.unchanged("n1", {**decision, "heartbeatSeconds": 2.0})
+    known.note("n1", 4, provider("True", 8))  # an older read, late: ignored
+    assert known.unchanged("n1", decision)
+    known.on_batch([Change(6, "MODIFIED", "Provider", "n1", provider("False", 4))])
+    assert not known.unchanged("n1", decision)  # NotReady: the route brings it back
+    known.on_batch([Change(7, "MODIFIED", "Provider", "n1", provider("True", 4))])
+    assert known.unchanged("n1", decision)
+    known.on_batch([Change(8, "DELETED", "Provider", "n1", provider("True", 4))])
+    assert not known.unchanged("n1", decision)
+    known.note("n1", 7, provider("True", 4))  # a read from before the delete: ignored
+    assert not known.unchanged("n1", decision)
+    known.note("n1", 9, provider("True", 4))
+    known.on_batch(None)  # the feed started afresh
+    assert not known.unchanged("n1", decision)
+
+
+def read_all(hub: Hub) -> bool:
+    """The change feed has read every committed change (and knows it)."""
+    return hub.feed.rv >= hub.store.resource_version and hub.feed.caught_up
+
+
+def test_usage_only_beats_are_answered_beside_the_route_and_everything_else_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        node, token = await enrol(http, join)
+        auth = {"Authorization": f"Bearer {token}"}
+        (
+            await http.post("/v1/agents/heartbeat", json=beat_body(0), headers=auth)
+        ).raise_for_status()
+        await until(lambda: ready(hub, node) == "True", "the provider to be Ready")
+        await until(lambda: idle(hub) and read_all(hub), "the hub to settle")
+
+        from controller.api.agents import heartbeat as heartbeat_route
+
+        reads: list[str] = []  # the route reads the caller's Provider; the fast path does not
+        store_get = hub.store.try_get
+
+        def counted(kind: str, name: str) -> dict[str, Any] | None:
+            if kind == "Provider" and sys._getframe(1).f_code is heartbeat_route.__code__:
+                reads.append(name)
+            return store_get(kind, name)
+
+        monkeypatch.setattr(hub.store, "try_get", counted)
+        for n in range(1, 21):
+            resp = await http.post("/v1/agents/heartbeat", json=beat_body(n), headers=auth)
+            assert resp.status_code == 200, resp.text
+            answer = resp.json()
+            assert answer["ok"] is True and answer["heartbeat"] == 1.0
+            assert abs(answer["time"] - time.time()) < 5
+        assert reads == [], "a usage-only beat of a known Ready provider reached the route"
+        assert (hub.liveness.usage(node) or {})["cpuPercent"] == 20.0
+        timed = hub.metrics.registry.get_sample_value(
+            "gu_api_request_duration_seconds_count",
+            {"route": "/v1/agents/heartbeat", "method": "POST", "code": "200"},
+        )
+        assert timed is not None and timed >= 21  # timed under the route's name
+
+        # what the route refuses, it still refuses, in its own words
+        resp = await http.post(
+            "/v1/agents/heartbeat", json=beat_body(1), headers={"Authorization": "Bearer x.y.z"}
+        )
+        assert resp.status_code == 401 and "bearer token" in resp.text
+        resp = await http.post("/v1/agents/heartbeat", json=beat_body(1), headers=admin(hub))
+        assert resp.status_code == 403 and "only enrolled agents" in resp.text
+        implausible = beat_body(1)
+        implausible["usage"]["memoryAvailableBytes"] = 64 * GIB  # more than it has
+        resp = await http.post("/v1/agents/heartbeat", json=implausible, headers=auth)
+        assert resp.status_code == 422 and "cannot be true" in resp.text
+        resp = await http.post("/v1/agents/heartbeat", json={"usage": {}}, headers=auth)
+        assert resp.status_code == 422 and "inventory" in resp.text
+        assert reads == [node], "refusals by the route (only the implausible one reads)"
+
+        # a new inventory is the route's: written, and the fast path follows it
+        resp = await http.post("/v1/agents/heartbeat", json=beat_body(30, cores=8), headers=auth)
+        resp.raise_for_status()
+        await until(
+            lambda: hub.store.get("Provider", node)["status"]["inventory"]["cpu"]["cores"] == 8,
+            "the new inventory to be written",
+        )
+        await until(lambda: read_all(hub), "the feed to read it")
+        before = len(reads)
+        await http.post("/v1/agents/heartbeat", json=beat_body(31, cores=8), headers=auth)
+        assert len(reads) == before, "the written inventory is known: fast path again"
+
+        # (a provider gone NotReady comes back through the route: the test above)
 
     run_hub(tmp_path, monkeypatch, scenario)

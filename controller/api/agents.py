@@ -231,7 +231,8 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
 
     A beat that changes only usage and last-seen, from a Ready provider, goes to
     the lease table (``controller.liveness``) and writes nothing to the store, so it
-    wakes no reconcile; see ``DECISION_FIELDS`` for what is written.
+    wakes no reconcile; see ``DECISION_FIELDS`` for what is written. Such a beat is
+    usually answered before it gets here, by ``controller.api.fastbeat``.
     """
     if who.role != "agent":
         raise Forbidden(
@@ -241,6 +242,8 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
     current = d.store.try_get("Provider", who.name)
     if current is None:
         raise NotFound(f"Provider/{who.name} not found: enrol again with a join token")
+    # what the fast path compares the next beats with (controller.api.fastbeat)
+    d.decisions.note(who.name, current["metadata"]["resourceVersion"], current)
     problems = inventory_problems(req.inventory, req.usage)
     if problems:
         message = "heartbeat refused, its inventory cannot be true: " + "; ".join(problems)

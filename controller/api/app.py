@@ -35,6 +35,7 @@ from controller.api import (
 )
 from controller.api.common import ERROR_RESPONSES, ApiProblem, Caller
 from controller.api.deps import ApiDeps, Deps
+from controller.api.fastbeat import HeartbeatFastPath
 from controller.auth import AuthError, Forbidden
 from controller.metrics import RequestTimer
 from controller.store import StoreError
@@ -178,6 +179,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
     for module in (login, agents, logs, peers, images, blobs, ui, metrics, vnet, objects):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
+    # (inside the timer, so its answers are timed under the heartbeat route too)
+    app.add_middleware(HeartbeatFastPath, deps=deps)
+    deps.feed.listen(deps.decisions.on_batch)
     app.add_middleware(RequestTimer, metrics=deps.metrics)
     return app
 

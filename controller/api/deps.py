@@ -9,7 +9,7 @@ and a new router (UI, metrics, blobs) declares what it needs the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,7 +18,7 @@ from controller.auth import Authenticator, LoginLinks, MetricsToken
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
-from controller.liveness import Liveness
+from controller.liveness import Liveness, ProviderDecisions
 from controller.logs import OutputLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
@@ -55,6 +55,9 @@ class ApiDeps:
     relay: Relay
     #: the heartbeat period the hub asks of agents that report none (seconds)
     heartbeat_seconds: float = 5.0
+    #: each Provider's stored readiness and decision fields, for the heartbeat fast path
+    #: (``controller.api.fastbeat``)
+    decisions: ProviderDecisions = field(default_factory=ProviderDecisions)
 
     @property
     def hub_id(self) -> str:

@@ -32,7 +32,7 @@ capacity.
 from __future__ import annotations
 
 import bisect
-import secrets
+import random
 import string
 import threading
 from datetime import datetime
@@ -58,6 +58,7 @@ TERMINAL_STATES = frozenset({"Stopped", "Succeeded", "Failed"})
 STARTING_STATES = frozenset({"Pending", "Pulling", "Starting"})
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_NAMES = random.Random()  # seeded from the OS; a name need not be secret, only rarely repeated
 _MAX_NAME = 63
 _DEFAULT_CPU = Resources().cpu
 _DEFAULT_MEMORY = Resources().memoryMiB
@@ -65,7 +66,9 @@ _DEFAULT_MEMORY = Resources().memoryMiB
 
 def placement_name(session: str) -> str:
     """``<session>-<5 random [a-z0-9]>``, the session part cut to keep 63 characters."""
-    suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))
+    # (secrets.choice read the OS's randomness once a character: 5 system calls a
+    # placement, under the scheduling lock; a name taken is refused by create anyway)
+    suffix = "".join(_NAMES.choices(_SUFFIX_ALPHABET, k=5))
     return f"{session[: _MAX_NAME - 6]}-{suffix}"
 
 

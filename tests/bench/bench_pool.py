@@ -315,6 +315,7 @@ async def heartbeats(
         watchStreams=0 if args.no_watch else args.agents,
         watchEvents=sum(r.get("watchEvents", 0) for r in results),
         watchErrors=sum(r.get("watchErrors", 0) for r in results),
+        loopLagP99Ms=max(r.get("loopLagP99Ms", 0.0) for r in results),
     )
 
 
