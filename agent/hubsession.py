@@ -252,6 +252,10 @@ class HubSession:
 # ------------------------------------------------------------------ heartbeat
 
 
+MAX_HEARTBEAT_PERIOD: Final = 300.0
+"""The longest heartbeat period an agent takes from its hub (the hub asks at most this)."""
+
+
 def heartbeat_loop(
     session: HubSession,
     stop: threading.Event,
@@ -260,13 +264,20 @@ def heartbeat_loop(
     usage: Callable[[], Usage],
     endpoints: Callable[[], list[str]] | None = None,
 ) -> None:
-    """Heartbeat every ``period`` seconds until ``stop``; failures back off (cap 30 s)."""
+    """Heartbeat every ``period`` seconds until ``stop``; failures back off (cap 30 s).
+
+    A hub with a large pool asks for a longer period in its answer (``heartbeat``): the
+    agent then beats that often (still reporting ``period``, so that the hub asks for
+    less once the pool is smaller)."""
     backoff = Backoff(1.0, 30.0)
     failing = False
     beats = 0
+    current = period
     while not stop.is_set():
         try:
-            session.heartbeat(inventory(), usage(), period, endpoints() if endpoints else None)
+            answer = session.heartbeat(
+                inventory(), usage(), period, endpoints() if endpoints else None
+            )
         except Exception as exc:  # the loop must outlive anything the hub or psutil does
             delay = backoff.next()
             log.warning(kv("heartbeat_failed", retry_in=f"{delay:g}s", error=_short(exc)))
@@ -278,7 +289,13 @@ def heartbeat_loop(
             log.info(kv("heartbeat_ok", beats=beats))
         failing = False
         backoff.reset()
-        stop.wait(period)
+        asked = answer.get("heartbeat")
+        if isinstance(asked, int | float) and not isinstance(asked, bool):
+            wanted = max(period, min(float(asked), MAX_HEARTBEAT_PERIOD))
+            if wanted != current:
+                log.info(kv("heartbeat_period", seconds=f"{wanted:g}", asked_by="hub"))
+                current = wanted
+        stop.wait(current)
 
 
 def _short(exc: BaseException) -> str:

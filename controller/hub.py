@@ -38,7 +38,7 @@ from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
 from controller.leader import Leadership
-from controller.liveness import CHECKPOINT_SECONDS, Liveness
+from controller.liveness import CHECKPOINT_SECONDS, MAX_HEARTBEATS_PER_SECOND, Liveness
 from controller.liveness import keep as keep_leases
 from controller.logs import OutputLogs, PlacementLogs
 from controller.metrics import HubMetrics
@@ -81,6 +81,8 @@ class HubSettings:
     #: core in passes that changed nothing, and the API's tail with it (bench_pool)
     resync_period: float = 300.0
     heartbeat: float = 5.0
+    #: a larger pool is asked to beat less often (``liveness.asked_period``)
+    max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND
     # an authenticated app must not be able to fill the hub's disk with one push
     max_image_bytes: int = 64 << 30
     #: the image store's bound: images, blobs and outputs together (None: the disk's)
@@ -268,6 +270,7 @@ class Hub:
             vnet_keys=self.vnet_keys,
             relay=self.relay,
             heartbeat_seconds=self.settings.heartbeat,
+            max_heartbeats_per_second=self.settings.max_heartbeats_per_second,
         )
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
@@ -433,6 +436,7 @@ def run_hub(
     node_grace: float = 30.0,
     store_max_gib: float | None = None,
     store: str | None = None,
+    max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND,
 ) -> None:
     """Start a hub and block until it is stopped (the ``gu hub`` command)."""
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
@@ -442,6 +446,7 @@ def run_hub(
         node_grace=node_grace,
         store_max_bytes=int(store_max_gib * (1 << 30)) if store_max_gib else None,
         store=store,
+        max_heartbeats_per_second=max_heartbeats_per_second,
     )
     parse_listen(listen)
     gc.set_threshold(*GC_THRESHOLDS)

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -292,6 +293,27 @@ class Liveness:
         return loaded
 
 
+MAX_HEARTBEATS_PER_SECOND = 200.0
+"""The heartbeat rate a hub asks its pool to stay under (``gu hub
+--max-heartbeats-per-second``): a larger pool is asked to beat less often (Nomad's
+``max_heartbeats_per_second``, Kubernetes' node leases). At ~1 ms of hub CPU a beat,
+5,000 agents every 5 s took more than the hub's interpreter has."""
+
+MAX_ASKED_PERIOD = 300.0
+"""The longest period a hub asks for (and an agent accepts)."""
+
+
+def asked_period(base: float, providers: int, max_rate: float) -> float:
+    """The heartbeat period a hub asks of an agent that would beat every ``base`` seconds:
+    ``base``, or the next multiple of it that keeps ``providers`` such agents under
+    ``max_rate`` beats a second (multiples, so that a pool growing by one does not change
+    every agent's period, a decision field). The agent keeps reporting ``base``: when the
+    pool shrinks, it is asked for less again."""
+    if max_rate <= 0 or providers <= base * max_rate:
+        return base
+    return min(MAX_ASKED_PERIOD, base * math.ceil(providers / (base * max_rate)))
+
+
 class ProviderDecisions:
     """For each Provider, its stored readiness and decision fields (``DECISION_FIELDS``)
     at the newest resourceVersion seen: from the change feed's batches (on the API's
@@ -415,10 +437,13 @@ __all__ = [
     "DECISION_FIELDS",
     "HISTORY_SAMPLES",
     "LIVE_FIELDS",
+    "MAX_ASKED_PERIOD",
+    "MAX_HEARTBEATS_PER_SECOND",
     "MISSED_BEATS",
     "Lease",
     "Liveness",
     "ProviderDecisions",
+    "asked_period",
     "is_ready",
     "keep",
 ]

@@ -776,3 +776,35 @@ def test_adoption_keeps_wanted_workloads_running_and_removes_the_others(
     assert rec2.workload_names() == ["p-keep"]
     wait_for(lambda: not psutil.pid_exists(pids["p-drop"]), timeout=5, what="p-drop gone")
     assert fake.pulls == 1
+
+
+def test_an_agent_beats_as_seldom_as_a_busy_hub_asks(tmp_path: Path) -> None:
+    """A hub told to keep its pool under 0.1 beats a second asks the one agent (1 s
+    period) for 10 s: the agent says so in its log, its Provider records 10 s, and it
+    beats no more than that."""
+    from tests.conftest import make_hub
+
+    hub = make_hub(tmp_path, "--max-heartbeats-per-second", "0.1")
+    hub.start()
+    agent = AgentProcess(hub, tmp_path / "agent", tmp_path / "agent.log")
+    try:
+        admin = hub.client()
+        token = admin.call("POST", "/v1/jointokens", json={"ttl": 600})["token"]
+        agent.start("--join-token", token, "--name", "slow", "--heartbeat", "1")
+        wait_for(lambda: "heartbeat_period" in agent.log(), timeout=30, what="the new period")
+        assert "seconds=10 asked_by=hub" in agent.log()
+        node = agent.node_id
+
+        def period() -> float | None:
+            status = admin.call("GET", f"/v1/providers/{node}")["status"]
+            value = status.get("heartbeatSeconds")
+            return float(value) if value is not None else None
+
+        wait_for(lambda: period() == 10.0, timeout=10, what="heartbeatSeconds 10")
+        seen = admin.call("GET", f"/peers/{node}")["lastSeen"]
+        time.sleep(4)  # at 1 s it would have beaten 4 times
+        assert admin.call("GET", f"/peers/{node}")["lastSeen"] == seen
+        assert admin.call("GET", f"/peers/{node}")["ready"] is True
+    finally:
+        agent.stop()
+        hub.stop()

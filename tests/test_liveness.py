@@ -517,3 +517,59 @@ def test_usage_only_beats_are_answered_beside_the_route_and_everything_else_by_i
         # (a provider gone NotReady comes back through the route: the test above)
 
     run_hub(tmp_path, monkeypatch, scenario)
+
+
+def test_a_larger_pool_is_asked_to_beat_less_often_in_whole_periods() -> None:
+    from controller.liveness import MAX_ASKED_PERIOD, asked_period
+
+    assert asked_period(5.0, 10, 200.0) == 5.0
+    assert asked_period(5.0, 1000, 200.0) == 5.0  # 200 a second: as asked
+    assert asked_period(5.0, 1001, 200.0) == 10.0  # the next whole period, not 5.005
+    assert asked_period(5.0, 5000, 200.0) == 25.0
+    assert asked_period(5.0, 5001, 200.0) == 30.0
+    assert asked_period(5.0, 10**9, 200.0) == MAX_ASKED_PERIOD
+    assert asked_period(5.0, 10**9, 0.0) == 5.0  # 0: never
+
+
+def test_the_hub_asks_a_large_pool_for_a_longer_period_and_expects_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from controller.api.app import create_app
+
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        # the same hub, asking a pool of more than 2 to stay under 2 beats a second
+        deps = dataclasses.replace(hub.api_deps(), max_heartbeats_per_second=2.0)
+        transport = httpx.ASGITransport(app=create_app(deps))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as small:
+            nodes = [await enrol(small, join) for _ in range(3)]
+            answers = []
+            for _node, token in nodes:  # each agent reports its own 1 s period
+                resp = await small.post(
+                    "/v1/agents/heartbeat",
+                    json=beat_body(1),
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                resp.raise_for_status()
+                answers.append(resp.json()["heartbeat"])
+            # (the pool as the hub knew it before each first beat: 0, 1, 2 providers)
+            assert answers == [1.0, 1.0, 1.0]
+            for _node, token in nodes:  # 3 providers at 1 s is over 2 a second: 2 s
+                resp = await small.post(
+                    "/v1/agents/heartbeat",
+                    json=beat_body(2),
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert resp.json()["heartbeat"] == 2.0
+            for node, _ in nodes:  # expected every 2 s: NotReady after 6 s, not 3
+                lease = hub.liveness.lease(node)
+                assert lease is not None and lease.period == 2.0
+                await until(
+                    lambda n=node: (
+                        hub.store.get("Provider", n)["status"].get("heartbeatSeconds") == 2.0
+                    ),
+                    "the period to be written",
+                )
+
+    run_hub(tmp_path, monkeypatch, scenario)

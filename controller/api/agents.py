@@ -251,7 +251,7 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
         if not events or events[-1].message != message:
             d.store.record_event("Provider", who.name, "InventoryRefused", message, "Warning")
         raise ApiProblem(422, message)
-    period = req.period or d.heartbeat_seconds
+    period = d.heartbeat_period(req.period)  # what the pool's size asks, if longer
     usage = req.usage.model_dump(mode="json")
     seen = d.liveness.beat(who.name, usage, period)
     d.metrics.heartbeats.inc()
@@ -266,4 +266,4 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
         # other beats of the next 0.2 s, in one transaction; usage and last-seen stay in
         # the lease table unless written along
         d.heartbeats.record(who.name, {**decision, "usage": usage, "lastHeartbeat": iso(seen)})
-    return {"ok": True, "heartbeat": d.heartbeat_seconds, "time": time.time()}
+    return {"ok": True, "heartbeat": period, "time": time.time()}

@@ -18,7 +18,12 @@ from controller.auth import Authenticator, LoginLinks, MetricsToken
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
-from controller.liveness import Liveness, ProviderDecisions
+from controller.liveness import (
+    MAX_HEARTBEATS_PER_SECOND,
+    Liveness,
+    ProviderDecisions,
+    asked_period,
+)
 from controller.logs import OutputLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
@@ -58,6 +63,16 @@ class ApiDeps:
     #: each Provider's stored readiness and decision fields, for the heartbeat fast path
     #: (``controller.api.fastbeat``)
     decisions: ProviderDecisions = field(default_factory=ProviderDecisions)
+    #: the heartbeat rate the pool is asked to stay under (``asked_heartbeat``)
+    max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND
+
+    def heartbeat_period(self, reported: float | None) -> float:
+        """The period to ask of (and expect from) an agent that would beat every
+        ``reported`` seconds (None: the hub's): that, or a multiple of it that keeps a
+        pool this size under the rate (``liveness.asked_period``)."""
+        return asked_period(
+            reported or self.heartbeat_seconds, len(self.liveness), self.max_heartbeats_per_second
+        )
 
     @property
     def hub_id(self) -> str:

@@ -110,7 +110,7 @@ class HeartbeatFastPath:
             return None
         if inventory_problems(req.inventory, req.usage):
             return None
-        period = req.period or d.heartbeat_seconds
+        period = d.heartbeat_period(req.period)
         decision = {
             "inventory": req.inventory.model_dump(mode="json"),
             "endpoints": req.endpoints,
@@ -120,9 +120,7 @@ class HeartbeatFastPath:
             return None
         d.liveness.beat(who.name, req.usage.model_dump(mode="json"), period)
         d.metrics.heartbeats.inc()
-        return json.dumps(
-            {"ok": True, "heartbeat": d.heartbeat_seconds, "time": time.time()}
-        ).encode()
+        return json.dumps({"ok": True, "heartbeat": period, "time": time.time()}).encode()
 
 
 def _replay(messages: list[Obj], receive: Any) -> Any:

@@ -55,6 +55,15 @@ DEFAULT_NODE_GRACE = 30.0
     help="Bound of the image store (images, blobs, outputs); uploads past it are refused.",
 )
 @click.option(
+    "--max-heartbeats-per-second",
+    default=200.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="RATE",
+    help="Heartbeats a second the pool is asked to stay under: a larger pool is asked "
+    "to beat less often (0: never).",
+)
+@click.option(
     "--store",
     envvar="GU_STORE",
     default=None,
@@ -69,6 +78,7 @@ def hub_group(
     listen: str,
     node_grace: float,
     store_max_gib: float | None,
+    max_heartbeats_per_second: float,
     store: str | None,
 ) -> None:
     """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
@@ -90,7 +100,14 @@ def hub_group(
             "postgresql://gu@db.lan:5432/gu (leave it out for the embedded SQLite store)"
         )
     try:
-        run_hub(Path(state_dir).expanduser(), listen, node_grace, store_max_gib, store)
+        run_hub(
+            Path(state_dir).expanduser(),
+            listen,
+            node_grace,
+            store_max_gib,
+            store,
+            max_heartbeats_per_second,
+        )
     except ValueError as exc:  # a bad --listen
         raise BadInputError(str(exc)) from None
     except StoreError as exc:  # the database cannot be reached or is too new

@@ -21,10 +21,12 @@ process (the hub's, and the generators' together).
    same run: the hub's plain apply rate for the same Sessions with no providers
    to place them on (what writing alone costs).
 3. Heartbeat load: every agent heartbeats every 5 s for ``--heartbeat-seconds``
-   (spread evenly, 200 requests/s for 1,000 agents) while a probe reads
+   (spread evenly, 200 requests/s for 1,000 agents; a larger pool beats as often as
+   the hub asks, ``periodsAskedByHub``: 25 s for 5,000 agents) while a probe reads
    ``GET /peers/{id}/inf/cpu``; reported: heartbeat and probe p50/p99 latency, the
    change rows the beats caused (usage-only beats should cause none), the hub's
-   CPU % and the generators', next to the probe's latency on the idle hub.
+   CPU % and the generators', next to the probe's latency on the idle hub (measured
+   once the reconcile queue is empty: ``settle_after_scheduling``).
 
 All traffic goes to a hub this script starts on 127.0.0.1; it stops it at the end.
 """
@@ -266,6 +268,25 @@ def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> Non
         agents.stop()
 
 
+def settled(client: Client, limit: float) -> float:
+    """Wait (at most ``limit`` s) until the hub's reconcile queue is empty and nothing is
+    in flight, so the idle baseline is idle; how long that took."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        text = client.http.get(
+            "/metrics", headers={"Authorization": f"Bearer {client.token()}"}
+        ).text
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith(("gu_reconcile_queue_depth ", "gu_reconcile_in_flight "))
+        }
+        if values and not any(values.values()):
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - start
+
+
 async def heartbeats(
     args: argparse.Namespace, url: str, client: Client, hub_pid: int, agents: Agents
 ) -> None:
@@ -274,6 +295,8 @@ async def heartbeats(
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         idle: list[float] = []
         agents.pause(True)  # the idle baseline: the same hub with the pool quiet
+        settle = await asyncio.to_thread(settled, client, 120)
+        emit("settle_after_scheduling", settle, "s", note="reconcile queue empty")
         await asyncio.sleep(0.5)
         for _ in range(50):
             t = time.perf_counter()
@@ -293,13 +316,15 @@ async def heartbeats(
         rows = client.call("GET", "/v1/providers")["resourceVersion"] - rv
     beats = [x for r in results for x in r["latencies"]]
     errors = sum(r["errors"] for r in results)
+    periods = sorted({p for r in results for p in r.get("periods", [])})
     emit(
         "heartbeat_rate",
         len(beats) / args.heartbeat_seconds,
         "requests/s",
         agents=args.agents,
-        wanted=round(args.agents / 5.0, 1),
+        wanted=round(args.agents / max(periods or [5.0]), 1),
         errors=errors,
+        periodsAskedByHub=periods,
     )
     emit("heartbeat_latency_p50", pct(beats, 50) * 1000, "ms")
     emit("heartbeat_latency_p99", pct(beats, 99) * 1000, "ms")

@@ -219,6 +219,8 @@ class Pool:
             base_url=url, timeout=120, limits=httpx.Limits(max_connections=64)
         )
         self.beat_conns: dict[int, Conn] = {}
+        self.period = 5.0  # what the agents are told to use (``--period``)
+        self.periods: dict[int, float] = {}  # each agent's, once its hub asked for longer
 
     async def enrol_all(self, join: str) -> None:
         sem = asyncio.Semaphore(16)
@@ -236,10 +238,14 @@ class Pool:
         conn = self.beat_conns.get(i)
         if conn is None:
             conn = self.beat_conns[i] = Conn(self.url)
-        body = json.dumps(beat_body(i)).encode()
+        body = json.dumps({**beat_body(i), "period": self.period}).encode()
         t = time.perf_counter()
-        await conn.request("POST", "/v1/agents/heartbeat", token, body)
-        return time.perf_counter() - t
+        answer = await conn.request("POST", "/v1/agents/heartbeat", token, body)
+        took = time.perf_counter() - t
+        asked = json.loads(answer).get("heartbeat")  # as the agent: a longer period, if asked
+        if isinstance(asked, int | float):
+            self.periods[i] = max(self.period, min(float(asked), 300.0))
+        return took
 
     async def watch(self, token: str, stop: asyncio.Event) -> None:
         """One agent's watch stream on its Placements, re-opened if it ends.
@@ -295,9 +301,10 @@ class Pool:
                     await asyncio.wait_for(stop.wait(), max(0.0, due - loop_.time()))
                 if stop.is_set():
                     return
-                due += period
+                every = self.periods.get(self.first + k, period)
+                due += every
                 if due < loop_.time():
-                    due += period * ((loop_.time() - due) // period + 1)
+                    due += every * ((loop_.time() - due) // every + 1)
                 if self.paused:
                     continue
                 try:
@@ -317,6 +324,7 @@ class Pool:
         lags = sorted(self.lags)
         return {
             "event": "beats",
+            "periods": sorted(set(self.periods.values())),
             "latencies": self.latencies,
             "errors": self.errors,
             "loopLagP99Ms": round(lags[int(0.99 * (len(lags) - 1))] * 1000, 1) if lags else 0.0,
@@ -343,6 +351,7 @@ async def main() -> None:
     ap.add_argument("--period", type=float, default=5.0)
     args = ap.parse_args()
     pool = Pool(args.url, args.first, args.count)
+    pool.period = args.period
     t = time.perf_counter()
     await pool.enrol_all(args.join)
     stop = asyncio.Event()
