@@ -63,7 +63,7 @@ class ApiDeps:
     #: each Provider's stored readiness and decision fields, for the heartbeat fast path
     #: (``controller.api.fastbeat``)
     decisions: ProviderDecisions = field(default_factory=ProviderDecisions)
-    #: the heartbeat rate the pool is asked to stay under (``asked_heartbeat``)
+    #: the heartbeat rate the pool is asked to stay under (``heartbeat_period``)
     max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND
 
     def heartbeat_period(self, reported: float | None) -> float:

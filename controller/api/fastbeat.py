@@ -11,9 +11,9 @@ reconcile workers. The handler's own work was a tenth of that.
 token check, the same body validation (the route's ``Heartbeat`` model) and the same
 plausibility checks, then the lease table. It answers only when it is sure the route
 would write nothing: the caller is an agent whose Provider is known to be Ready with
-exactly the decision fields the beat carries (``controller.liveness.ProviderDecisions``, kept from the
-change feed on the API's loop and from what the route itself read), and the feed has
-read everything committed so far. Anything else — a new inventory, a provider not seen
+exactly the decision fields the beat carries (``controller.liveness.ProviderDecisions``,
+kept from the change feed on the API's loop and from what the route itself read), and
+the feed has read everything committed so far. Anything else — a new inventory, a provider not seen
 yet, an error of any kind — goes on to the route, which decides as before; so what a
 caller sees does not depend on which of the two answered.
 """
