@@ -36,6 +36,7 @@ from typing import Any
 
 from controller.auth import Principal
 from controller.store import Change, Gone, Store
+from controller.store.types import change_node
 
 log = logging.getLogger("gu.hub.feed")
 
@@ -59,15 +60,8 @@ def line(value: dict[str, Any]) -> bytes:
 
 def entry_of(change: Change) -> Entry:
     obj = change.object or {}
-    spec = obj.get("spec") or {}
-    node: str | None = None
-    app: str | None = None
-    if change.kind == "Placement":
-        node = spec.get("node") or None
-    elif change.kind == "Provider":
-        node = change.name
-    elif change.kind == "Session":
-        app = spec.get("app")
+    node = change_node(change.kind, change.name, obj)
+    app = (obj.get("spec") or {}).get("app") if change.kind == "Session" else None
     text = line({"type": change.type, "object": change.object, "resourceVersion": change.rv})
     return Entry(change.rv, change.kind, app, node, text)
 

@@ -225,6 +225,16 @@ def inventory_problems(inventory: Inventory, usage: Usage) -> list[str]:
     return problems
 
 
+def heartbeat_decision(req: Heartbeat, period: float) -> dict[str, Any]:
+    """What of a heartbeat can change a placement decision (``DECISION_FIELDS``), as the
+    Provider's status keeps it."""
+    return {
+        "inventory": req.inventory.model_dump(mode="json"),
+        "endpoints": req.endpoints,
+        "heartbeatSeconds": period,
+    }
+
+
 @router.post("/v1/agents/heartbeat")
 def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
     """An agent's inventory and usage; the hub stamps the time.
@@ -255,11 +265,7 @@ def heartbeat(req: Heartbeat, who: Caller, d: Deps) -> dict[str, Any]:
     usage = req.usage.model_dump(mode="json")
     seen = d.liveness.beat(who.name, usage, period)
     d.metrics.heartbeats.inc()
-    decision = {
-        "inventory": req.inventory.model_dump(mode="json"),
-        "endpoints": req.endpoints,
-        "heartbeatSeconds": period,
-    }
+    decision = heartbeat_decision(req, period)
     status = current.get("status") or {}
     if not is_ready(status) or any(status.get(k) != v for k, v in decision.items()):
         # what can change a placement decision (DECISION_FIELDS) is written, with the

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.api.agents import Heartbeat, inventory_problems
+from controller.api.agents import Heartbeat, heartbeat_decision, inventory_problems
 from controller.api.deps import ApiDeps
 from controller.auth import AuthError
 
@@ -111,12 +111,7 @@ class HeartbeatFastPath:
         if inventory_problems(req.inventory, req.usage):
             return None
         period = d.heartbeat_period(req.period)
-        decision = {
-            "inventory": req.inventory.model_dump(mode="json"),
-            "endpoints": req.endpoints,
-            "heartbeatSeconds": period,
-        }
-        if not d.decisions.unchanged(who.name, decision):
+        if not d.decisions.unchanged(who.name, heartbeat_decision(req, period)):
             return None
         d.liveness.beat(who.name, req.usage.model_dump(mode="json"), period)
         d.metrics.heartbeats.inc()

@@ -499,7 +499,7 @@ class PostgresStore(ObjectStore):
                 dumps(obj),
                 self.writer,
                 FENCE.get(),
-                change_node(obj["kind"], obj),
+                change_node(obj["kind"], obj["metadata"]["name"], obj),
             ),
         )
 
@@ -569,11 +569,7 @@ class PostgresStore(ObjectStore):
         )
         if not rows or int(rows[0][0]) != since + 1:
             # something is missing after ``since``: compacted away, or nothing new
-            oldest = self._read("SELECT value FROM gu_meta WHERE key='oldest'")
-            if oldest and since + 1 < int(oldest[0][0]) and since < self.resource_version:
-                raise Gone(
-                    f"resourceVersion {since} is too old (oldest kept: {oldest[0][0]}); list again"
-                )
+            self._refuse_compacted(since)
         return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
@@ -583,12 +579,16 @@ class PostgresStore(ObjectStore):
             "ORDER BY rv LIMIT %s",
             (node, since, limit),
         )
+        self._refuse_compacted(since)  # (a node's rvs have gaps: always checked)
+        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def _refuse_compacted(self, since: int) -> None:
+        """``Gone`` if changes after ``since`` were compacted away."""
         oldest = self._read("SELECT value FROM gu_meta WHERE key='oldest'")
         if oldest and since + 1 < int(oldest[0][0]) and since < self.resource_version:
             raise Gone(
                 f"resourceVersion {since} is too old (oldest kept: {oldest[0][0]}); list again"
             )
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def change_writers(self) -> builtins.list[tuple[int, str, int | None]]:
         """(rv, writer, epoch) of every change kept, in order (tests of fencing)."""

@@ -375,7 +375,7 @@ class SQLiteStore(ObjectStore):
                 obj["metadata"]["name"],
                 change,
                 dumps(obj),
-                change_node(obj["kind"], obj),
+                change_node(obj["kind"], obj["metadata"]["name"], obj),
             ),
         )
 
@@ -448,32 +448,26 @@ class SQLiteStore(ObjectStore):
 
     def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
         """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
+        return self._read_changes("rv > ?", (since, limit), since)
+
+    def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
+        """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""
+        return self._read_changes("node = ? AND rv > ?", (node, since, limit), since)
+
+    def _read_changes(
+        self, where: str, params: tuple[Any, ...], since: int
+    ) -> builtins.list[Change]:
         rows = (
             self._reader()
             .execute(
-                "SELECT rv, type, kind, name, object FROM changes WHERE rv > ? ORDER BY rv LIMIT ?",
-                (since, limit),
+                f"SELECT rv, type, kind, name, object FROM changes WHERE {where} "
+                "ORDER BY rv LIMIT ?",
+                params,
             )
             .fetchall()
         )
         # checked after the read: a compaction advances _oldest before it commits, so
         # a read that raced one is refused (relist) rather than silently missing rows
-        oldest = self._oldest
-        if since + 1 < oldest and since < self._committed_rv:
-            raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
-
-    def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
-        """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT rv, type, kind, name, object FROM changes WHERE node = ? AND rv > ? "
-                "ORDER BY rv LIMIT ?",
-                (node, since, limit),
-            )
-            .fetchall()
-        )
         oldest = self._oldest
         if since + 1 < oldest and since < self._committed_rv:
             raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")

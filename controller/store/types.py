@@ -94,13 +94,14 @@ class Event:
     message: str
 
 
-def change_node(kind: str, obj: dict[str, Any]) -> str | None:
-    """The provider a change concerns, for the change log's node index: a Placement's
-    node, a Provider itself (what an agent's watch stream carries), else None."""
+def change_node(kind: str, name: str, obj: dict[str, Any]) -> str | None:
+    """The provider a change of ``kind/name`` concerns (what an agent's watch stream
+    carries; the change log's node index, the feed's): a Placement's node, a Provider
+    itself, else None."""
     if kind == "Placement":
         return (obj.get("spec") or {}).get("node") or None
     if kind == "Provider":
-        return str(obj["metadata"]["name"])
+        return name
     return None
 
 
