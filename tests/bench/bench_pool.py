@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -277,9 +278,10 @@ def settled(client: Client, limit: float) -> float:
             "/metrics", headers={"Authorization": f"Bearer {client.token()}"}
         ).text
         values = {
-            line.split(" ")[0]: float(line.split(" ")[1])
-            for line in text.splitlines()
-            if line.startswith(("gu_reconcile_queue_depth ", "gu_reconcile_in_flight "))
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in ("gu_reconcile_queue_depth", "gu_reconcile_in_flight")
         }
         if values and not any(values.values()):
             break
