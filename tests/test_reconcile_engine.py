@@ -7,8 +7,8 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +410,88 @@ def test_a_pass_is_not_woken_again_by_its_own_writes_but_others_are(store: Store
             await eventually(lambda: passes == ["w", "w"], what="a pass for that")
 
     run(body)
+
+
+def test_ready_passes_share_one_commit_and_a_failed_one_undoes_only_its_own_writes(
+    store: Store,
+) -> None:
+    """Twenty keys ready at once go through one worker as one group: one commit. The
+    pass of ``w07`` writes, then fails on its first attempt: its write is undone (it is
+    in no change), the other nineteen are committed with the group, and its retry
+    writes again."""
+    controller = Controller(store, workers=1, commit_window=5.0)
+    attempts: dict[str, int] = {}
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        name = obj["metadata"]["name"]
+        attempts[name] = attempts.get(name, 0) + 1
+        ctx.update_status(obj, {"attempt": attempts[name]})
+        if name == "w07" and attempts[name] == 1:
+            raise RuntimeError("not yet")
+
+    store.apply([widget(f"w{i:02d}", size=i) for i in range(20)])
+    start = store.resource_version
+    commits: list[float] = []
+    store.time_commits(commits.append)
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(
+                lambda: all(w["status"] for w in store.list("Widget")), what="every status"
+            )
+
+    run(body)
+    statuses = {w["metadata"]["name"]: w["status"] for w in store.list("Widget")}
+    assert statuses["w07"] == {"attempt": 2}
+    assert all(s == {"attempt": 1} for n, s in statuses.items() if n != "w07")
+    written = [(c.name, c.object["status"]) for c in store.changes(start)]
+    assert ("w07", {"attempt": 1}) not in written
+    assert len(written) == 20  # nineteen in the group, then w07's retry
+    assert len(commits) == 2
+
+
+def test_a_group_whose_commit_fails_is_retried_and_its_readers_told(store: Store) -> None:
+    """The commit of a group fails once (a fault the test injects: a disk or a database
+    that goes away at that moment). Nothing of it is stored, the ``on_lost_commit``
+    callbacks run, and every key of the group is retried and converges."""
+    controller = Controller(store, workers=1, commit_window=5.0)
+    lost: list[str] = []
+    controller.on_lost_commit(lambda: lost.append("lost"))
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        ctx.update_status(obj, {"done": True})
+
+    store.apply([widget(f"w{i}", size=i) for i in range(5)])
+    real = store.transaction
+    failures = itertools.count()
+    depth = threading.local()
+
+    @contextmanager
+    def failing_once(savepoint: bool = False) -> Iterator[None]:
+        outer = getattr(depth, "n", 0) == 0
+        depth.n = getattr(depth, "n", 0) + 1
+        try:
+            with real(savepoint=savepoint):
+                yield
+                worker = threading.current_thread().name.startswith("gu-reconcile-worker")
+                if outer and worker and next(failures) == 0:
+                    raise OSError("disk I/O error (injected)")
+        finally:
+            depth.n -= 1
+
+    store.transaction = failing_once  # type: ignore[method-assign]
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(
+                lambda: all(w["status"] for w in store.list("Widget")),
+                timeout=5,
+                what="every status",
+            )
+
+    run(body)
+    assert lost == ["lost"]
+    assert controller.stats()["lost_batches"] == 1
+    assert all(w["status"] == {"done": True} for w in store.list("Widget"))

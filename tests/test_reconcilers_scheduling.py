@@ -889,3 +889,36 @@ def test_vm_members_of_a_network_get_stable_addresses_and_macs_and_a_full_cidr_w
     reconcile_everything(controller, store)  # a's address is free again: c gets it
     assert iface("c") is not None and iface("c")["address"] == got["a"]["address"]  # type: ignore[index]
     assert iface("a") == got["a"]  # a finished placement keeps what it had
+
+
+@pytest.mark.usefixtures("app")
+def test_passes_grouped_into_one_commit_never_place_onto_the_same_free_capacity(
+    store: Store,
+) -> None:
+    """Two workers, each grouping every ready pass into one commit (a long window): a
+    pass reads the placements of the passes before it in its own group, pending in the
+    transaction, and a pass of the other worker waits for that group's commit before it
+    reads anything. Two providers of 4 cores, twelve Sessions of one 1-core placement:
+    exactly eight bind, at most four a node, in fewer commits than passes."""
+    c = Controller(store, workers=2, resync_period=30, commit_window=5.0)
+    register_all(c)
+    nodes = [add_provider(store, 1, cores=4), add_provider(store, 2, cores=4)]
+    commits: list[float] = []
+    store.time_commits(commits.append)
+    with store.transaction():
+        for i in range(12):
+            add_session(store, f"s{i:02d}")
+
+    def settled() -> bool:
+        sessions = store.list("Session")
+        return all(s["status"].get("observedGeneration") for s in sessions) and (
+            sum(1 for p in store.list("Placement") if p["spec"]["node"]) >= 8
+        )
+
+    run_until(c, settled, "eight placements bound and every Session observed")
+    placed = store.list("Placement")
+    per_node = {n: sum(1 for p in placed if p["spec"]["node"] == n) for n in nodes}
+    assert per_node == {nodes[0]: 4, nodes[1]: 4}
+    assert sum(1 for p in placed if not p["spec"]["node"]) == 4  # the rest wait, unbound
+    assert c.stats()["reconciles"] >= 14  # 2 providers + 12 sessions, at least
+    assert len(commits) < c.stats()["reconciles"]

@@ -352,3 +352,25 @@ def test_threads_coming_and_going_never_lose_a_connection_under_their_reads(
         assert len(store._readers) <= 11  # the ended threads' connections were closed
     finally:
         store.close()
+
+
+def test_a_failed_savepoint_undoes_its_own_writes_and_keeps_the_rest(store: Store) -> None:
+    """Nested ``transaction(savepoint=True)``: an exception leaving it undoes what it
+    wrote, the outer transaction goes on and commits the rest, and the rvs it took are
+    handed out again (the change log has no gap and no undone change)."""
+    start = store.resource_version
+    with store.transaction():
+        store.create(prio("before"))
+        with pytest.raises(RuntimeError), store.transaction(savepoint=True):
+            store.create(prio("undone"))
+            store.update_status("Priority", "before", {"note": "undone"})
+            raise RuntimeError("this part fails")
+        with store.transaction(savepoint=True):
+            store.create(prio("after"))
+    assert [p["metadata"]["name"] for p in store.list("Priority")] == ["after", "before"]
+    assert store.get("Priority", "before")["status"] == {}
+    assert [(c.rv, c.name) for c in store.changes(start)] == [
+        (start + 1, "before"),
+        (start + 2, "after"),
+    ]
+    assert store.resource_version == start + 2

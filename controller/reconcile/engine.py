@@ -67,6 +67,12 @@ _ERROR_MAX_CHARS = 300
 
 _RESYNC_TICK = 0.1  # seconds between the slices of a periodic resync
 
+COMMIT_WINDOW = 0.01
+"""Seconds a worker groups ready passes into one commit at most (``Controller._work``)."""
+
+COMMIT_MAX = 64
+"""Passes grouped into one commit at most."""
+
 
 class KeyValueLogAdapter(logging.LoggerAdapter[logging.Logger]):
     """A logger adapter that appends its fields (e.g. kind, name) as ``key=value``."""
@@ -183,11 +189,14 @@ class Controller:
         queue: WorkQueue | None = None,
         observe: Callable[[str, float, str], None] | None = None,
         fence: int | None = None,
+        commit_window: float = COMMIT_WINDOW,
+        commit_max: int = COMMIT_MAX,
     ) -> None:
         """``observe(kind, seconds, outcome)`` is called after each reconcile, outcome
         ``ok``, ``error`` or ``conflict`` (the hub's metrics). ``fence``: the leadership
         epoch every write of the handlers carries (``controller.leader``; a shared store
-        refuses them once another hub leads)."""
+        refuses them once another hub leads). ``commit_window``/``commit_max``: how long
+        and how many passes a worker groups into one commit (0: a commit per pass)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         if resync_period <= 0 or not 0 <= jitter < 1:
@@ -199,6 +208,9 @@ class Controller:
         self.poll_interval = poll_interval
         self.stop_timeout = stop_timeout
         self.batch_size = batch_size
+        self.commit_window = commit_window
+        self.commit_max = commit_max
+        self._lost: list[Callable[[], None]] = []
         self._queue = queue if queue is not None else WorkQueue()
         self._observe = observe
         self.fence = fence
@@ -217,6 +229,7 @@ class Controller:
         self._reconciles = 0
         self._errors = 0
         self._conflicts = 0
+        self._lost_batches = 0
         self._in_flight = 0
         self._relists = 0
         self._last_resync: datetime | None = None
@@ -243,6 +256,11 @@ class Controller:
             return handler
 
         return register
+
+    def on_lost_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on a worker thread) when a grouped commit failed: what its
+        passes wrote and read back from the store in memory is gone (see ``_work``)."""
+        self._lost.append(callback)
 
     @property
     def kinds(self) -> list[str]:
@@ -273,6 +291,7 @@ class Controller:
             "reconciles": self._reconciles,
             "errors": self._errors,
             "conflicts": self._conflicts,
+            "lost_batches": self._lost_batches,
             "in_flight": self._in_flight,
             "queue_length": len(self._queue),
             "queue_waiting": self._queue.waiting(),
@@ -500,7 +519,18 @@ class Controller:
     # --------------------------------------------------------------- workers
 
     def _work(self) -> None:
-        """One worker thread: take keys until the queue shuts down."""
+        """One worker thread: take keys until the queue shuts down.
+
+        Group commit: while more keys are ready, a worker runs them inside one store
+        transaction, each pass in its own savepoint (a pass that fails undoes only its
+        own writes), for at most ``commit_window`` seconds or ``commit_max`` passes,
+        and commits once. A pass costs its writes' statements; the commit (the fsync,
+        the largest single cost of a small pass) is shared. The window bounds how long
+        the store's write lock is held for others (the API's writes wait at most
+        about that long). Keys of a group are released only once it has committed.
+        If the commit itself fails, every pass of the group is retried and the
+        ``on_lost_commit`` callbacks drop what they kept in memory of its writes.
+        """
         FENCE.set(self.fence)  # (a thread starts with no context of its creator's)
         while True:
             try:
@@ -509,15 +539,57 @@ class Controller:
                 return
             if key is None:
                 continue
-            try:
-                self._process(key)
-            except Exception as exc:  # an engine bug must not kill the worker
-                log.error(logfmt(event="worker_failed", key=key, error=_describe(exc)))
+            if self.commit_window <= 0:
+                try:
+                    self._process(key)
+                finally:
+                    self._queue.done(key)
+                continue
+            self._group(key)
+
+    def _group(self, first: str) -> None:
+        """Passes for ``first`` and the keys ready after it, under one commit."""
+        keys = [first]
+        notes: list[tuple[str, str, int]] = []
+        end = 0.0
+        try:
+            with self.store.transaction():
+                end = time.perf_counter() + self.commit_window  # (from when it holds the lock)
+                self._process(first, notes)
+                while len(keys) < self.commit_max and time.perf_counter() < end:
+                    try:
+                        key = self._queue.get(timeout=0)
+                    except QueueShutDown:  # (stopping: the group commits, no more keys)
+                        break
+                    if key is None:
+                        break
+                    keys.append(key)
+                    self._process(key, notes)
+        except Exception as exc:  # BEGIN or COMMIT failed: every pass of it is lost
+            with self._counters_lock:
+                self._lost_batches += 1
+            with self._own_lock:
+                for note in notes:
+                    self._own.pop(note, None)
+            for key in keys:
                 self._queue.add_rate_limited(key)
-            finally:
+            for callback in self._lost:
+                callback()
+            log.error(logfmt(event="commit_failed", passes=len(keys), error=_describe(exc)))
+        finally:
+            for key in keys:
                 self._queue.done(key)
 
-    def _process(self, key: str) -> None:
+    def _process(self, key: str, group: list[tuple[str, str, int]] | None = None) -> None:
+        """One pass of ``key``; inside a group (``group``: the notes of its writes so
+        far) the pass runs in a savepoint and adds its notes."""
+        try:
+            self._pass_of(key, group)
+        except Exception as exc:  # an engine bug must not kill the worker
+            log.error(logfmt(event="worker_failed", key=key, error=_describe(exc)))
+            self._queue.add_rate_limited(key)
+
+    def _pass_of(self, key: str, group: list[tuple[str, str, int]] | None) -> None:
         kind, _, name = key.partition("/")
         with self._counters_lock:
             self._in_flight += 1
@@ -525,7 +597,11 @@ class Controller:
         outcome = "ok"
         self._pass.notes = []
         try:
-            result = self.reconcile(kind, name)
+            if group is None:
+                result = self.reconcile(kind, name)
+            else:
+                with self.store.transaction(savepoint=True):
+                    result = self.reconcile(kind, name)
         except Conflict as exc:
             # normal under concurrency: somebody wrote first; read again soon
             outcome = "conflict"
@@ -565,6 +641,8 @@ class Controller:
                 with self._own_lock:
                     for note in self._pass.notes:
                         self._own.pop(note, None)
+            elif group is not None:
+                group.extend(self._pass.notes)
             self._pass.notes = None
             with self._counters_lock:
                 self._reconciles += 1

@@ -24,9 +24,12 @@ older than what the view holds is skipped: the initial list and the feed may
 overlap without harm.
 
 Thread safety: callers hold ``ClusterState.lock`` around refresh, reads and
-the writes they base on them; the Session reconciler keeps it until its
-transaction has committed, so two passes never place onto the same free
-capacity.
+the writes they base on them. The Session reconciler takes the store's write
+lock (a transaction) before it, and keeps both until its writes are in the
+transaction, so two passes never place onto the same free capacity; inside a
+transaction the refresh reads the writer's connection, so it also sees writes
+of earlier passes of the same grouped commit (``forget`` drops them if that
+commit fails).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import random
 import string
 import threading
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -198,6 +201,11 @@ def node_view(provider: Obj) -> NodeView:
     )
 
 
+VIEWED_KINDS: Final = frozenset({"Placement", "Provider", "Priority", "VirtualNetwork"})
+"""The kinds ``ClusterState`` holds: it reads only their changes (a Session pass writes a
+Session status and events too; decoding those back would be wasted)."""
+
+
 class ClusterState:
     """Providers and Placements in memory, kept current from the change feed (see module doc)."""
 
@@ -242,9 +250,13 @@ class ClusterState:
             if self._rv is None:
                 self._relist()
                 return
+            # every change up to ``floor`` was committed before the read below, so it
+            # sees them all: the view is current to at least ``floor`` even when the
+            # changes after the last one it kept are all of other kinds
+            floor = self.store.resource_version
             while True:
                 try:
-                    batch = self.store.changes(self._rv, limit=self._batch)
+                    batch = self.store.changes(self._rv, limit=self._batch, kinds=VIEWED_KINDS)
                 except Gone:
                     self._relist()
                     return
@@ -253,7 +265,14 @@ class ClusterState:
                     self._rv = change.rv
                 if len(batch) < self._batch:
                     break
+            self._rv = max(self._rv, floor)
             self._apply_usage()
+
+    def forget(self) -> None:
+        """Relist at the next refresh: a commit this view had read ahead of failed (the
+        engine's ``on_lost_commit``), so what it holds may never have been written."""
+        with self.lock:
+            self._rv = None
 
     def _apply_usage(self) -> None:
         """The usage heartbeats reported since the last refresh (from the lease table: a

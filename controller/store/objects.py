@@ -48,8 +48,9 @@ class ObjectStore(ABC):
     # ------------------------------------------------------------ primitives
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[None]:
-        """Group writes into one atomic, durable transaction (nests)."""
+    def transaction(self, savepoint: bool = False) -> AbstractContextManager[None]:
+        """Group writes into one atomic, durable transaction (nests; nested with
+        ``savepoint``, an exception undoes the block's writes only)."""
 
     @abstractmethod
     def try_get(self, kind: str, name: str) -> dict[str, Any] | None:
@@ -68,8 +69,11 @@ class ObjectStore(ABC):
         """Delete the row of an object (the caller logs the DELETED change)."""
 
     @abstractmethod
-    def _log_change(self, obj: dict[str, Any], change: ChangeType) -> None:
-        """Append ``obj`` as it now is to the change log, at its resourceVersion."""
+    def _log_change(
+        self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
+    ) -> None:
+        """Append ``obj`` as it now is to the change log, at its resourceVersion
+        (``encoded``: its JSON, if the caller has it already)."""
 
     @abstractmethod
     def _next_rv(self) -> int:

@@ -42,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -61,6 +62,7 @@ from controller.store.types import (
     Unavailable,
     change_node,
     dumps,
+    encode_object,
     now,
 )
 from specs.selectors import match_labels
@@ -301,15 +303,20 @@ class PostgresStore(ObjectStore):
             self._db = connect(self.url)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic, durable transaction (nests), holding the write lock of all hubs."""
+    def transaction(self, savepoint: bool = False) -> Iterator[None]:
+        """One atomic, durable transaction (nests; nested with ``savepoint``, an
+        exception undoes the block's writes only), holding the write lock of all hubs."""
         with self._lock:
             outer = self._depth == 0
+            mark = None
             if outer:
                 began = time.perf_counter()
                 self._begin()
-                start_rv = self._rv
                 self._owner = threading.get_ident()
+            elif savepoint:
+                mark = f"gu{self._depth}"
+                self._db.execute(f"SAVEPOINT {mark}")
+            start_rv = self._rv
             self._depth += 1
             try:
                 yield
@@ -321,8 +328,16 @@ class PostgresStore(ObjectStore):
                         self._db.execute("ROLLBACK")
                     if isinstance(exc, psycopg.Error):  # (the connection went away)
                         raise Unavailable(f"PostgreSQL: {_first_line(exc)}") from None
+                elif mark is not None:
+                    # (if the connection went away this fails too, and so will the outer)
+                    with contextlib.suppress(psycopg.Error):
+                        self._db.execute(f"ROLLBACK TO SAVEPOINT {mark}")
+                        self._db.execute(f"RELEASE SAVEPOINT {mark}")
+                        self._rv = start_rv  # (the rvs it took are free again)
                 raise
             self._depth -= 1
+            if mark is not None:
+                self._db.execute(f"RELEASE SAVEPOINT {mark}")
             if self._depth:
                 return
             wrote = self._rv != start_rv
@@ -462,6 +477,7 @@ class PostgresStore(ObjectStore):
 
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         meta = obj["metadata"]
+        *columns, whole = encode_object(obj)
         self._db.execute(
             "INSERT INTO gu_objects VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s) "
             "ON CONFLICT (kind, name) DO UPDATE SET uid=excluded.uid, "
@@ -477,17 +493,15 @@ class PostgresStore(ObjectStore):
                 meta["resourceVersion"],
                 meta["creationTimestamp"],
                 meta.get("deletionTimestamp"),
-                dumps(meta.get("labels") or {}),
-                dumps(meta.get("annotations") or {}),
-                dumps(meta.get("finalizers") or []),
-                dumps(obj.get("spec") or {}),
-                dumps(obj.get("status") or {}),
+                *columns,
                 apply_set,
             ),
         )
-        self._log_change(obj, change)
+        self._log_change(obj, change, whole)
 
-    def _log_change(self, obj: dict[str, Any], change: ChangeType) -> None:
+    def _log_change(
+        self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
+    ) -> None:
         self._db.execute(
             "INSERT INTO gu_changes(rv, kind, name, type, object, writer, epoch, node) "
             "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
@@ -496,7 +510,7 @@ class PostgresStore(ObjectStore):
                 obj["kind"],
                 obj["metadata"]["name"],
                 change,
-                dumps(obj),
+                encoded if encoded is not None else dumps(obj),
                 self.writer,
                 FENCE.get(),
                 change_node(obj["kind"], obj["metadata"]["name"], obj),
@@ -560,14 +574,24 @@ class PostgresStore(ObjectStore):
             return int(self._read("SELECT count(*) FROM gu_objects")[0][0])
         return int(self._read("SELECT count(*) FROM gu_objects WHERE kind=%s", (kind,))[0][0])
 
-    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
-        """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
-        rows = self._read(
-            "SELECT rv, type, kind, name, object FROM gu_changes WHERE rv > %s ORDER BY rv "
-            "LIMIT %s",
-            (since, limit),
-        )
-        if not rows or int(rows[0][0]) != since + 1:
+    def changes(
+        self, since: int, limit: int = 1000, kinds: AbstractSet[str] | None = None
+    ) -> builtins.list[Change]:
+        """Changes with rv > ``since``, oldest first (only of ``kinds``, if given);
+        ``Gone`` if the log was compacted."""
+        if kinds is None:
+            rows = self._read(
+                "SELECT rv, type, kind, name, object FROM gu_changes WHERE rv > %s "
+                "ORDER BY rv LIMIT %s",
+                (since, limit),
+            )
+        else:
+            rows = self._read(
+                "SELECT rv, type, kind, name, object FROM gu_changes WHERE rv > %s "
+                "AND kind = ANY(%s) ORDER BY rv LIMIT %s",
+                (since, sorted(kinds), limit),
+            )
+        if kinds is not None or not rows or int(rows[0][0]) != since + 1:
             # something is missing after ``since``: compacted away, or nothing new
             self._refuse_compacted(since)
         return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]

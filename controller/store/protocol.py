@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,8 +46,13 @@ class Store(Protocol):
         """Stop calling ``callback``."""
         ...
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """Group writes into one atomic, durable transaction (nests)."""
+    def transaction(self, savepoint: bool = False) -> AbstractContextManager[None]:
+        """Group writes into one atomic, durable transaction (nests).
+
+        Nested with ``savepoint=True``, an exception leaving the block undoes the
+        block's writes only (a SQL savepoint) before it propagates: a caller that
+        catches it keeps the rest of the outer transaction (the reconcile engine's
+        batches: one failed pass does not cost the others)."""
         ...
 
     def time_commits(self, callback: Callable[[float], None]) -> None:
@@ -79,8 +85,12 @@ class Store(Protocol):
         """How many objects (of ``kind``)."""
         ...
 
-    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
-        """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
+    def changes(
+        self, since: int, limit: int = 1000, kinds: AbstractSet[str] | None = None
+    ) -> builtins.list[Change]:
+        """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted.
+        With ``kinds``, only changes of those kinds (the others are skipped unread: a
+        reader that wants few kinds does not decode the rest)."""
         ...
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:

@@ -33,12 +33,22 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from controller.store.objects import ObjectStore
-from controller.store.types import Change, ChangeType, Event, Gone, change_node, dumps, now
+from controller.store.types import (
+    Change,
+    ChangeType,
+    Event,
+    Gone,
+    change_node,
+    dumps,
+    encode_object,
+    now,
+)
 from specs.selectors import match_labels
 
 log = logging.getLogger("gu.store")
@@ -228,14 +238,19 @@ class SQLiteStore(ObjectStore):
             self._listeners.remove(callback)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes into one atomic, durable transaction (nests)."""
+    def transaction(self, savepoint: bool = False) -> Iterator[None]:
+        """Group writes into one atomic, durable transaction (nests; nested with
+        ``savepoint``, an exception undoes the block's writes only)."""
         with self._lock:
+            start_rv = self._rv
+            mark = None
             if self._depth == 0:
                 began = time.perf_counter()
                 self._db.execute("BEGIN IMMEDIATE")
-                start_rv = self._rv
                 self._owner = threading.get_ident()
+            elif savepoint:
+                mark = f"gu{self._depth}"
+                self._db.execute(f"SAVEPOINT {mark}")
             self._depth += 1
             try:
                 yield
@@ -245,8 +260,14 @@ class SQLiteStore(ObjectStore):
                     self._db.execute("ROLLBACK")
                     self._rv = start_rv
                     self._owner = None
+                elif mark is not None:
+                    self._db.execute(f"ROLLBACK TO {mark}")
+                    self._db.execute(f"RELEASE {mark}")
+                    self._rv = start_rv  # (the rvs it took are free again)
                 raise
             self._depth -= 1
+            if mark is not None:
+                self._db.execute(f"RELEASE {mark}")
             if self._depth:
                 return
             wrote = self._rv != start_rv
@@ -346,6 +367,7 @@ class SQLiteStore(ObjectStore):
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
         meta = obj["metadata"]
+        *columns, whole = encode_object(obj)
         self._db.execute(
             "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -356,17 +378,15 @@ class SQLiteStore(ObjectStore):
                 meta["resourceVersion"],
                 meta["creationTimestamp"],
                 meta.get("deletionTimestamp"),
-                dumps(meta.get("labels") or {}),
-                dumps(meta.get("annotations") or {}),
-                dumps(meta.get("finalizers") or []),
-                dumps(obj.get("spec") or {}),
-                dumps(obj.get("status") or {}),
+                *columns,
                 apply_set,
             ),
         )
-        self._log_change(obj, change)
+        self._log_change(obj, change, whole)
 
-    def _log_change(self, obj: dict[str, Any], change: ChangeType) -> None:
+    def _log_change(
+        self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
+    ) -> None:
         self._db.execute(
             "INSERT INTO changes(rv, kind, name, type, object, node) VALUES (?,?,?,?,?,?)",
             (
@@ -374,7 +394,7 @@ class SQLiteStore(ObjectStore):
                 obj["kind"],
                 obj["metadata"]["name"],
                 change,
-                dumps(obj),
+                encoded if encoded is not None else dumps(obj),
                 change_node(obj["kind"], obj["metadata"]["name"], obj),
             ),
         )
@@ -446,9 +466,17 @@ class SQLiteStore(ObjectStore):
             return int(db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
         return int(db.execute("SELECT COUNT(*) FROM objects WHERE kind=?", (kind,)).fetchone()[0])
 
-    def changes(self, since: int, limit: int = 1000) -> builtins.list[Change]:
-        """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted."""
-        return self._read_changes("rv > ?", (since, limit), since)
+    def changes(
+        self, since: int, limit: int = 1000, kinds: AbstractSet[str] | None = None
+    ) -> builtins.list[Change]:
+        """Changes with rv > ``since``, oldest first (only of ``kinds``, if given);
+        ``Gone`` if the log was compacted."""
+        if kinds is None:
+            return self._read_changes("rv > ?", (since, limit), since)
+        marks = ",".join("?" * len(kinds))
+        return self._read_changes(
+            f"rv > ? AND kind IN ({marks})", (since, *sorted(kinds), limit), since
+        )
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
         """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""

@@ -113,3 +113,31 @@ def now() -> str:
 def dumps(value: Any) -> str:
     """Canonical JSON of a stored field (sorted keys, no spaces): equal values, equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def encode_object(obj: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """The stored columns of ``obj`` as canonical JSON — labels, annotations,
+    finalizers, spec, status — and the whole object as the change log keeps it, the
+    latter made from the spec's and status's text rather than encoding them twice (they
+    are most of an object: a write encoded each twice)."""
+    meta = obj["metadata"]
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    spec_json, status_json = dumps(spec), dumps(status)
+    parts = []
+    for key in sorted(obj):
+        value = obj[key]
+        if key == "spec" and value:
+            text = spec_json
+        elif key == "status" and value:
+            text = status_json
+        else:
+            text = dumps(value)
+        parts.append(f"{json.dumps(key)}:{text}")
+    return (
+        dumps(meta.get("labels") or {}),
+        dumps(meta.get("annotations") or {}),
+        dumps(meta.get("finalizers") or []),
+        spec_json,
+        status_json,
+        "{" + ",".join(parts) + "}",
+    )

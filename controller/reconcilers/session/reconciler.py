@@ -1,10 +1,11 @@
 """The Session reconciler: references, plan, apply — and its watches, registered.
 
 One pass: check the references (App, Priority, VirtualNetwork), ask the
-policy hook, refresh the ``ClusterState`` and plan under its lock
-(``session.plan``), attach admissions, and write the plan in one transaction
-(``session.apply``). The lock is held until commit, so the next pass sees
-these placements.
+policy hook, then inside a store transaction and under the ``ClusterState``
+lock refresh the view, plan (``session.plan``), attach admissions and write
+the plan (``session.apply``). Both are held until the writes are in the
+transaction, so the next pass sees these placements (read back from the
+store's change log, committed or pending in the same grouped commit).
 """
 
 from __future__ import annotations
@@ -158,7 +159,10 @@ class SessionReconciler:
         check = self.policy(session, ctx.store) if self.policy and session else None
         check = check or PolicyCheck()
         ready: list[str] = []
-        with self.state.lock:
+        # the store's write lock first, then the view's: the refresh then reads every
+        # write committed or pending in this transaction (the engine groups passes into
+        # one commit), and no other pass writes between this one's plan and its write
+        with ctx.store.transaction(), self.state.lock:
             self.state.refresh()
             placements = self.state.placements_of(name)
             if session is None:
@@ -376,6 +380,7 @@ def register(
         policy=policy,
     )
     reconciler.defer = lambda name, delay: controller.enqueue_after("Session", name, delay)
+    controller.on_lost_commit(reconciler.state.forget)
     controller.reconciler(
         "Session",
         watches={
