@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.poolview import PoolView
@@ -58,6 +58,11 @@ class PoolCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gu_reconcile_in_flight", "Reconciles running now", value=stats.get("in_flight", 0)
+        )
+        yield CounterMetricFamily(
+            "gu_reconcile_lost_commits",
+            "Grouped reconcile commits that failed (their passes were retried)",
+            value=stats.get("lost_batches", 0),
         )
 
 

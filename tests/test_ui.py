@@ -398,6 +398,7 @@ def test_metrics_parse_and_the_placement_gauges_agree_with_the_store(pool: Pool)
         "gu_reconciles",
     ):
         assert name in families, name
+    assert [s.value for s in families["gu_reconcile_lost_commits"].samples] == [0.0]
     routes = {s.labels.get("route") for s in families["gu_api_request_duration_seconds"].samples}
     assert "/v1/agents/heartbeat" in routes and "/v1/{kind}/{name}" in routes
 

@@ -21,11 +21,11 @@ Baselines in the same run, same number of placements, same object shape:
 
 What limits it (measured on the dev box, 2 cores): ``schedule`` itself places several
 hundred thousand a second over 1,000 providers, so the cost is the Store. One Session pass
-is one transaction: the commit's fsync plus ~15 statements (create, status, event, change
-log) and their JSON. Sessions of count 10 spread that over ten placements (about 5,000/s
-through the Controller); sessions of count 1 pay it per placement (about 1,000/s through
-the Controller, 2,000/s called directly — the engine's feed, queue and thread hop add
-the rest). Group commit across Sessions would need the engine to batch keys.
+is ~12 statements (read, create, status, event, change log) and their JSON; ``direct_*``
+commits each pass on its own (the fsync is about a third of a count-1 pass). The
+Controller groups the passes that are ready into one commit (``Controller._work``):
+Sessions of count 1 went from about 530/s to about 1,000/s through it with that, count
+10 from about 2,700/s to 3,200/s.
 """
 
 from __future__ import annotations
