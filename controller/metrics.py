@@ -62,7 +62,7 @@ class PoolCollector(Collector):
         yield CounterMetricFamily(
             "gu_reconcile_lost_commits",
             "Grouped reconcile commits that failed (their passes were retried)",
-            value=stats.get("lost_batches", 0),
+            value=stats.get("lost_commits", 0),
         )
 
 

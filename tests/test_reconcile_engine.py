@@ -493,5 +493,5 @@ def test_a_group_whose_commit_fails_is_retried_and_its_readers_told(store: Store
 
     run(body)
     assert lost == ["lost"]
-    assert controller.stats()["lost_batches"] == 1
+    assert controller.stats()["lost_commits"] == 1
     assert all(w["status"] == {"done": True} for w in store.list("Widget"))

@@ -229,7 +229,7 @@ class Controller:
         self._reconciles = 0
         self._errors = 0
         self._conflicts = 0
-        self._lost_batches = 0
+        self._lost_commits = 0
         self._in_flight = 0
         self._relists = 0
         self._last_resync: datetime | None = None
@@ -291,7 +291,7 @@ class Controller:
             "reconciles": self._reconciles,
             "errors": self._errors,
             "conflicts": self._conflicts,
-            "lost_batches": self._lost_batches,
+            "lost_commits": self._lost_commits,
             "in_flight": self._in_flight,
             "queue_length": len(self._queue),
             "queue_waiting": self._queue.waiting(),
@@ -551,7 +551,6 @@ class Controller:
         """Passes for ``first`` and the keys ready after it, under one commit."""
         keys = [first]
         notes: list[tuple[str, str, int]] = []
-        end = 0.0
         try:
             with self.store.transaction():
                 end = time.perf_counter() + self.commit_window  # (from when it holds the lock)
@@ -567,7 +566,7 @@ class Controller:
                     self._process(key, notes)
         except Exception as exc:  # BEGIN or COMMIT failed: every pass of it is lost
             with self._counters_lock:
-                self._lost_batches += 1
+                self._lost_commits += 1
             with self._own_lock:
                 for note in notes:
                     self._own.pop(note, None)
