@@ -214,6 +214,8 @@ class PostgresStore(ObjectStore):
         self._lock = threading.RLock()
         self._depth = 0
         self._owner: int | None = None
+        self._begun_rv = 0  # the committed rv when this hub's open transaction began
+        self._begun_oldest: int | None = None  # the oldest change kept then, once read
         self._rv = 0
         self._listeners: list[Callable[[int], None]] = []
         self._timers: list[Callable[[float], None]] = []
@@ -386,7 +388,8 @@ class PostgresStore(ObjectStore):
                     f"(epoch {row and row[0]}); its reconcile write was refused"
                 )
         row = self._db.execute("SELECT value FROM gu_meta WHERE key='rv'").fetchone()
-        self._rv = int(row[0]) if row else 0
+        self._rv = self._begun_rv = int(row[0]) if row else 0
+        self._begun_oldest = None
 
     def _compact_step(self) -> None:
         """Drop the oldest ``compact_chunk`` changes once the log passed its limit, towards
@@ -444,6 +447,10 @@ class PostgresStore(ObjectStore):
     @property
     def resource_version(self) -> int:
         """The rv of the last write committed by any hub (0 for an empty store)."""
+        if self._owner == threading.get_ident():
+            # inside this thread's transaction, which holds the write lock of all hubs:
+            # nothing was committed since it began (a reconcile pass asks once a pass)
+            return self._begun_rv
         rows = self._read("SELECT value FROM gu_meta WHERE key='rv'")
         return int(rows[0][0]) if rows else 0
 
@@ -608,11 +615,16 @@ class PostgresStore(ObjectStore):
 
     def _refuse_compacted(self, since: int) -> None:
         """``Gone`` if changes after ``since`` were compacted away."""
-        oldest = self._read("SELECT value FROM gu_meta WHERE key='oldest'")
-        if oldest and since + 1 < int(oldest[0][0]) and since < self.resource_version:
-            raise Gone(
-                f"resourceVersion {since} is too old (oldest kept: {oldest[0][0]}); list again"
-            )
+        mine = self._owner == threading.get_ident()
+        if mine and self._begun_oldest is not None:
+            oldest = self._begun_oldest  # (it moves only at a commit, under the write lock)
+        else:
+            rows = self._read("SELECT value FROM gu_meta WHERE key='oldest'")
+            oldest = int(rows[0][0]) if rows else 0
+            if mine:
+                self._begun_oldest = oldest
+        if since + 1 < oldest and since < self.resource_version:
+            raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
 
     def change_writers(self) -> builtins.list[tuple[int, str, int | None]]:
         """(rv, writer, epoch) of every change kept, in order (tests of fencing)."""
