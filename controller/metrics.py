@@ -59,6 +59,11 @@ class PoolCollector(Collector):
         yield GaugeMetricFamily(
             "gu_reconcile_in_flight", "Reconciles running now", value=stats.get("in_flight", 0)
         )
+        yield GaugeMetricFamily(
+            "gu_reconcile_feed_behind",
+            "Changes committed that the reconcile engine has not read yet",
+            value=stats.get("feed_behind", 0),
+        )
         yield CounterMetricFamily(
             "gu_reconcile_lost_commits",
             "Grouped reconcile commits that failed (their passes were retried)",

@@ -113,3 +113,31 @@ def start_hub_subprocess(
         except httpx.TransportError:
             time.sleep(0.05)
     return proc, url, state / "admin-config.yaml"
+
+
+def reconcile_settled(client: Any, limit: float) -> float:
+    """Wait (at most ``limit`` s) until the hub's reconcile engine has read every change,
+    its queue is empty, nothing is in flight and no reconcile ran for half a second (read
+    from its ``/metrics`` with ``client``'s token: right after a write the queue may still
+    be empty, its keys not yet read from the change log); how long that took."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    start = time.perf_counter()
+    last: float | None = None
+    while time.perf_counter() - start < limit:
+        text = client.http.get(
+            "/metrics", headers={"Authorization": f"Bearer {client.token()}"}
+        ).text
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        busy = any(
+            s.value
+            for s in samples
+            if s.name
+            in ("gu_reconcile_queue_depth", "gu_reconcile_in_flight", "gu_reconcile_feed_behind")
+        )
+        ran = sum(s.value for s in samples if s.name == "gu_reconciles_total")
+        if not busy and ran == last:
+            break
+        last = None if busy else ran
+        time.sleep(0.5)
+    return time.perf_counter() - start

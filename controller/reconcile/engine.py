@@ -297,6 +297,7 @@ class Controller:
             "queue_waiting": self._queue.waiting(),
             "relists": self._relists,
             "feed_resource_version": self._since,
+            "feed_behind": max(0, self.store.resource_version - self._since),
             "last_resync": (
                 self._last_resync.isoformat().replace("+00:00", "Z") if self._last_resync else None
             ),

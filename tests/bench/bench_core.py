@@ -43,7 +43,7 @@ from controller.client import Client  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
 from controller.store import SQLiteStore  # noqa: E402
-from tests.helpers import start_hub_subprocess  # noqa: E402
+from tests.helpers import reconcile_settled, start_hub_subprocess  # noqa: E402
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
@@ -175,7 +175,9 @@ def bench_api(n: int, batch: int, tmp: Path, store: str | None = None, label: st
         emit_for(label, "api_apply", n / dt, "objects/s", True, seconds=round(dt, 3), objects=n,
                  batch=batch)  # fmt: skip
 
-        time.sleep(1.0)  # let the reconcilers write their first status
+        # the reconcilers write their first status first (a second's sleep was too short
+        # for 10,000 objects: their writes were counted as the re-apply's)
+        reconcile_settled(client, 120)
         rv = client.list("Priority")[0]["metadata"]["resourceVersion"] if n > 1 else 0
         rv_before = client.call("GET", "/v1/priorities")["resourceVersion"]
         t = time.perf_counter()

@@ -46,13 +46,12 @@ from typing import Any
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.client import Client, HubUnreachable  # noqa: E402
-from tests.helpers import start_hub_subprocess  # noqa: E402
+from tests.helpers import reconcile_settled, start_hub_subprocess  # noqa: E402
 
 IMAGE = "sha3-256:" + "b" * 64
 
@@ -271,26 +270,6 @@ def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> Non
         agents.stop()
 
 
-def settled(client: Client, limit: float) -> float:
-    """Wait (at most ``limit`` s) until the hub's reconcile queue is empty and nothing is
-    in flight, so the idle baseline is idle; how long that took."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < limit:
-        text = client.http.get(
-            "/metrics", headers={"Authorization": f"Bearer {client.token()}"}
-        ).text
-        values = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name in ("gu_reconcile_queue_depth", "gu_reconcile_in_flight")
-        }
-        if values and not any(values.values()):
-            break
-        time.sleep(0.5)
-    return time.perf_counter() - start
-
-
 async def heartbeats(
     args: argparse.Namespace, url: str, client: Client, hub_pid: int, agents: Agents
 ) -> None:
@@ -299,7 +278,7 @@ async def heartbeats(
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         idle: list[float] = []
         agents.pause(True)  # the idle baseline: the same hub with the pool quiet
-        settle = await asyncio.to_thread(settled, client, 120)
+        settle = await asyncio.to_thread(reconcile_settled, client, 120)
         emit("settle_after_scheduling", settle, "s", note="reconcile queue empty")
         await asyncio.sleep(0.5)
         for _ in range(5):  # warm-up: a new connection's first request is not the hub's
