@@ -297,7 +297,8 @@ class Controller:
             "queue_waiting": self._queue.waiting(),
             "relists": self._relists,
             "feed_resource_version": self._since,
-            "feed_behind": max(0, self.store.resource_version - self._since),
+            # (0 while it does not run: a hub that follows another reads nothing)
+            "feed_behind": (max(0, self.store.resource_version - self._since) if self._loop else 0),
             "last_resync": (
                 self._last_resync.isoformat().replace("+00:00", "Z") if self._last_resync else None
             ),

@@ -378,16 +378,23 @@ class PostgresStore(ObjectStore):
                 if attempt:
                     raise Unavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from None
         fence = FENCE.get()
-        if fence is not None:
-            row = self._db.execute("SELECT epoch FROM gu_leader WHERE id=1").fetchone()
-            if not row or int(row[0]) != fence:
-                self._db.execute("ROLLBACK")
-                log.warning("event=write_fenced epoch=%s leader_epoch=%s", fence, row and row[0])
-                raise Fenced(
-                    f"this hub's leadership (epoch {fence}) has passed to another hub "
-                    f"(epoch {row and row[0]}); its reconcile write was refused"
-                )
-        row = self._db.execute("SELECT value FROM gu_meta WHERE key='rv'").fetchone()
+        try:
+            if fence is not None:
+                row = self._db.execute("SELECT epoch FROM gu_leader WHERE id=1").fetchone()
+                if not row or int(row[0]) != fence:
+                    self._db.execute("ROLLBACK")
+                    log.warning(
+                        "event=write_fenced epoch=%s leader_epoch=%s", fence, row and row[0]
+                    )
+                    raise Fenced(
+                        f"this hub's leadership (epoch {fence}) has passed to another hub "
+                        f"(epoch {row and row[0]}); its reconcile write was refused"
+                    )
+            row = self._db.execute("SELECT value FROM gu_meta WHERE key='rv'").fetchone()
+        except psycopg.Error as exc:  # the server went away after BEGIN: a 503, not a 500
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise Unavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from None
         self._rv = self._begun_rv = int(row[0]) if row else 0
         self._begun_oldest = None
 
