@@ -374,3 +374,53 @@ def test_a_failed_savepoint_undoes_its_own_writes_and_keeps_the_rest(store: Stor
         (start + 2, "after"),
     ]
     assert store.resource_version == start + 2
+
+
+def test_savepoints_are_taken_at_a_blocks_first_write(store: Store) -> None:
+    """Savepoints are lazy (``types.Savepoints``): a block that only reads and then
+    raises leaves the outer transaction whole; an outer block that wrote nothing itself
+    still undoes what a block inside it wrote before it raised; events are undone with
+    their block."""
+    start = store.resource_version
+    with store.transaction():
+        store.create(prio("kept"))
+        with pytest.raises(RuntimeError), store.transaction(savepoint=True):
+            assert store.get("Priority", "kept")["spec"]["value"] == 1  # reads only
+            raise RuntimeError("fails before writing")
+        with pytest.raises(RuntimeError), store.transaction(savepoint=True):
+            store.get("Priority", "kept")  # outer: reads, no write of its own
+            with store.transaction(savepoint=True):
+                store.create(prio("inner"))
+                store.record_event("Priority", "kept", "Inner", "undone with its block")
+            raise RuntimeError("the outer block fails after the inner one ended well")
+        with store.transaction(savepoint=True):
+            store.get("Priority", "kept")
+            with store.transaction(savepoint=True):
+                store.create(prio("nested"))
+    assert [p["metadata"]["name"] for p in store.list("Priority")] == ["kept", "nested"]
+    assert [e.reason for e in store.events("Priority", "kept")] == []
+    assert [(c.rv, c.name) for c in store.changes(start)] == [
+        (start + 1, "kept"),
+        (start + 2, "nested"),
+    ]
+
+
+def test_a_block_that_writes_nothing_sends_no_savepoint(tmp_path: Path) -> None:
+    """The statements a read-only ``transaction(savepoint=True)`` costs: none beyond
+    its reads (it was a SAVEPOINT and a RELEASE each: two round trips on PostgreSQL)."""
+    store = SQLiteStore(tmp_path / "hub.db")
+    try:
+        store.create(prio("a"))
+        sent: list[str] = []
+        store._db.set_trace_callback(sent.append)
+        with store.transaction():
+            for _ in range(5):
+                with store.transaction(savepoint=True):
+                    store.get("Priority", "a")
+            with store.transaction(savepoint=True):
+                store.update_status("Priority", "a", {"note": "x"})
+        store._db.set_trace_callback(None)
+        savepoints = [s for s in sent if "SAVEPOINT" in s.upper()]
+        assert savepoints == ["SAVEPOINT gu1", "RELEASE SAVEPOINT gu1"], sent
+    finally:
+        store.close()

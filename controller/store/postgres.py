@@ -58,6 +58,7 @@ from controller.store.types import (
     Event,
     Fenced,
     Gone,
+    Savepoints,
     StoreError,
     Unavailable,
     change_node,
@@ -213,6 +214,7 @@ class PostgresStore(ObjectStore):
         self.writer = writer  # who wrote a change (the hub instance), for the change log
         self._lock = threading.RLock()
         self._depth = 0
+        self._savepoints = Savepoints(lambda sql: self._db.execute(sql))
         self._owner: int | None = None
         self._begun_rv = 0  # the committed rv when this hub's open transaction began
         self._begun_oldest: int | None = None  # the oldest change kept then, once read
@@ -310,14 +312,14 @@ class PostgresStore(ObjectStore):
         exception undoes the block's writes only), holding the write lock of all hubs."""
         with self._lock:
             outer = self._depth == 0
-            mark = None
+            marked = False
             if outer:
                 began = time.perf_counter()
                 self._begin()
                 self._owner = threading.get_ident()
-            elif savepoint:
-                mark = f"gu{self._depth}"
-                self._db.execute(f"SAVEPOINT {mark}")
+            elif savepoint:  # (created at the block's first write, if it writes)
+                self._savepoints.open(f"gu{self._depth}")
+                marked = True
             start_rv = self._rv
             self._depth += 1
             try:
@@ -326,22 +328,25 @@ class PostgresStore(ObjectStore):
                 self._depth -= 1
                 if self._depth == 0:
                     self._owner = None
+                    self._savepoints.clear()
                     with contextlib.suppress(psycopg.Error):
                         self._db.execute("ROLLBACK")
                     if isinstance(exc, psycopg.Error):  # (the connection went away)
                         raise Unavailable(f"PostgreSQL: {_first_line(exc)}") from None
-                elif mark is not None:
-                    # (if the connection went away this fails too, and so will the outer)
+                elif marked:
+                    # (if the connection went away this fails too, and so will the outer;
+                    # a block that failed in SQL before its first write has no savepoint
+                    # to return to: the outer transaction is aborted and its COMMIT fails)
                     with contextlib.suppress(psycopg.Error):
-                        self._db.execute(f"ROLLBACK TO SAVEPOINT {mark}")
-                        self._db.execute(f"RELEASE SAVEPOINT {mark}")
+                        self._savepoints.undo()
                         self._rv = start_rv  # (the rvs it took are free again)
                 raise
             self._depth -= 1
-            if mark is not None:
-                self._db.execute(f"RELEASE SAVEPOINT {mark}")
+            if marked:
+                self._savepoints.release()
             if self._depth:
                 return
+            self._savepoints.clear()
             wrote = self._rv != start_rv
             try:
                 if wrote:
@@ -440,6 +445,7 @@ class PostgresStore(ObjectStore):
         """One write outside the object rules (meta, events): in this thread's
         transaction, or on its own (autocommit)."""
         if self._owner == threading.get_ident():
+            self._savepoints.touch()
             self._db.execute(sql, params)
             return
         for attempt in (0, 1):
@@ -492,6 +498,7 @@ class PostgresStore(ObjectStore):
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)
+        self._savepoints.touch()
         self._db.execute(
             "INSERT INTO gu_objects VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s) "
             "ON CONFLICT (kind, name) DO UPDATE SET uid=excluded.uid, "
@@ -516,6 +523,7 @@ class PostgresStore(ObjectStore):
     def _log_change(
         self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
     ) -> None:
+        self._savepoints.touch()
         self._db.execute(
             "INSERT INTO gu_changes(rv, kind, name, type, object, writer, epoch, node) "
             "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
@@ -532,10 +540,12 @@ class PostgresStore(ObjectStore):
         )
 
     def _next_rv(self) -> int:
+        self._savepoints.touch()  # (a write follows)
         self._rv += 1
         return self._rv
 
     def _remove(self, kind: str, name: str) -> None:
+        self._savepoints.touch()
         self._db.execute("DELETE FROM gu_objects WHERE kind=%s AND name=%s", (kind, name))
         self._db.execute("DELETE FROM gu_events WHERE kind=%s AND name=%s", (kind, name))
 
@@ -688,6 +698,7 @@ class PostgresStore(ObjectStore):
         epoch ``holder`` now leads with, or None. A takeover moves the epoch, under the
         write lock, so the previous leader's writes are refused from then on."""
         with self.transaction():
+            self._savepoints.touch()
             row = self._db.execute(
                 "UPDATE gu_leader SET holder=%s, expires=clock_timestamp() + make_interval("
                 "secs => %s), epoch = CASE WHEN holder=%s THEN epoch ELSE epoch + 1 END "

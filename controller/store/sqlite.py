@@ -44,6 +44,7 @@ from controller.store.types import (
     ChangeType,
     Event,
     Gone,
+    Savepoints,
     change_node,
     dumps,
     encode_object,
@@ -131,6 +132,7 @@ class SQLiteStore(ObjectStore):
         self._compact_to: int | None = None  # compaction in progress: keep rvs from here
         self._lock = threading.RLock()
         self._depth = 0
+        self._savepoints = Savepoints(lambda sql: self._db.execute(sql))
         self._pending_notify = False
         self._listeners: list[Callable[[int], None]] = []
         self._timers: list[Callable[[float], None]] = []
@@ -243,33 +245,34 @@ class SQLiteStore(ObjectStore):
         ``savepoint``, an exception undoes the block's writes only)."""
         with self._lock:
             start_rv = self._rv
-            mark = None
+            marked = False
             if self._depth == 0:
                 began = time.perf_counter()
                 self._db.execute("BEGIN IMMEDIATE")
                 self._owner = threading.get_ident()
-            elif savepoint:
-                mark = f"gu{self._depth}"
-                self._db.execute(f"SAVEPOINT {mark}")
+            elif savepoint:  # (created at the block's first write, if it writes)
+                self._savepoints.open(f"gu{self._depth}")
+                marked = True
             self._depth += 1
             try:
                 yield
             except BaseException:
                 self._depth -= 1
                 if self._depth == 0:
+                    self._savepoints.clear()
                     self._db.execute("ROLLBACK")
                     self._rv = start_rv
                     self._owner = None
-                elif mark is not None:
-                    self._db.execute(f"ROLLBACK TO {mark}")
-                    self._db.execute(f"RELEASE {mark}")
+                elif marked:
+                    self._savepoints.undo()
                     self._rv = start_rv  # (the rvs it took are free again)
                 raise
             self._depth -= 1
-            if mark is not None:
-                self._db.execute(f"RELEASE {mark}")
+            if marked:
+                self._savepoints.release()
             if self._depth:
                 return
+            self._savepoints.clear()
             wrote = self._rv != start_rv
             if wrote:
                 self._db.execute(
@@ -368,6 +371,7 @@ class SQLiteStore(ObjectStore):
         """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)
+        self._savepoints.touch()
         self._db.execute(
             "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -387,6 +391,7 @@ class SQLiteStore(ObjectStore):
     def _log_change(
         self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
     ) -> None:
+        self._savepoints.touch()
         self._db.execute(
             "INSERT INTO changes(rv, kind, name, type, object, node) VALUES (?,?,?,?,?,?)",
             (
@@ -400,10 +405,12 @@ class SQLiteStore(ObjectStore):
         )
 
     def _next_rv(self) -> int:
+        self._savepoints.touch()  # (a write follows)
         self._rv += 1
         return self._rv
 
     def _remove(self, kind: str, name: str) -> None:
+        self._savepoints.touch()
         self._db.execute("DELETE FROM objects WHERE kind=? AND name=?", (kind, name))
         # its events go with it (bounded growth: a deleted object leaves nothing behind)
         self._db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
@@ -506,6 +513,7 @@ class SQLiteStore(ObjectStore):
     def put_meta(self, key: str, value: str) -> None:
         """Set a small hub-internal value (e.g. a hashed join token), durably."""
         with self.transaction():
+            self._savepoints.touch()
             self._db.execute(
                 "INSERT INTO meta(key, value) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -529,6 +537,7 @@ class SQLiteStore(ObjectStore):
 
     def delete_meta(self, key: str) -> None:
         with self.transaction():
+            self._savepoints.touch()
             self._db.execute("DELETE FROM meta WHERE key=?", (key,))
 
     # -------------------------------------------------------------- events
@@ -538,6 +547,8 @@ class SQLiteStore(ObjectStore):
     ) -> None:
         """Append a human-readable event; keeps the newest 20 per object."""
         with self._lock:
+            if self._owner == threading.get_ident():
+                self._savepoints.touch()
             self._db.execute(
                 "INSERT INTO events(time, kind, name, type, reason, message) VALUES (?,?,?,?,?,?)",
                 (now(), kind, name, type_, reason, message),

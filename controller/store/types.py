@@ -7,6 +7,7 @@ or PostgreSQL found it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,3 +142,50 @@ def encode_object(obj: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
         status_json,
         "{" + ",".join(parts) + "}",
     )
+
+
+class Savepoints:
+    """The savepoints of a store's nested ``transaction(savepoint=True)`` blocks, taken
+    lazily: ``open`` only marks one; the first write under it (the store calls ``touch``
+    before each write) creates it and any open ones outside it, in order. A block that
+    writes nothing (a reconcile pass with nothing to do: most of a resync) costs no
+    statement, where it cost a SAVEPOINT and a RELEASE (two round trips on PostgreSQL).
+    Nothing is lost: the reads before a block's first write need no undoing.
+
+    ``execute`` runs one statement on the writer's connection. The created marks are
+    always the oldest ones (a prefix of the stack): ``touch`` creates the rest.
+    """
+
+    def __init__(self, execute: Callable[[str], object]) -> None:
+        self._execute = execute
+        self._marks: list[str] = []
+        self._created = 0  # the first ``_created`` marks exist in the database
+
+    def open(self, name: str) -> None:
+        self._marks.append(name)
+
+    def touch(self) -> None:
+        """Before a write: create every mark not yet created."""
+        while self._created < len(self._marks):
+            self._execute(f"SAVEPOINT {self._marks[self._created]}")
+            self._created += 1
+
+    def release(self) -> None:
+        """The innermost block ended well: its writes join the block around it."""
+        name = self._marks.pop()
+        if self._created > len(self._marks):
+            self._created -= 1
+            self._execute(f"RELEASE SAVEPOINT {name}")
+
+    def undo(self) -> None:
+        """The innermost block raised: undo its writes (if it wrote any)."""
+        name = self._marks.pop()
+        if self._created > len(self._marks):
+            self._created -= 1
+            self._execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self._execute(f"RELEASE SAVEPOINT {name}")
+
+    def clear(self) -> None:
+        """The outer transaction ended (its COMMIT or ROLLBACK ends every savepoint)."""
+        self._marks.clear()
+        self._created = 0
