@@ -8,7 +8,7 @@ from typing import Any
 
 from controller import authz
 from controller.auth import Principal
-from controller.feed import ChangeFeed, entry_of, may_see
+from controller.feed import ChangeFeed, entry_of, line, may_see
 from controller.store import Store
 
 PRINCIPALS = [
@@ -50,8 +50,8 @@ def test_may_see_is_authz_visible_for_every_principal_and_kind(store: Store) -> 
         store.create(obj)
     changes = store.changes(0)
     assert len(changes) == len(objects())
-    for change in changes:
-        entry = entry_of(change)
+    for change, text in zip(changes, store.change_texts(0), strict=True):
+        entry = entry_of(text)
         for who in PRINCIPALS:
             want = authz.visible(who, change.kind, change.object)
             assert may_see(who, entry) == want, (who, change.kind, change.name)
@@ -185,3 +185,36 @@ def test_an_agent_behind_the_ring_reads_only_its_own_changes_from_the_store(
         events[-1]["type"] == "BOOKMARK" and events[-1]["resourceVersion"] == store.resource_version
     )
     assert whole_log_reads == []
+
+
+def test_lines_are_made_from_the_stored_text_and_listeners_get_only_their_kinds(
+    store: Store,
+) -> None:
+    """The ring's line of a change is byte for byte ``line`` of the decoded change (it
+    is made from the log's text, with no decode and re-encode); a listener gets the
+    changes of the kinds it asked for, decoded, in order."""
+    feed = ChangeFeed(store)
+    got: dict[str, list[tuple[str, str, int]]] = {"providers": [], "placements": []}
+    feed.listen(
+        lambda b: got["providers"].extend((c.kind, c.name, c.rv) for c in b or []), ["Provider"]
+    )
+    feed.listen(
+        lambda b: got["placements"].extend(
+            (c.kind, c.object["spec"].get("node", ""), c.rv) for c in b or []
+        ),
+        ("Placement",),
+    )
+    for obj in objects():
+        store.create(obj)
+    store.update_status("Placement", "p2", {"state": "Running", "note": "ünïcode"})
+    store.delete("Placement", "p3")
+    asyncio.run(fill(feed))
+    changes = store.changes(0)
+    lines, _ = feed.read(0, Principal("admin", "admin"), None) or ([], 0)
+    assert lines == [
+        line({"type": c.type, "object": c.object, "resourceVersion": c.rv}) for c in changes
+    ]
+    assert got["providers"] == [(c.kind, c.name, c.rv) for c in changes if c.kind == "Provider"]
+    assert got["placements"] == [
+        (c.kind, c.object["spec"].get("node", ""), c.rv) for c in changes if c.kind == "Placement"
+    ]

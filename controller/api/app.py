@@ -181,7 +181,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_middleware(BodyLimit)
     # (inside the timer, so its answers are timed under the heartbeat route too)
     app.add_middleware(HeartbeatFastPath, deps=deps)
-    deps.feed.listen(deps.decisions.on_batch)
+    deps.feed.listen(deps.decisions.on_batch, ("Provider",))
     app.add_middleware(RequestTimer, metrics=deps.metrics)
     return app
 

@@ -54,6 +54,7 @@ from controller.store.objects import ObjectStore
 from controller.store.types import (
     FENCE,
     Change,
+    ChangeText,
     ChangeType,
     Event,
     Fenced,
@@ -619,6 +620,17 @@ class PostgresStore(ObjectStore):
             # something is missing after ``since``: compacted away, or nothing new
             self._refuse_compacted(since)
         return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def change_texts(self, since: int, limit: int = 1000) -> builtins.list[ChangeText]:
+        rows = self._read(
+            "SELECT rv, type, kind, name, node, CASE WHEN kind = 'Session' "
+            "THEN object::jsonb #>> '{spec,app}' END, object FROM gu_changes "
+            "WHERE rv > %s ORDER BY rv LIMIT %s",
+            (since, limit),
+        )
+        if not rows or int(rows[0][0]) != since + 1:
+            self._refuse_compacted(since)  # (as ``changes``)
+        return [ChangeText(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
         """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""

@@ -20,7 +20,7 @@ from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from controller.store.types import ApplyResult, Change, Event
+from controller.store.types import ApplyResult, Change, ChangeText, Event
 
 Obj = dict[str, Any]
 
@@ -91,6 +91,11 @@ class Store(Protocol):
         """Changes with rv > ``since``, oldest first; ``Gone`` if the log was compacted.
         With ``kinds``, only changes of those kinds (the others are skipped unread: a
         reader that wants few kinds does not decode the rest)."""
+        ...
+
+    def change_texts(self, since: int, limit: int = 1000) -> builtins.list[ChangeText]:
+        """``changes``, undecoded (``ChangeText``): what a reader that passes objects on
+        costs without a JSON decode (and a re-encode) of each."""
         ...
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:

@@ -41,6 +41,7 @@ from typing import Any, Final
 from controller.store.objects import ObjectStore
 from controller.store.types import (
     Change,
+    ChangeText,
     ChangeType,
     Event,
     Gone,
@@ -485,6 +486,20 @@ class SQLiteStore(ObjectStore):
             f"rv > ? AND kind IN ({marks})", (since, *sorted(kinds), limit), since
         )
 
+    def change_texts(self, since: int, limit: int = 1000) -> builtins.list[ChangeText]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT rv, type, kind, name, node, CASE WHEN kind = 'Session' "
+                "THEN json_extract(object, '$.spec.app') END, object FROM changes "
+                "WHERE rv > ? ORDER BY rv LIMIT ?",
+                (since, limit),
+            )
+            .fetchall()
+        )
+        self._refuse_compacted(since)
+        return [ChangeText(*row) for row in rows]
+
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
         """``node``'s changes with rv > ``since`` (by the node index); ``Gone`` as ``changes``."""
         return self._read_changes("node = ? AND rv > ?", (node, since, limit), since)
@@ -501,12 +516,16 @@ class SQLiteStore(ObjectStore):
             )
             .fetchall()
         )
-        # checked after the read: a compaction advances _oldest before it commits, so
-        # a read that raced one is refused (relist) rather than silently missing rows
+        self._refuse_compacted(since)
+        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def _refuse_compacted(self, since: int) -> None:
+        """``Gone`` if changes after ``since`` were compacted away. Checked after the
+        read: a compaction advances ``_oldest`` before it commits, so a read that raced
+        one is refused (relist) rather than silently missing rows."""
         oldest = self._oldest
         if since + 1 < oldest and since < self._committed_rv:
             raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     # ---------------------------------------------------------------- meta
 

@@ -74,6 +74,24 @@ class Change:
     object: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeText:
+    """A change as the log keeps it: the object's JSON ``text`` undecoded, with the node
+    it concerns (``change_node``) and, for a Session, its app. For readers that pass the
+    object on without looking into it (the watch streams' ring, ``controller.feed``)."""
+
+    rv: int
+    type: ChangeType
+    kind: str
+    name: str
+    node: str | None
+    app: str | None
+    text: str
+
+    def decoded(self) -> Change:
+        return Change(self.rv, self.type, self.kind, self.name, json.loads(self.text))
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     kind: str
