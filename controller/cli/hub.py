@@ -71,6 +71,12 @@ DEFAULT_NODE_GRACE = 30.0
     help="A postgresql://USER@HOST:PORT/DB URL: the store several hubs share (also from "
     "GU_STORE; a password is best kept in ~/.pgpass). Default: SQLite in the state dir.",
 )
+@click.option(
+    "--all-cpus",
+    is_flag=True,
+    help="Let the hub's threads run on every CPU. By default they stay on one (they "
+    "take turns on Python's GIL: measured faster; see README, Benchmarks).",
+)
 @click.pass_context
 def hub_group(
     ctx: click.Context,
@@ -80,6 +86,7 @@ def hub_group(
     store_max_gib: float | None,
     max_heartbeats_per_second: float,
     store: str | None,
+    all_cpus: bool,
 ) -> None:
     """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
 
@@ -107,6 +114,7 @@ def hub_group(
             store_max_gib,
             store,
             max_heartbeats_per_second,
+            all_cpus,
         )
     except ValueError as exc:  # a bad --listen
         raise BadInputError(str(exc)) from None
