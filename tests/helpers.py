@@ -79,12 +79,16 @@ def wait_for(
 
 
 def start_hub_subprocess(
-    tmp: Path, node_grace: float = 30.0, store: str | None = None, log: bool = False
+    tmp: Path,
+    node_grace: float = 30.0,
+    store: str | None = None,
+    log: bool = False,
+    all_cpus: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """A quiet hub process on a free loopback port with its state under ``tmp``, for the
     benchmark scripts: (process, URL, path of its admin client config). Waits until
     ``/healthz`` answers (at most about 10 s). ``store``: a ``postgresql://`` URL to share;
-    ``log``: INFO lines to ``tmp/hub.log``."""
+    ``log``: INFO lines to ``tmp/hub.log``; ``all_cpus``: as ``gu hub --all-cpus``."""
     import httpx
 
     port = free_port()
@@ -94,7 +98,8 @@ def start_hub_subprocess(
                GU_LOG_LEVEL="INFO" if log else "WARNING")  # fmt: skip
     code = (
         "import sys; from pathlib import Path; from controller.hub import run_hub; "
-        "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), None, sys.argv[4] or None)"
+        "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), None, sys.argv[4] or None, "
+        f"all_cpus={all_cpus})"
     )
     out = open(tmp / "hub.log", "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(

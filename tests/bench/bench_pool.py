@@ -66,8 +66,8 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
-def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    return start_hub_subprocess(tmp, node_grace=3600)
+def start_hub(tmp: Path, all_cpus: bool = False) -> tuple[subprocess.Popen[bytes], str, Path]:
+    return start_hub_subprocess(tmp, node_grace=3600, all_cpus=all_cpus)
 
 
 def sessions(n: int, count: int, prefix: str) -> list[dict[str, Any]]:
@@ -227,6 +227,8 @@ async def probe_loop(
 
 
 def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> None:
+    cpus = psutil.Process(hub_pid).cpu_affinity() or []
+    emit("hub_cpus", len(cpus), "CPUs the hub may run on", cpus=cpus, allCpus=args.all_cpus)
     # baseline: the same Sessions applied while no provider exists to place them
     client.apply(policy_objects())
     base = sessions(min(args.sessions, 1000), args.count, "base-")
@@ -372,10 +374,13 @@ def main() -> None:
     ap.add_argument("--heartbeat-seconds", type=float, default=20.0)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
     ap.add_argument("--no-watch", action="store_true", help="agents hold no watch streams")
+    ap.add_argument(
+        "--all-cpus", action="store_true", help="the hub as gu hub --all-cpus (not on one CPU)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
         bench_heartbeat_writes(Path(d))
-        proc, url, cfg = start_hub(Path(d))
+        proc, url, cfg = start_hub(Path(d), args.all_cpus)
         try:
             client = Client.from_config(cfg)
             client.http.timeout = httpx.Timeout(300)
