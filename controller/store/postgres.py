@@ -65,6 +65,7 @@ from controller.store.types import (
     change_node,
     dumps,
     encode_object,
+    loads,
     now,
 )
 from specs.selectors import match_labels
@@ -474,13 +475,13 @@ class PostgresStore(ObjectStore):
          finalizers, spec, status, _apply_set) = row  # fmt: skip
         meta: dict[str, Any] = {
             "name": name,
-            "labels": json.loads(labels),
-            "annotations": json.loads(annotations),
+            "labels": loads(labels),
+            "annotations": loads(annotations),
             "uid": uid,
             "generation": generation,
             "resourceVersion": rv,
             "creationTimestamp": created,
-            "finalizers": json.loads(finalizers),
+            "finalizers": loads(finalizers),
         }
         if deleted:
             meta["deletionTimestamp"] = deleted
@@ -489,7 +490,7 @@ class PostgresStore(ObjectStore):
             "kind": kind,
             "metadata": meta,
             "spec": spec,
-            "status": json.loads(status),
+            "status": loads(status),
         }
 
     def _fetch(self, kind: str, name: str) -> dict[str, Any] | None:

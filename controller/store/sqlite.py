@@ -49,6 +49,7 @@ from controller.store.types import (
     change_node,
     dumps,
     encode_object,
+    loads,
     now,
 )
 from specs.selectors import match_labels
@@ -341,13 +342,13 @@ class SQLiteStore(ObjectStore):
         ) = row
         meta: dict[str, Any] = {
             "name": name,
-            "labels": json.loads(labels),
-            "annotations": json.loads(annotations),
+            "labels": loads(labels),
+            "annotations": loads(annotations),
             "uid": uid,
             "generation": generation,
             "resourceVersion": rv,
             "creationTimestamp": created,
-            "finalizers": json.loads(finalizers),
+            "finalizers": loads(finalizers),
         }
         if deleted:
             meta["deletionTimestamp"] = deleted
@@ -355,8 +356,8 @@ class SQLiteStore(ObjectStore):
             "apiVersion": "gu/v1",
             "kind": kind,
             "metadata": meta,
-            "spec": json.loads(spec),
-            "status": json.loads(status),
+            "spec": loads(spec),
+            "status": loads(status),
         }
 
     def _fetch(self, kind: str, name: str) -> dict[str, Any] | None:

@@ -129,9 +129,25 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_KEYS = {key: json.dumps(key) for key in ("apiVersion", "kind", "metadata", "spec", "status")}
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON of a stored field (sorted keys, no spaces): equal values, equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if not value and isinstance(value, dict | list):
+        return "{}" if isinstance(value, dict) else "[]"  # (most labels, annotations...)
+    return _ENCODER.encode(value)
+
+
+def loads(text: str) -> Any:
+    """A stored field back (``dumps``'s inverse), with the empty ones a row mostly has
+    (labels, annotations, finalizers, status) made without the decoder."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
 
 
 def encode_object(obj: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
@@ -151,7 +167,7 @@ def encode_object(obj: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
             text = status_json
         else:
             text = dumps(value)
-        parts.append(f"{json.dumps(key)}:{text}")
+        parts.append(f"{_KEYS.get(key) or json.dumps(key)}:{text}")
     return (
         dumps(meta.get("labels") or {}),
         dumps(meta.get("annotations") or {}),
