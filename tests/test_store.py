@@ -424,3 +424,28 @@ def test_a_block_that_writes_nothing_sends_no_savepoint(tmp_path: Path) -> None:
         assert savepoints == ["SAVEPOINT gu1", "RELEASE SAVEPOINT gu1"], sent
     finally:
         store.close()
+
+
+def test_get_many_reads_the_named_objects_in_one_go(store: Store) -> None:
+    """``get_many``: the named objects that exist, sorted by name (more names than one
+    statement binds, too), and inside a transaction its own writes."""
+    for i in range(600):
+        store.create(prio(f"p{i:03d}", i))
+    names = [f"p{i:03d}" for i in range(599, -1, -2)] + ["missing"]
+    got = store.get_many("Priority", names)
+    assert [o["metadata"]["name"] for o in got] == sorted(n for n in names if n != "missing")
+    assert got[0]["spec"]["value"] == 1
+    assert store.get_many("App", ["p001"]) == []
+    with store.transaction():
+        store.create(prio("late", 7))
+        assert [o["spec"]["value"] for o in store.get_many("Priority", ["late", "p002"])] == [7, 2]
+
+
+def test_an_apply_that_names_an_object_twice_sees_its_own_first_write(store: Store) -> None:
+    """The apply reads what is stored of a batch in one query a kind; an object named
+    again later in the same batch is read again (the first write is what it sees)."""
+    results = store.apply([prio("twice", 1), prio("twice", 2), prio("other", 3)])
+    assert [r.action for r in results] == ["created", "configured", "created"]
+    assert store.get("Priority", "twice")["spec"]["value"] == 2
+    again = store.apply([prio("twice", 2), prio("other", 4)])
+    assert [r.action for r in again] == ["unchanged", "configured"]

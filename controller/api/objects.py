@@ -237,8 +237,10 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
             f"{len(refused)} object(s) refused by image policy; nothing was applied",
             refused,
         )
-    touches_apps = req.prune or any(o["kind"] == "App" for o in objects)
-    before = app_keys(d.store) if touches_apps and not req.dryRun else {}
+    # the Apps whose keys the apply may take away: those it names, or with --prune any
+    # (it may delete one); their tokens of such a key stop working at once
+    named = None if req.prune else {o["metadata"]["name"] for o in objects if o["kind"] == "App"}
+    before = app_keys(d.store, named) if (named is None or named) and not req.dryRun else {}
     results = d.store.apply(
         objects,
         apply_set=req.applySet,
@@ -248,7 +250,7 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
         finalizers=hub_finalizers,
     )
     if before:  # a key taken off an App (or the App pruned): its tokens stop now
-        after = app_keys(d.store)
+        after = app_keys(d.store, named)
         for app, keys in before.items():
             for key in keys - after.get(app, set()):
                 d.auth.revoke("app", app, key)
@@ -258,19 +260,20 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     }
 
 
-def app_keys(store: Store) -> dict[str, set[str]]:
-    """Every App's public keys."""
-    return {
-        a["metadata"]["name"]: set(a["spec"].get("publicKeys") or []) for a in store.list("App")
-    }
+def app_keys(store: Store, names: set[str] | None = None) -> dict[str, set[str]]:
+    """The public keys of the Apps ``names`` (that exist), or of every App: an apply
+    reads only the Apps it names (it read every App, before and after, for any apply
+    with an App in it: O(all Apps) per apply)."""
+    apps = store.list("App") if names is None else store.get_many("App", names)
+    return {a["metadata"]["name"]: set(a["spec"].get("publicKeys") or []) for a in apps}
 
 
 def default_priority_errors(store: Store, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """At most one Priority may have ``default: true`` once the apply is done (the stored
     ones overlaid with the batch): an error on each one in the batch that would be a
     second, naming both."""
-    if not any(o["kind"] == "Priority" for o in batch):
-        return []
+    if not any(o["kind"] == "Priority" and (o.get("spec") or {}).get("default") for o in batch):
+        return []  # (a batch that sets no default cannot add a second: no list of them all)
     final = {o["metadata"]["name"]: bool(o["spec"].get("default")) for o in store.list("Priority")}
     for obj in batch:
         if obj["kind"] == "Priority":

@@ -60,6 +60,17 @@ class ObjectStore(ABC):
     def _fetch(self, kind: str, name: str) -> dict[str, Any] | None:
         """One object, read inside the current transaction."""
 
+    def _fetch_many(self, kind: str, names: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        """The objects of ``kind`` named ``names`` that exist, by name (one query where
+        the store can: on PostgreSQL each ``_fetch`` is a round trip)."""
+        found = ((name, self._fetch(kind, name)) for name in names)
+        return {name: obj for name, obj in found if obj is not None}
+
+    def get_many(self, kind: str, names: Iterable[str]) -> builtins.list[dict[str, Any]]:
+        """The objects of ``kind`` named ``names`` that exist, sorted by name."""
+        found = self._fetch_many(kind, sorted(set(names)))
+        return [found[name] for name in sorted(found)]
+
     @abstractmethod
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
@@ -265,9 +276,12 @@ class ObjectStore(ABC):
         try:
             with self.transaction():
                 seen: set[tuple[str, str]] = set()
+                stored = self._stored(objs)  # (one query a kind, not one an object)
                 for obj in objs:
-                    results.append(self._apply_one(obj, apply_set, finalizers))
-                    seen.add((obj["kind"], obj["metadata"]["name"]))
+                    key = (obj["kind"], obj["metadata"]["name"])
+                    cur = self._fetch(*key) if key in seen else stored.get(key)
+                    results.append(self._apply_one(obj, apply_set, finalizers, cur))
+                    seen.add(key)
                 if prune and apply_set:
                     results.extend(self._prune(apply_set, set(prune_kinds), seen))
                 if dry_run:
@@ -276,14 +290,25 @@ class ObjectStore(ABC):
             pass
         return results
 
+    def _stored(self, objs: builtins.list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """What is stored of ``objs``, by (kind, name), read inside the transaction."""
+        by_kind: dict[str, builtins.list[str]] = {}
+        for obj in objs:
+            by_kind.setdefault(obj["kind"], []).append(obj["metadata"]["name"])
+        return {
+            (kind, name): found
+            for kind, names in by_kind.items()
+            for name, found in self._fetch_many(kind, names).items()
+        }
+
     def _apply_one(
         self,
         obj: dict[str, Any],
         apply_set: str | None,
         finalizers: Callable[[str], builtins.list[str]] | None,
+        cur: dict[str, Any] | None,
     ) -> ApplyResult:
         kind, meta = obj["kind"], obj["metadata"]
-        cur = self._fetch(kind, meta["name"])
         if cur is None:
             fresh = dict(obj)
             if finalizers is not None:

@@ -497,6 +497,12 @@ class PostgresStore(ObjectStore):
         rows = self._read("SELECT * FROM gu_objects WHERE kind=%s AND name=%s", (kind, name))
         return self._row_to_obj(rows[0]) if rows else None
 
+    def _fetch_many(self, kind: str, names: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        rows = self._read(
+            "SELECT * FROM gu_objects WHERE kind=%s AND name = ANY(%s)", (kind, names)
+        )
+        return {row[1]: self._row_to_obj(row) for row in rows}
+
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)

@@ -69,6 +69,10 @@ class Store(Protocol):
         """One object, or None."""
         ...
 
+    def get_many(self, kind: str, names: Iterable[str]) -> builtins.list[Obj]:
+        """The objects of ``kind`` named ``names`` that exist, sorted by name (one query)."""
+        ...
+
     def list(self, kind: str, selector: dict[str, str | None] | None = None) -> builtins.list[Obj]:
         """Every object of ``kind`` (sorted by name) whose labels match ``selector``."""
         ...

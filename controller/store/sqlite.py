@@ -369,6 +369,18 @@ class SQLiteStore(ObjectStore):
         )
         return self._row_to_obj(row) if row else None
 
+    def _fetch_many(self, kind: str, names: builtins.list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        conn = self._reader()
+        for i in range(0, len(names), 500):  # (bound parameters per statement)
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT * FROM objects WHERE kind=? AND name IN ({marks})", (kind, *chunk)
+            ):
+                out[row[1]] = self._row_to_obj(row)
+        return out
+
     def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
         """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
         meta = obj["metadata"]
