@@ -140,8 +140,11 @@ def bench_resync(n: int, tmp: Path) -> None:
     store.close()
 
 
+ALL_CPUS = False  # (--all-cpus: the hubs as gu hub --all-cpus)
+
+
 def start_hub(tmp: Path, store: str | None = None) -> tuple[subprocess.Popen[bytes], str, Path]:
-    return start_hub_subprocess(tmp, store=store)
+    return start_hub_subprocess(tmp, store=store, all_cpus=ALL_CPUS)
 
 
 FIGURES: dict[str, dict[str, float]] = {}
@@ -325,7 +328,10 @@ def main() -> None:
     ap.add_argument("--providers", type=int, default=200)
     ap.add_argument("--sessions", type=int, default=2000)
     ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--all-cpus", action="store_true", help="hubs as gu hub --all-cpus")
     args = ap.parse_args()
+    global ALL_CPUS
+    ALL_CPUS = args.all_cpus
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
         tmp = Path(d)
         if args.store:
