@@ -445,11 +445,13 @@ def pin_to_one_cpu() -> int | None:
 
     Why: the hub's threads (the API's event loop, the reconcile workers, the feeds)
     take turns on the GIL anyway, and the worker holding the store's write lock gives
-    it up at each of its SQLite calls; spread over CPUs, every hand-over wakes a thread
-    on another CPU (the likely cost; what is sure is the measured effect). Measured with ``tests/bench/bench_pool.py`` (1,000 agents, 2 CPUs):
-    scheduling ~1,500 → ~2,000 placements/s for Sessions of 10 and ~500 → ~660 for
-    Sessions of 1, heartbeat and API latencies unchanged; in-process (no API thread)
-    it makes no difference. Threads started later inherit it, so call it first.
+    it up at each of its SQLite calls; spread over CPUs, the API's thread takes it at
+    each of them (the likely cost; what is sure is the measured effect). Measured with
+    ``tests/bench/bench_pool.py`` (1,000 agents, 2 CPUs, against ``--all-cpus`` in the
+    same session): scheduling ~1,550 → ~2,000-2,140 placements/s for Sessions of 10
+    and ~520 → ~660-700 for Sessions of 1, heartbeat and API latencies unchanged; an
+    apply of Sessions the engine takes up at once 20-30 % slower; in-process (no API
+    thread) no difference. Threads started later inherit it, so call it first.
     ``gu hub --all-cpus`` leaves the process on every CPU it may use.
     """
     if not hasattr(os, "sched_setaffinity"):
