@@ -60,11 +60,10 @@ class ObjectStore(ABC):
     def _fetch(self, kind: str, name: str) -> dict[str, Any] | None:
         """One object, read inside the current transaction."""
 
+    @abstractmethod
     def _fetch_many(self, kind: str, names: builtins.list[str]) -> dict[str, dict[str, Any]]:
-        """The objects of ``kind`` named ``names`` that exist, by name (one query where
-        the store can: on PostgreSQL each ``_fetch`` is a round trip)."""
-        found = ((name, self._fetch(kind, name)) for name in names)
-        return {name: obj for name, obj in found if obj is not None}
+        """The objects of ``kind`` named ``names`` that exist, by name, read inside the
+        current transaction in one query (on PostgreSQL each ``_fetch`` is a round trip)."""
 
     def get_many(self, kind: str, names: Iterable[str]) -> builtins.list[dict[str, Any]]:
         """The objects of ``kind`` named ``names`` that exist, sorted by name."""

@@ -419,7 +419,6 @@ class SQLiteStore(ObjectStore):
         )
 
     def _next_rv(self) -> int:
-        self._savepoints.touch()  # (a write follows)
         self._rv += 1
         return self._rv
 
@@ -579,8 +578,7 @@ class SQLiteStore(ObjectStore):
     ) -> None:
         """Append a human-readable event; keeps the newest 20 per object."""
         with self._lock:
-            if self._owner == threading.get_ident():
-                self._savepoints.touch()
+            self._savepoints.touch()  # (no-op unless this thread holds an open savepoint)
             self._db.execute(
                 "INSERT INTO events(time, kind, name, type, reason, message) VALUES (?,?,?,?,?,?)",
                 (now(), kind, name, type_, reason, message),
