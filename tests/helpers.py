@@ -18,6 +18,20 @@ GU = [sys.executable, "-m", "controller.cli.main"]
 T = TypeVar("T")
 
 
+def kinds_listed(store: Any) -> list[str]:
+    """From now on, the kind of every ``store.list`` call, in order (the store still
+    answers): for tests that an operation reads no whole kind."""
+    listed: list[str] = []
+    real = store.list
+
+    def counting(kind: str, *args: Any, **kwargs: Any) -> Any:
+        listed.append(kind)
+        return real(kind, *args, **kwargs)
+
+    store.list = counting
+    return listed
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from controller.api.objects import app_keys
 from controller.store import Store
+from tests.helpers import kinds_listed
 
 
 def test_the_keys_an_apply_may_take_away_are_read_from_the_apps_it_names(store: Store) -> None:
@@ -15,14 +14,7 @@ def test_the_keys_an_apply_may_take_away_are_read_from_the_apps_it_names(store: 
         store.create(
             {"kind": "App", "metadata": {"name": f"a{i}"}, "spec": {"publicKeys": [f"k{i}"]}}
         )
-    listed: list[str] = []
-    real = store.list
-
-    def counting(kind: str, *args: Any, **kwargs: Any) -> Any:
-        listed.append(kind)
-        return real(kind, *args, **kwargs)
-
-    store.list = counting  # type: ignore[method-assign]
+    listed = kinds_listed(store)
     assert app_keys(store, {"a3", "a7", "new"}) == {"a3": {"k3"}, "a7": {"k7"}}
     assert listed == []
     every = app_keys(store)  # (--prune: any App may go)

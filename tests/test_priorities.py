@@ -16,6 +16,7 @@ from controller.reconcile import Controller
 from controller.reconcilers.preemption import candidates_on, victims_for
 from controller.scheduler import NodeView, Query
 from controller.store import Store
+from tests.helpers import kinds_listed
 from tests.test_reconcilers_scheduling import (
     IMAGE,
     add_provider,
@@ -277,14 +278,7 @@ def test_an_apply_that_sets_no_default_priority_reads_no_list_of_them(store: Sto
     add_priority(store, "normal", 100, default=True)
     for i in range(20):
         add_priority(store, f"p{i}", i)
-    listed: list[str] = []
-    real = store.list
-
-    def counting(kind: str, *args: Any, **kwargs: Any) -> Any:
-        listed.append(kind)
-        return real(kind, *args, **kwargs)
-
-    store.list = counting  # type: ignore[method-assign]
+    listed = kinds_listed(store)
     plain = {"kind": "Priority", "metadata": {"name": "x"}, "spec": {"value": 7}}
     assert default_priority_errors(store, [plain]) == []
     assert listed == []
