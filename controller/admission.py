@@ -171,10 +171,22 @@ def session_policy(
     ``signer``, the hub's key through an ``AdmissionSigner``: each distinct admission once).
     """
 
+    validated: dict[tuple[str, int], ImagePolicy] = {}  # (name, resourceVersion) → model
+
+    def policy(obj: dict[str, Any]) -> ImagePolicy:
+        """The stored policy as a model, validated once per version (not once a pass)."""
+        key = (obj["metadata"]["name"], obj["metadata"]["resourceVersion"])
+        model = validated.get(key)
+        if model is None:
+            if len(validated) >= 1024:  # (old versions: forgotten all at once, rarely)
+                validated.clear()
+            model = validated[key] = ImagePolicy.model_validate(obj)
+        return model
+
     def hook(session: Session, store: Store) -> PolicyCheck:
         app = session.spec.app
         image = session.spec.workload.image.hash
-        policies = [ImagePolicy.model_validate(o) for o in store.list("ImagePolicy")]
+        policies = [policy(o) for o in store.list("ImagePolicy")]
         facts = image_facts(images, image)
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         if not verdict.allowed:

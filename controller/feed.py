@@ -36,6 +36,7 @@ import bisect
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,11 @@ class ChangeFeed:
         self.closed = False
         self.reads = 0
         """How many times the store's change log was read (for tests)."""
+        self._latest = self._rv  # the newest rv a commit reported (under _latest_lock)
+        self._wake_pending = False  # a wake-up of the loop is on its way
+        self._latest_lock = threading.Lock()
+        self.wakeups = 0
+        """How many times a commit woke the loop (for tests)."""
 
     @property
     def rv(self) -> int:
@@ -146,10 +152,26 @@ class ChangeFeed:
         loop.call_soon_threadsafe(self._committed, self._target)
 
     def _from_thread(self, rv: int) -> None:
+        """(The committing thread.) Wake the loop, once for every commit since it last
+        looked: a wake-up is a write to the loop's self-pipe and a trip round the loop,
+        and the reconcile workers commit hundreds of times a second while scheduling."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._committed, rv)
+        if loop is None or loop.is_closed():
+            return
+        with self._latest_lock:
+            self._latest = max(self._latest, rv)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        with self._latest_lock:
+            self._wake_pending = False
+            rv = self._latest
+        self.wakeups += 1
+        self._committed(rv)
 
     def _committed(self, rv: int) -> None:
         self._target = max(self._target, rv)

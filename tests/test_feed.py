@@ -218,3 +218,27 @@ def test_lines_are_made_from_the_stored_text_and_listeners_get_only_their_kinds(
     assert got["placements"] == [
         (c.kind, c.object["spec"].get("node", ""), c.rv) for c in changes if c.kind == "Placement"
     ]
+
+
+def test_commits_the_loop_has_not_looked_at_yet_wake_it_once(store: Store) -> None:
+    """A burst of commits made before the loop runs again (the reconcile workers commit
+    hundreds of times a second) is one wake-up of the loop, and the ring still reads
+    up to the last of them."""
+
+    async def body() -> tuple[int, int]:
+        feed = ChangeFeed(store)
+        feed.attach(asyncio.get_running_loop())
+        await asyncio.sleep(0.05)
+        before = feed.wakeups
+        for i in range(20):  # the loop does not run in between: the commits pile up
+            store.create({"kind": "App", "metadata": {"name": f"burst{i}"}, "spec": {}})
+        for _ in range(500):  # bounded: 500 × 10 ms
+            if feed.rv == store.resource_version:
+                break
+            await asyncio.sleep(0.01)
+        store.unsubscribe(feed._from_thread)
+        return feed.wakeups - before, feed.rv
+
+    wakeups, rv = asyncio.run(body())
+    assert wakeups == 1
+    assert rv == store.resource_version

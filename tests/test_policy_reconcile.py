@@ -139,6 +139,31 @@ def test_converged_passes_sign_no_admission_again(hub: Hub) -> None:
     assert hub.admissions.signed == 2
 
 
+def test_a_stored_policy_is_validated_once_per_version_not_once_a_pass(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specs.kinds import ImagePolicy
+
+    image = push(hub, b"program")
+    provider(hub, 1)
+    apply(hub, app(), policy(allowImages=[image]), session(image))
+    validated: list[str] = []
+    real = ImagePolicy.model_validate
+
+    def counting(obj: Any, **kw: Any) -> ImagePolicy:
+        validated.append(obj["metadata"]["name"])
+        return real(obj, **kw)
+
+    monkeypatch.setattr(ImagePolicy, "model_validate", counting)
+    for _ in range(3):
+        hub.controller.reconcile("Session", "s")
+    assert validated == ["p"]
+    apply(hub, policy(allowImages=["sha3-256:" + "0" * 64]))  # a new version: read anew
+    hub.controller.reconcile("Session", "s")
+    assert validated == ["p", "p"]
+    assert placements(hub)[0]["spec"]["desiredState"] == "Stopped"
+
+
 def test_an_image_allowed_by_signature_is_admitted_with_the_signature(hub: Hub) -> None:
     image = push(hub, b"signed program")
     signer = generate_key()

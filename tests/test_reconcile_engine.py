@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from controller.reconcile import Context, Controller, Result
-from controller.store import Gone, SQLiteStore, Store
+from controller.store import Change, ChangeText, Gone, SQLiteStore, Store
 
 
 def widget(name: str, **spec: Any) -> dict[str, Any]:
@@ -158,6 +158,39 @@ def test_a_watched_kind_enqueues_the_objects_its_mapper_names(store: Store) -> N
     assert seen.count(("other", False)) == 1  # not woken by an unrelated Gear
 
 
+def test_the_feed_decodes_only_the_changes_of_watched_kinds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change of a kind no mapper watches wakes its key from kind and name alone: the
+    engine's feed does not decode its object (a Session pass's own writes are most of
+    the changes while scheduling)."""
+    controller = Controller(store)
+    seen: list[str] = []
+    decoded: list[str] = []
+    real = ChangeText.decoded
+
+    def counted(self: ChangeText) -> Change:
+        decoded.append(self.kind)
+        return real(self)
+
+    monkeypatch.setattr(ChangeText, "decoded", counted)
+
+    @controller.reconciler("Widget", watches={"Gear": lambda gear, s: ["w1"]})
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        seen.append(obj["metadata"]["name"])
+
+    async def body() -> None:
+        async with running(controller):
+            store.create(widget("w1"))
+            store.create(widget("w2"))
+            await eventually(lambda: {"w1", "w2"} <= set(seen), what="both widgets")
+            store.create({"kind": "Gear", "metadata": {"name": "g"}, "spec": {}})
+            await eventually(lambda: seen.count("w1") >= 2, what="the mapped wake-up")
+
+    run(body)
+    assert decoded == ["Gear"]
+
+
 def test_resync_reruns_handlers_and_a_converged_resync_writes_nothing(store: Store) -> None:
     controller = Controller(store, resync_period=0.05, jitter=0.2)
     calls: list[str] = []
@@ -194,7 +227,7 @@ def test_when_the_change_log_is_gone_everything_is_relisted(store: Store) -> Non
         seen.append(obj["metadata"]["name"])
 
     store.create(widget("old"))
-    real_changes = store.changes
+    real_changes = store.change_texts
     gone_next = threading.Event()  # the next read of the log finds it compacted
 
     def changes_gone_once(since: int, limit: int = 1000) -> list[Any]:
@@ -203,7 +236,7 @@ def test_when_the_change_log_is_gone_everything_is_relisted(store: Store) -> Non
             raise Gone("compacted")
         return real_changes(since, limit)
 
-    store.changes = changes_gone_once  # type: ignore[method-assign]
+    store.change_texts = changes_gone_once  # type: ignore[method-assign]
 
     async def body() -> None:
         async with running(controller):

@@ -5,10 +5,11 @@ Flow:
 1. ``Controller.run`` subscribes to the store. The store calls back on the
    writer's thread after each commit; the callback only pokes the loop
    (``call_soon_threadsafe``), coalesced so a burst of commits is one wake-up.
-2. The feed task reads ``store.changes(since)`` in batches and turns each change
-   into keys: ``Kind/name`` of the changed object if its kind has a reconciler,
-   plus whatever the *mappers* of reconcilers watching that kind return (a
-   Priority changed → the Sessions naming it). If the change log was compacted
+2. The feed task reads ``store.change_texts(since)`` in batches and turns each
+   change into keys: ``Kind/name`` of the changed object if its kind has a
+   reconciler, plus whatever the *mappers* of reconcilers watching that kind
+   return (a Priority changed → the Sessions naming it). Only a change of a
+   watched kind is decoded (for its mappers): the rest need only kind and name. If the change log was compacted
    past ``since`` (``Gone``) it relists every object of every registered kind.
    A poll every ``poll_interval`` is the safety net for a missed wake-up.
 3. The ``WorkQueue`` (``controller.client.workqueue``, the one queue the agent
@@ -51,7 +52,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.client.workqueue import QueueShutDown, WorkQueue
-from controller.store import Change, Conflict, Gone, Store
+from controller.store import ChangeText, Conflict, Gone, Store
 from controller.store.types import FENCE
 from specs.logfmt import logfmt
 
@@ -465,7 +466,8 @@ class Controller:
         keys: dict[str, None] = {}  # ordered set
         for _ in range(8):
             try:
-                batch = self.store.changes(since, limit=self.batch_size)
+                # undecoded: only a kind somebody watches is decoded, for its mappers
+                batch = self.store.change_texts(since, limit=self.batch_size)
             except Gone:
                 fresh = self.store.resource_version
                 log.warning(logfmt(event="feed_gone", since=since, relist_at=fresh))
@@ -492,15 +494,21 @@ class Controller:
         if pending is not None:
             pending.append(note)
 
-    def _keys_for(self, change: Change) -> list[str]:
+    def _keys_for(self, change: ChangeText) -> list[str]:
+        """The keys a change wakes: its own (if its kind has a reconciler) and the mappers'
+        (the change decoded only if its kind has any), less the key whose pass wrote it."""
         keys: list[str] = []
         with self._own_lock:
             writer = self._own.pop((change.kind, change.name, change.rv), None)
         if change.kind in self._handlers:
             keys.append(f"{change.kind}/{change.name}")
-        for target, mapper in self._watches.get(change.kind, ()):
+        watches = self._watches.get(change.kind, ())
+        obj: Obj = {}
+        if watches:
+            obj = change.decoded().object
+        for target, mapper in watches:
             try:
-                keys.extend(f"{target}/{name}" for name in mapper(change.object, self.store))
+                keys.extend(f"{target}/{name}" for name in mapper(obj, self.store))
             except Exception as exc:  # the resync will catch what this misses
                 log.error(
                     logfmt(
