@@ -181,6 +181,32 @@ def test_list_where_finds_by_an_indexed_and_an_unindexed_path(store: Store) -> N
         store.list_where("Session", "$.app') OR 1=1 --", "x")
 
 
+def test_lookups_by_spec_follow_spec_writes_and_status_writes_leave_the_spec_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    """A status write keeps the row's spec (and on SQLite sends no spec: the spec's
+    expression indexes stay as they are); a spec write moves what lookups find."""
+
+    def on(node: str) -> list[str]:
+        return [o["metadata"]["name"] for o in store.list_where("Placement", "$.node", node)]
+
+    store.create({"kind": "Placement", "metadata": {"name": "p"}, "spec": {"node": "a"}})
+    sent: list[str] = []
+    if isinstance(store, SQLiteStore):
+        store._db.set_trace_callback(sent.append)
+    store.update_status("Placement", "p", {"state": "Running"})
+    if isinstance(store, SQLiteStore):
+        store._db.set_trace_callback(None)
+        (update,) = [s for s in sent if s.startswith("UPDATE objects")]
+        assert "spec=" not in update and "status=" in update
+    assert on("a") == ["p"]
+    assert store.get("Placement", "p")["spec"] == {"node": "a"}
+    store.replace({"kind": "Placement", "metadata": {"name": "p"}, "spec": {"node": "b"}})
+    assert (on("a"), on("b")) == ([], ["p"])
+    got = store.get("Placement", "p")
+    assert got["status"] == {"state": "Running"} and got["metadata"]["generation"] == 2
+
+
 def test_names_lists_a_kind_without_the_objects(store: Store) -> None:
     store.apply([prio("b"), prio("a")])
     store.create({"kind": "Session", "metadata": {"name": "s"}, "spec": {}})

@@ -71,8 +71,16 @@ class ObjectStore(ABC):
         return [found[name] for name in sorted(found)]
 
     @abstractmethod
-    def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
-        """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
+    def _write(
+        self,
+        obj: dict[str, Any],
+        change: ChangeType,
+        apply_set: str | None,
+        spec_changed: bool = True,
+    ) -> None:
+        """Insert or replace ``obj`` (already carrying its new rv) and log the change.
+        ``spec_changed`` False: a MODIFIED object's spec is the stored one (a store may
+        then leave the spec and what is indexed by it as they are)."""
 
     @abstractmethod
     def _remove(self, kind: str, name: str) -> None:
@@ -206,7 +214,12 @@ class ObjectStore(ABC):
             return new
         new_meta["resourceVersion"] = self._next_rv()
         new["metadata"] = new_meta
-        self._write(new, "MODIFIED", new_meta["annotations"].get(APPLY_SET_ANNOTATION))
+        self._write(
+            new,
+            "MODIFIED",
+            new_meta["annotations"].get(APPLY_SET_ANNOTATION),
+            spec_changed=new["spec"] is not cur["spec"],
+        )
         return new
 
     def update_status(

@@ -503,7 +503,13 @@ class PostgresStore(ObjectStore):
         )
         return {row[1]: self._row_to_obj(row) for row in rows}
 
-    def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
+    def _write(
+        self,
+        obj: dict[str, Any],
+        change: ChangeType,
+        apply_set: str | None,
+        spec_changed: bool = True,
+    ) -> None:
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)
         self._savepoints.touch()

@@ -381,25 +381,56 @@ class SQLiteStore(ObjectStore):
                 out[row[1]] = self._row_to_obj(row)
         return out
 
-    def _write(self, obj: dict[str, Any], change: ChangeType, apply_set: str | None) -> None:
-        """Insert or replace ``obj`` (already carrying its new rv) and log the change."""
+    def _write(
+        self,
+        obj: dict[str, Any],
+        change: ChangeType,
+        apply_set: str | None,
+        spec_changed: bool = True,
+    ) -> None:
+        """Insert ``obj`` (already carrying its new rv), or update its row, and log the
+        change. An update names only the columns it may change, and the spec only if
+        it changed: SQLite then leaves the spec's expression indexes (``INDEXED_PATHS``)
+        alone, where a replace deleted and re-made every entry, each a parse of the
+        spec's JSON (a status write is most writes)."""
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)
         self._savepoints.touch()
-        self._db.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                obj["kind"],
-                meta["name"],
-                meta["uid"],
-                meta["generation"],
-                meta["resourceVersion"],
-                meta["creationTimestamp"],
-                meta.get("deletionTimestamp"),
-                *columns,
-                apply_set,
-            ),
-        )
+        if change == "ADDED":
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    obj["kind"],
+                    meta["name"],
+                    meta["uid"],
+                    meta["generation"],
+                    meta["resourceVersion"],
+                    meta["creationTimestamp"],
+                    meta.get("deletionTimestamp"),
+                    *columns,
+                    apply_set,
+                ),
+            )
+        else:
+            labels, annotations, finalizers, spec, status = columns
+            self._db.execute(
+                "UPDATE objects SET generation=?, rv=?, deleted=?, labels=?, annotations=?, "
+                f"finalizers=?, {'spec=?, ' if spec_changed else ''}status=?, apply_set=? "
+                "WHERE kind=? AND name=?",
+                (
+                    meta["generation"],
+                    meta["resourceVersion"],
+                    meta.get("deletionTimestamp"),
+                    labels,
+                    annotations,
+                    finalizers,
+                    *((spec,) if spec_changed else ()),
+                    status,
+                    apply_set,
+                    obj["kind"],
+                    meta["name"],
+                ),
+            )
         self._log_change(obj, change, whole)
 
     def _log_change(
