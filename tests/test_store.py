@@ -182,7 +182,7 @@ def test_list_where_finds_by_an_indexed_and_an_unindexed_path(store: Store) -> N
 
 
 def test_lookups_by_spec_follow_spec_writes_and_status_writes_leave_the_spec_alone(
-    store: Store, tmp_path: Path
+    store: Store,
 ) -> None:
     """A status write keeps the row's spec (and on SQLite sends no spec: the spec's
     expression indexes stay as they are); a spec write moves what lookups find."""
