@@ -31,9 +31,9 @@ from controller.images import ImageNotFound, ImageStore
 from controller.policy import PolicyCheck, check, check_image, provider_predicate
 from controller.scheduler import NodeView
 from controller.store import Store
-from specs.identity import canonical_json
+from specs.identity import canonical_json, sign
 from specs.kinds import ImagePolicy, Session
-from specs.signing import SignatureFormatError, parse_signature, sign_admission
+from specs.signing import ADMISSION_PAYLOAD_TYPE, SignatureFormatError, parse_signature
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,39 @@ def image_facts(images: ImageStore, image_hash: str) -> ImageFacts:
         except (SignatureFormatError, ValueError):
             continue
     return ImageFacts(size, sigs)
+
+
+class ImageFactsCache:
+    """``image_facts`` kept while the image store stays as it was (``generation``): a
+    Session pass asks for them every time, and each ask was a ``stat`` and a listing of
+    the signature directory. With a replica (hubs sharing a store), where another hub
+    may store an image or signature this store does not see, nothing is kept."""
+
+    def __init__(self, images: ImageStore, capacity: int = 4096) -> None:
+        self.images = images
+        self.capacity = capacity
+        self._generation = -1
+        self._facts: dict[str, ImageFacts] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, image_hash: str) -> ImageFacts:
+        if self.images.replica is not None:
+            return image_facts(self.images, image_hash)
+        generation = self.images.generation  # (read before the facts: a write meanwhile
+        with self._lock:  # moves it, and the next ask drops what this one keeps)
+            if generation != self._generation:
+                self._facts.clear()
+                self._generation = generation
+            facts = self._facts.get(image_hash)
+        if facts is not None:
+            return facts
+        facts = image_facts(self.images, image_hash)
+        with self._lock:
+            if generation == self._generation:
+                if len(self._facts) >= self.capacity:
+                    self._facts.clear()
+                self._facts[image_hash] = facts
+        return facts
 
 
 def effective_policies(store: Store, batch: list[dict[str, Any]]) -> list[ImagePolicy]:
@@ -120,34 +153,25 @@ class AdmissionSigner:
         self.key = key
         self.capacity = capacity
         self.signed = 0  # signatures made, for tests and /metrics
-        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def sign(self, admission: dict[str, Any]) -> dict[str, Any]:
         """``admission`` with the hub's signature (made once per distinct content)."""
-        key = _content_key(admission)
+        content = {k: v for k, v in admission.items() if k != "hubSignature"}
+        body = canonical_json(content)  # what is signed is the key too
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._cache.get(body)
             if hit is not None:
-                self._cache.move_to_end(key)
+                self._cache.move_to_end(body)
                 return _copy(hit)
-        signed = sign_admission(self.key, admission)
+        signed = {**content, "hubSignature": sign(self.key, ADMISSION_PAYLOAD_TYPE, body)}
         with self._lock:
             self.signed += 1
-            self._cache[key] = signed
+            self._cache[body] = signed
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return _copy(signed)
-
-
-def _content_key(admission: dict[str, Any]) -> tuple[Any, ...]:
-    """The admission's content as a hashable key: strings as they are, anything else
-    (lists of keys, of signatures) as canonical JSON."""
-    return tuple(
-        (k, v if isinstance(v, str) else canonical_json(v))
-        for k, v in sorted(admission.items())
-        if k != "hubSignature"
-    )
 
 
 def _copy(admission: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +196,7 @@ def session_policy(
     """
 
     validated: dict[tuple[str, int], ImagePolicy] = {}  # (name, resourceVersion) → model
+    facts_of = ImageFactsCache(images)
 
     def policy(obj: dict[str, Any]) -> ImagePolicy:
         """The stored policy as a model, validated once per version (not once a pass)."""
@@ -187,7 +212,7 @@ def session_policy(
         app = session.spec.app
         image = session.spec.workload.image.hash
         policies = [policy(o) for o in store.list("ImagePolicy")]
-        facts = image_facts(images, image)
+        facts = facts_of(image)
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         if not verdict.allowed:
             return PolicyCheck(violation=verdict.reason)

@@ -214,6 +214,9 @@ class ImageStore:
         self._lock = threading.Lock()
         self._used = sum(i.size for i in self._list_local())
         """Bytes stored (images, blobs, outputs), kept as they come and go."""
+        self.generation = 0
+        """Moves at every image or signature this store stores or deletes: what a reader
+        learnt of an image (its size, its signatures) holds while it stays the same."""
 
     @property
     def used_bytes(self) -> int:
@@ -321,6 +324,7 @@ class ImageStore:
             fsync_dir(self._images)
             with self._lock:
                 self._used += upload.hasher.size
+                self.generation += 1
         if self.replica is not None:
             self.replica.put(actual, final)
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
@@ -368,6 +372,7 @@ class ImageStore:
                 fsync_dir(self._images)
                 with self._lock:
                     self._used += size
+                    self.generation += 1
             except FileExistsError:
                 pass  # fetched by another request meanwhile
             log.info("event=image_fetched hash=%s from=replica", hash)
@@ -444,6 +449,7 @@ class ImageStore:
             size = 0
         with self._lock:
             self._used -= size
+            self.generation += 1
         sig_dir = self._sigs / hex_part
         if sig_dir.is_dir():
             for sig in sig_dir.iterdir():
@@ -485,6 +491,8 @@ class ImageStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+            with self._lock:
+                self.generation += 1
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(sig_dir)

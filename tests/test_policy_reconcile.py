@@ -181,6 +181,38 @@ def test_an_image_allowed_by_signature_is_admitted_with_the_signature(hub: Hub) 
     assert adm["signatures"][0]["signature"] == sig["signature"]
 
 
+def test_image_facts_are_read_once_until_the_image_store_changes(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass does not stat the image and list its signatures again while the image
+    store is as it was; a signature stored since is seen by the next pass."""
+    image = push(hub, b"signed later")
+    signer = generate_key()
+    provider(hub, 1)
+    apply(hub, app(), policy(allowImagesSignedBy=[public_key_str(signer)]), session(image))
+    reads: list[str] = []
+    real = hub.images.info
+
+    def counting(h: str) -> Any:
+        reads.append(h)
+        return real(h)
+
+    monkeypatch.setattr(hub.images, "info", counting)
+    for _ in range(3):
+        hub.controller.reconcile("Session", "s")
+    assert reads == [image]
+    assert [p["spec"]["node"] for p in placements(hub)] in ([], [None])  # not admitted
+
+    from specs.identity import canonical_json
+
+    sig = sign_image(signer, image, len(b"signed later"))
+    hub.images.put_signature(image, canonical_json(sig))
+    hub.controller.reconcile("Session", "s")
+    assert reads == [image, image]
+    (p,) = placements(hub)
+    assert p["spec"]["node"] and p["spec"]["admission"]["allowedBy"] == "signature"
+
+
 def test_removing_the_image_from_the_policy_stops_its_placements(hub: Hub) -> None:
     image = push(hub, b"program")
     provider(hub, 1)
