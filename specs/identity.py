@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from specs import jsontext
 from specs.fileio import write_atomic
 
 LOGIN_PAYLOAD_TYPE = "application/vnd.gu.login.v1"
@@ -106,7 +106,7 @@ def pae(payload_type: str, body: bytes) -> bytes:
 
 def canonical_json(value: Any) -> bytes:
     """The one byte form of a JSON value that gu signs (sorted keys, no spaces)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return jsontext.dumps(value).encode()
 
 
 def sign(key: Ed25519PrivateKey, payload_type: str, body: bytes) -> str:

@@ -72,9 +72,12 @@ def parse_labels(items: Iterable[str], option: str = "--label") -> dict[str, str
 
 
 class Model(BaseModel):
-    """Base of every spec shape: unknown fields are errors, not silently dropped."""
+    """Base of every spec shape: unknown fields are errors, not silently dropped, and so
+    is a number JSON has not (NaN, infinity)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def utcnow() -> datetime:

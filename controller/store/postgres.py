@@ -631,7 +631,7 @@ class PostgresStore(ObjectStore):
         if kinds is not None or not rows or int(rows[0][0]) != since + 1:
             # something is missing after ``since``: compacted away, or nothing new
             self._refuse_compacted(since)
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [Change(r[0], r[1], r[2], r[3], loads(r[4])) for r in rows]
 
     def change_texts(self, since: int, limit: int = 1000) -> builtins.list[ChangeText]:
         rows = self._read(
@@ -652,7 +652,7 @@ class PostgresStore(ObjectStore):
             (node, since, limit),
         )
         self._refuse_compacted(since)  # (a node's rvs have gaps: always checked)
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [Change(r[0], r[1], r[2], r[3], loads(r[4])) for r in rows]
 
     def _refuse_compacted(self, since: int) -> None:
         """``Gone`` if changes after ``since`` were compacted away."""

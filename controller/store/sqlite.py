@@ -26,7 +26,6 @@ backend-independent ``ObjectStore``'s; this class supplies the SQL.
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import re
 import sqlite3
@@ -560,7 +559,7 @@ class SQLiteStore(ObjectStore):
             .fetchall()
         )
         self._refuse_compacted(since)
-        return [Change(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [Change(r[0], r[1], r[2], r[3], loads(r[4])) for r in rows]
 
     def _refuse_compacted(self, since: int) -> None:
         """``Gone`` if changes after ``since`` were compacted away. Checked after the

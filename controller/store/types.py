@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from specs import jsontext
+
 APPLY_SET_ANNOTATION = "gu/apply-set"
 ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
 ApplyAction = Literal["created", "configured", "unchanged", "pruned"]
@@ -89,7 +91,7 @@ class ChangeText:
     text: str
 
     def decoded(self) -> Change:
-        return Change(self.rv, self.type, self.kind, self.name, json.loads(self.text))
+        return Change(self.rv, self.type, self.kind, self.name, jsontext.loads(self.text))
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,6 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _KEYS = {key: json.dumps(key) for key in ("apiVersion", "kind", "metadata", "spec", "status")}
 
 
@@ -137,7 +138,7 @@ def dumps(value: Any) -> str:
     """Canonical JSON of a stored field (sorted keys, no spaces): equal values, equal text."""
     if not value and isinstance(value, dict | list):
         return "{}" if isinstance(value, dict) else "[]"  # (most labels, annotations...)
-    return _ENCODER.encode(value)
+    return jsontext.dumps(value)
 
 
 def loads(text: str) -> Any:
@@ -147,7 +148,7 @@ def loads(text: str) -> Any:
         return {}
     if text == "[]":
         return []
-    return json.loads(text)
+    return jsontext.loads(text)
 
 
 def encode_object(obj: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
