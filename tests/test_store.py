@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.store import Conflict, Gone, NotFound, SQLiteStore, Store
+from controller.store import AlreadyExists, Conflict, Gone, NotFound, SQLiteStore, Store
 from specs.selectors import parse_selector
 
 
@@ -205,6 +205,22 @@ def test_lookups_by_spec_follow_spec_writes_and_status_writes_leave_the_spec_alo
     assert (on("a"), on("b")) == ([], ["p"])
     got = store.get("Placement", "p")
     assert got["status"] == {"state": "Running"} and got["metadata"]["generation"] == 2
+
+
+def test_creating_what_exists_is_refused_and_the_transaction_goes_on(store: Store) -> None:
+    store.create(prio("a", 1))
+    rv = store.resource_version
+    with store.transaction():
+        with pytest.raises(AlreadyExists, match="Priority/a already exists"):
+            store.create(prio("a", 2))
+        store.create(prio("b", 3))  # (the same transaction, after the refusal)
+    assert store.get("Priority", "a")["spec"]["value"] == 1
+    assert [(c.type, c.name) for c in store.changes(rv)] == [("ADDED", "b")]
+    assert store.resource_version == rv + 1
+    store.create({**prio("c"), "metadata": {"name": "c", "finalizers": ["x"]}})
+    store.delete("Priority", "c")  # (still there until its finalizer goes)
+    with pytest.raises(AlreadyExists):
+        store.create(prio("c"))
 
 
 def test_names_lists_a_kind_without_the_objects(store: Store) -> None:

@@ -70,6 +70,11 @@ class ObjectStore(ABC):
         found = self._fetch_many(kind, sorted(set(names)))
         return [found[name] for name in sorted(found)]
 
+    _insert_refuses_duplicates = False
+    """True: ``_write`` of an ADDED object raises ``AlreadyExists`` if the row exists, and
+    the transaction goes on (so ``create`` need not read first; SQLite). PostgreSQL
+    aborts a transaction at a failed statement: there ``create`` reads first."""
+
     @abstractmethod
     def _write(
         self,
@@ -124,7 +129,7 @@ class ObjectStore(ABC):
         finalizers), ``spec`` and optional ``status``; raises AlreadyExists."""
         with self.transaction():
             kind, name = obj["kind"], obj["metadata"]["name"]
-            if self._fetch(kind, name) is not None:
+            if not self._insert_refuses_duplicates and self._fetch(kind, name) is not None:
                 raise AlreadyExists(f"{kind}/{name} already exists")
             new = self._new_object(obj, apply_set)
             self._write(new, "ADDED", apply_set)

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from controller.store.objects import ObjectStore
 from controller.store.types import (
+    AlreadyExists,
     Change,
     ChangeText,
     ChangeType,
@@ -123,6 +124,8 @@ def _index_name(path: str) -> str:
 
 class SQLiteStore(ObjectStore):
     """The SQLite store (see the module docstring); satisfies ``controller.store.Store``."""
+
+    _insert_refuses_duplicates = True
 
     def __init__(
         self, path: Path | str, *, changelog_limit: int = 200_000, compact_chunk: int = 2_000
@@ -387,8 +390,8 @@ class SQLiteStore(ObjectStore):
         apply_set: str | None,
         spec_changed: bool = True,
     ) -> None:
-        """Insert ``obj`` (already carrying its new rv), or update its row, and log the
-        change. An update names only the columns it may change, and the spec only if
+        """Insert ``obj`` (already carrying its new rv; ``AlreadyExists`` if its row is
+        there), or update its row, and log the change. An update names only the columns it may change, and the spec only if
         it changed: SQLite then leaves the spec's expression indexes (``INDEXED_PATHS``)
         alone, where a replace deleted and re-made every entry, each a parse of the
         spec's JSON (a status write is most writes)."""
@@ -396,20 +399,25 @@ class SQLiteStore(ObjectStore):
         *columns, whole = encode_object(obj)
         self._savepoints.touch()
         if change == "ADDED":
-            self._db.execute(
-                "INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    obj["kind"],
-                    meta["name"],
-                    meta["uid"],
-                    meta["generation"],
-                    meta["resourceVersion"],
-                    meta["creationTimestamp"],
-                    meta.get("deletionTimestamp"),
-                    *columns,
-                    apply_set,
-                ),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        obj["kind"],
+                        meta["name"],
+                        meta["uid"],
+                        meta["generation"],
+                        meta["resourceVersion"],
+                        meta["creationTimestamp"],
+                        meta.get("deletionTimestamp"),
+                        *columns,
+                        apply_set,
+                    ),
+                )
+            except sqlite3.IntegrityError:  # (the statement is undone, the transaction not)
+                if meta["resourceVersion"] == self._rv:
+                    self._rv -= 1  # (the rv it took is free again: no gap)
+                raise AlreadyExists(f"{obj['kind']}/{meta['name']} already exists") from None
         else:
             labels, annotations, finalizers, spec, status = columns
             self._db.execute(
