@@ -271,6 +271,7 @@ class Hub:
             relay=self.relay,
             heartbeat_seconds=self.settings.heartbeat,
             max_heartbeats_per_second=self.settings.max_heartbeats_per_second,
+            sole_writer=not self.shared,
         )
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:

@@ -519,6 +519,53 @@ def test_usage_only_beats_are_answered_beside_the_route_and_everything_else_by_i
     run_hub(tmp_path, monkeypatch, scenario)
 
 
+def test_a_feed_behind_on_other_changes_keeps_the_fast_path_but_not_its_own_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the reconcile workers commit, the feed is mostly a little behind. A hub that
+    is its store's only writer still answers a beat beside the route unless a write of
+    that beat's own Provider is among the changes not read yet; a hub sharing its store
+    (whose writes it does not all know) sends every beat to the route meanwhile."""
+    import dataclasses
+
+    from controller.api.fastbeat import PATH, HeartbeatFastPath
+
+    class Behind:  # the feed, told of commits it has not read yet
+        def __init__(self, rv: int) -> None:
+            self.rv = rv
+            self.caught_up = False
+
+    async def scenario(hub: Hub, http: httpx.AsyncClient, join: str) -> None:
+        node, token = await enrol(http, join)
+        auth = {"Authorization": f"Bearer {token}"}
+        (
+            await http.post("/v1/agents/heartbeat", json=beat_body(0), headers=auth)
+        ).raise_for_status()
+        await until(lambda: ready(hub, node) == "True", "the provider to be Ready")
+        await until(lambda: idle(hub) and read_all(hub), "the hub to settle")
+        scope = {"headers": [(b"authorization", f"Bearer {token}".encode())], "path": PATH}
+        body = json.dumps(beat_body(1)).encode()
+        deps = hub.api_deps()  # (its own decisions: as the app's feed keeps them)
+        assert deps.sole_writer  # (SQLite: this hub is its only writer)
+        prov = hub.store.get("Provider", node)
+        deps.decisions.note(node, prov["metadata"]["resourceVersion"], prov)
+
+        def answer(**changes: Any) -> bytes | None:
+            fast = HeartbeatFastPath(None, dataclasses.replace(deps, **changes))
+            return fast._answer(scope, body)
+
+        assert answer() is not None  # caught up: answered beside the route
+        behind = Behind(hub.store.resource_version)
+        hub.store.create({"kind": "App", "metadata": {"name": "other"}, "spec": {}})
+        assert answer(feed=behind) is not None  # (an App it has not read: not this beat's)
+        assert answer(feed=behind, sole_writer=False) is None
+        hub.store.replace({**prov, "metadata": {**prov["metadata"], "labels": {"x": "y"}}})
+        assert answer(feed=behind) is None  # its own Provider's change, unread: the route's
+        assert answer(feed=Behind(hub.store.resource_version)) is not None  # read: fast again
+
+    run_hub(tmp_path, monkeypatch, scenario)
+
+
 def test_a_larger_pool_is_asked_to_beat_less_often_in_whole_periods() -> None:
     from controller.liveness import MAX_ASKED_PERIOD, asked_period
 

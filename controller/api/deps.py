@@ -65,6 +65,9 @@ class ApiDeps:
     decisions: ProviderDecisions = field(default_factory=ProviderDecisions)
     #: the heartbeat rate the pool is asked to stay under (``heartbeat_period``)
     max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND
+    #: this process is the only one that writes the store (SQLite; not hubs sharing one):
+    #: then the store knows every Provider write (``Store.written_after``)
+    sole_writer: bool = False
 
     def heartbeat_period(self, reported: float | None) -> float:
         """The period to ask of (and expect from) an agent that would beat every

@@ -13,9 +13,12 @@ plausibility checks, then the lease table. It answers only when it is sure the r
 would write nothing: the caller is an agent whose Provider is known to be Ready with
 exactly the decision fields the beat carries (``controller.liveness.ProviderDecisions``,
 kept from the change feed on the API's loop and from what the route itself read), and
-the feed has read everything committed so far. Anything else — a new inventory, a provider not seen
-yet, an error of any kind — goes on to the route, which decides as before; so what a
-caller sees does not depend on which of the two answered.
+the feed has read every change of that Provider committed so far: everything, or, in a
+hub that is its store's only writer, every write of that Provider the store made
+(``Store.written_after``; while the reconcile workers commit the feed is mostly a little
+behind, and the beats all went to the route). Anything else — a new inventory, a
+provider not seen yet, an error of any kind — goes on to the route, which decides as
+before; so what a caller sees does not depend on which of the two answered.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ class HeartbeatFastPath:
     def _answer(self, scope: Any, body: bytes) -> bytes | None:
         """The answer to a usage-only beat, or None for the route to decide."""
         d = self.deps
-        if not d.feed.caught_up:  # a change not yet read could say otherwise
+        feed_rv = d.feed.rv
+        behind = not d.feed.caught_up  # (read before the decision: see below)
+        if behind and not d.sole_writer:  # a change not yet read could say otherwise
             return None
         token = b""
         for key, value in scope.get("headers") or ():
@@ -103,6 +108,11 @@ class HeartbeatFastPath:
         except AuthError:
             return None
         if who.role != "agent":
+            return None
+        if behind and d.store.written_after("Provider", who.name, feed_rv):
+            # a change of this Provider not read yet could say otherwise (the feed is
+            # often behind while the reconcile workers commit; the others' changes do
+            # not concern this beat)
             return None
         try:
             req = Heartbeat.model_validate_json(body)

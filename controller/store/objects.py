@@ -45,6 +45,26 @@ from controller.store.types import (
 class ObjectStore(ABC):
     """The backend-independent half of a store (see the module docstring)."""
 
+    #: the kinds whose writes this process remembers (``written_after``)
+    WRITES_KEPT: frozenset[str] = frozenset({"Provider"})
+
+    def __init__(self) -> None:
+        self._written: dict[tuple[str, str], int] = {}  # (kind, name) → rv of the newest
+
+    def written_after(self, kind: str, name: str, rv: int) -> bool:
+        """Whether this process wrote ``kind/name`` (a kind of ``WRITES_KEPT``) at an rv
+        above ``rv``, committed, pending or rolled back: what this process knows of
+        (a store several hubs share is written by the others too)."""
+        if kind not in self.WRITES_KEPT:
+            raise ValueError(f"writes of {kind} are not kept (only {sorted(self.WRITES_KEPT)})")
+        return self._written.get((kind, name), 0) > rv
+
+    def _keep_write(self, obj: dict[str, Any]) -> None:
+        """(The store calls this for every change it logs.)"""
+        kind = obj["kind"]
+        if kind in self.WRITES_KEPT:
+            self._written[(kind, obj["metadata"]["name"])] = obj["metadata"]["resourceVersion"]
+
     # ------------------------------------------------------------ primitives
 
     @abstractmethod

@@ -210,6 +210,7 @@ class PostgresStore(ObjectStore):
         pool_size: int = 8,
         writer: str = "",
     ) -> None:
+        super().__init__()
         self.url = url
         self.changelog_limit = changelog_limit
         self.compact_chunk = compact_chunk
@@ -537,6 +538,7 @@ class PostgresStore(ObjectStore):
     def _log_change(
         self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
     ) -> None:
+        self._keep_write(obj)
         self._savepoints.touch()
         self._db.execute(
             "INSERT INTO gu_changes(rv, kind, name, type, object, writer, epoch, node) "

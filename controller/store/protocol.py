@@ -102,6 +102,11 @@ class Store(Protocol):
         costs without a JSON decode (and a re-encode) of each."""
         ...
 
+    def written_after(self, kind: str, name: str, rv: int) -> bool:
+        """Whether this process wrote ``kind/name`` (a Provider: the kinds whose writes it
+        keeps) at an rv above ``rv``, committed or not; other writers are not known."""
+        ...
+
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
         """The changes with rv > ``since`` of ``node``'s Placements and its Provider (an
         agent's watch), oldest first, by an index: O(its changes), not O(all)."""

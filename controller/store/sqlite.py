@@ -130,6 +130,7 @@ class SQLiteStore(ObjectStore):
     def __init__(
         self, path: Path | str, *, changelog_limit: int = 200_000, compact_chunk: int = 2_000
     ) -> None:
+        super().__init__()
         self.path = str(path)
         self.changelog_limit = changelog_limit
         self.compact_chunk = compact_chunk
@@ -443,6 +444,7 @@ class SQLiteStore(ObjectStore):
     def _log_change(
         self, obj: dict[str, Any], change: ChangeType, encoded: str | None = None
     ) -> None:
+        self._keep_write(obj)
         self._savepoints.touch()
         self._db.execute(
             "INSERT INTO changes(rv, kind, name, type, object, node) VALUES (?,?,?,?,?,?)",
