@@ -113,7 +113,9 @@ def admit(store: Store, images: ImageStore, batch: list[dict[str, Any]]) -> list
         spec = obj["spec"]  # (validated before: ``POST /v1/apply`` refuses an invalid one)
         app = str(spec["app"])
         image = str(spec["workload"]["image"]["hash"])
-        facts = known.get(image) or known.setdefault(image, image_facts(images, image))
+        facts = known.get(image)
+        if facts is None:
+            facts = known[image] = image_facts(images, image)
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         if not verdict.allowed:
             errors.append(

@@ -4,14 +4,14 @@ The store keeps every field as canonical JSON (sorted keys, no spaces) and the h
 signs canonical JSON: a Session pass encodes a few objects and decodes a few more, and
 the standard library's encoder was a tenth of it. orjson does the same ten times
 faster. Where its text would differ from ``json.dumps(value, sort_keys=True,
-separators=(",", ":"))`` — a character past ASCII or DEL (``json`` escapes it), a key that is
-not a string, an integer past 64 bits — the standard library makes it, so the text (and
-so every stored row and every signature) is the same as ever; anything but plain dicts,
-lists, strings, numbers, booleans and None (a subclass, a datetime, a dataclass) goes to
-the standard library too, which refuses what it always refused. Two exceptions: a tiny
-float's exponent (orjson ``1e-7``, ``json`` ``1e-07``: the same number), and a float
-NaN or infinity, which JSON has not, written ``null`` (``json`` wrote ``NaN``, which no
-other JSON reader takes, PostgreSQL's included); the models refuse those at the door
+separators=(",", ":"))`` — a character past ASCII, or DEL (``json`` escapes them), a
+key that is not a string, an integer past 64 bits — the standard library makes it, so
+the text (and so every stored row and every signature) is the same as ever. A subclass
+of a JSON type, a datetime or a dataclass goes to the standard library too, which
+refuses the last two as it always did. Two exceptions: a tiny float's exponent (orjson
+``1e-7``, ``json`` ``1e-07``: the same number), and a float NaN or infinity, which
+JSON has not, written ``null`` (``json`` wrote ``NaN``, which no other JSON reader
+takes, PostgreSQL's included); the models refuse those at the door
 (``specs.meta.Model``: ``allow_inf_nan=False``).
 """
 

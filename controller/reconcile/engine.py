@@ -9,8 +9,9 @@ Flow:
    change into keys: ``Kind/name`` of the changed object if its kind has a
    reconciler, plus whatever the *mappers* of reconcilers watching that kind
    return (a Priority changed → the Sessions naming it). Only a change of a
-   watched kind is decoded (for its mappers): the rest need only kind and name. If the change log was compacted
-   past ``since`` (``Gone``) it relists every object of every registered kind.
+   watched kind is decoded (for its mappers): the rest need only kind and name.
+   If the change log was compacted past ``since`` (``Gone``) it relists every
+   object of every registered kind.
    A poll every ``poll_interval`` is the safety net for a missed wake-up.
 3. The ``WorkQueue`` (``controller.client.workqueue``, the one queue the agent
    uses too) dedupes keys and never hands one key to two workers.

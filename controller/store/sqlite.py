@@ -392,10 +392,10 @@ class SQLiteStore(ObjectStore):
         spec_changed: bool = True,
     ) -> None:
         """Insert ``obj`` (already carrying its new rv; ``AlreadyExists`` if its row is
-        there), or update its row, and log the change. An update names only the columns it may change, and the spec only if
-        it changed: SQLite then leaves the spec's expression indexes (``INDEXED_PATHS``)
-        alone, where a replace deleted and re-made every entry, each a parse of the
-        spec's JSON (a status write is most writes)."""
+        there), or update its row, and log the change. An update names only the columns
+        it may change, and the spec only if it changed: SQLite then leaves the spec's
+        expression indexes (``INDEXED_PATHS``) alone, where a replace deleted and re-made
+        every entry, each a parse of the spec's JSON (a status write is most writes)."""
         meta = obj["metadata"]
         *columns, whole = encode_object(obj)
         self._savepoints.touch()
