@@ -12,6 +12,9 @@ the real Provider reconciler), and an App. Then, in a fresh store each time:
   Two shapes: ``placements/10`` sessions × count 10, and ``placements`` × count 1.
 - ``direct_*``: the same Session reconciler called in a loop on one thread (no queue,
   no feed): what scheduling and writing cost without the engine around them.
+- ``grouped_passes_*``: Sessions of 1 passed on one thread, grouped into commits as the
+  engine groups them, in µs per pass; ``_policy`` is the pass as the hub runs it (the
+  ImagePolicy check, a signed admission per placement), against the same without.
 - ``scheduler_only``: ``schedule`` + ``RankedNodes.allocate`` alone, no store.
 - ``resync_noop``: a second pass over every converged Session, queued on the running
   controller as the periodic resync queues them (must write 0 rows).
@@ -45,11 +48,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from controller.admission import AdmissionSigner, session_policy  # noqa: E402
+from controller.images import ImageStore  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
 from controller.reconcilers.placement import new_placement, placement_name  # noqa: E402
 from controller.scheduler import NodeView, RankedNodes, schedule  # noqa: E402
 from controller.store import SQLiteStore, Store  # noqa: E402
+from specs.identity import generate_key  # noqa: E402
 from specs.kinds import CpuInfo, Inventory, OsInfo, Session, Usage  # noqa: E402
 
 IMAGE = "sha3-256:" + "ab" * 32
@@ -87,14 +93,27 @@ def inventory() -> dict[str, Any]:
 
 
 def world(
-    tmp: Path, providers: int, workers: int = 4, store: Store | None = None
+    tmp: Path,
+    providers: int,
+    workers: int = 4,
+    store: Store | None = None,
+    policy: bool = False,
 ) -> tuple[Store, Controller]:
     """A fresh store (``store``, or SQLite in ``tmp``) with Ready providers and an App, and
-    a controller with every reconciler."""
+    a controller with every reconciler; with ``policy`` also an ImagePolicy allowing the
+    image and the hub's policy hook (each bound placement gets a signed admission)."""
     store = store if store is not None else SQLiteStore(tmp / "hub.db")
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with store.transaction():
         store.create({"kind": "App", "metadata": {"name": "bench"}, "spec": {}})
+        if policy:
+            store.create(
+                {
+                    "kind": "ImagePolicy",
+                    "metadata": {"name": "bench"},
+                    "spec": {"apps": ["bench"], "allowImages": [IMAGE]},
+                }
+            )
         for i in range(providers):
             node = nid(i + 1)
             key = "ed25519:" + base64.b64encode(i.to_bytes(32, "big")).decode()
@@ -111,7 +130,12 @@ def world(
                 }
             )
     controller = Controller(store, workers=workers, resync_period=3600)
-    register_all(controller, heartbeat=HEARTBEAT)
+    hook = (
+        session_policy(ImageStore(tmp / "images"), AdmissionSigner(generate_key()))
+        if policy
+        else None
+    )
+    register_all(controller, heartbeat=HEARTBEAT, policy=hook)
     for p in store.list("Provider"):
         controller.reconcile("Provider", p["metadata"]["name"])
     return store, controller
@@ -242,6 +266,33 @@ def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None
     store.close()
 
 
+def bench_grouped_passes(tmp: Path, providers: int, n_sessions: int, policy: bool) -> None:
+    """Session passes of count 1 on one thread, grouped as the engine groups them (64 to
+    a commit, each in its own savepoint): what a pass costs, without queue or feed. With
+    ``policy`` the pass is the hub's (its ImagePolicy check and one signed admission per
+    placement); without, the baseline of the same run."""
+    store, controller = world(tmp, providers, policy=policy)
+    store.apply(sessions(n_sessions, 1), finalizers=lambda kind: ["gu/placements"])
+    names = store.names("Session")
+    start = time.perf_counter()
+    for i in range(0, len(names), 64):
+        with store.transaction():
+            for name in names[i : i + 64]:
+                with store.transaction(savepoint=True):
+                    controller.reconcile("Session", name)
+    elapsed = time.perf_counter() - start
+    bound = sum(1 for p in store.list("Placement") if p["spec"]["node"])
+    emit(
+        f"grouped_passes_{n_sessions}x1{'_policy' if policy else ''}",
+        elapsed / n_sessions * 1e6,
+        "us/pass",
+        bound=bound,
+        providers=providers,
+        passes_per_second=round(n_sessions / elapsed),
+    )
+    store.close()
+
+
 def bench_scheduler_only(providers: int, n_sessions: int, count: int) -> None:
     inv = Inventory(
         os=OsInfo(name="Linux", version="6.1"),
@@ -328,6 +379,8 @@ def main() -> None:
         bench_scheduler_only(args.providers, n, 1)
         bench_direct(fresh(), args.providers, n // 10, 10)
         bench_direct(fresh(), args.providers, n, 1)
+        bench_grouped_passes(fresh(), args.providers, min(n, 3000), policy=False)
+        bench_grouped_passes(fresh(), args.providers, min(n, 3000), policy=True)
         bench_controller(fresh(), args.providers, n // 10, 10)
         bench_controller(fresh(), args.providers, n, 1)
 
