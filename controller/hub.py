@@ -66,6 +66,15 @@ bench_pool (300 agents beating, 6,000 placements): with the defaults the hub ran
 collection every 2–5 s, 130–270 ms each with every thread stopped — that was the
 heartbeats' p99; with these a request's and a beat's objects die before a collection
 looks at them, full collections are rare, and a young one takes tens of ms."""
+RECONCILE_WORKERS = 2
+"""Reconcile worker threads of a hub on SQLite. Its passes are all CPU and store work,
+and a worker holds the store's one write lock through its group commit, so more
+workers only queue for that lock, and the API's writes queue behind them. Measured
+(``tests/bench/bench_pool.py``, 10,000 Sessions of 1, December 2026): 2 workers
+against 4 in the same session, placements/s 1,110 / 1,051 against 1,059 / 1,071 (the
+same), but the apply of the Sessions done after 2.7-2.9 s instead of 4.5 s."""
+RECONCILE_WORKERS_SHARED = 4
+"""On PostgreSQL a pass waits on the network, so more workers overlap the round trips."""
 SHARED_CHECKPOINT_SECONDS = 1.0
 """On a shared store: how often a hub writes the leases it heard and reads the others'."""
 
@@ -182,6 +191,7 @@ class Hub:
         runs once); its writes carry ``fence``, the term's epoch."""
         controller = Controller(
             self.store,
+            workers=RECONCILE_WORKERS_SHARED if self.shared else RECONCILE_WORKERS,
             resync_period=self.settings.resync_period,
             observe=self.metrics.observe_reconcile,
             fence=fence,

@@ -310,6 +310,24 @@ def test_deleting_objects_removes_their_events_so_event_storage_returns_to_its_s
     assert [e.message for e in store.events("App", "keep")] == ["stays"]
 
 
+def test_an_event_that_repeats_the_newest_is_not_recorded_even_inside_its_transaction(
+    store: Store,
+) -> None:
+    store.create({"kind": "App", "metadata": {"name": "a"}, "spec": {}})
+    with store.transaction():
+        assert store.record_event("App", "a", "Scheduled", "1 of 1", unless_repeated=True)
+        # the newest event is this transaction's own, not committed yet: still seen
+        assert not store.record_event("App", "a", "Scheduled", "1 of 1", unless_repeated=True)
+        assert store.record_event("App", "a", "Scheduled", "0 of 1", unless_repeated=True)
+        assert store.record_event("App", "a", "Scheduled", "1 of 1", unless_repeated=True)
+    assert not store.record_event("App", "a", "Scheduled", "1 of 1", unless_repeated=True)
+    assert store.record_event("App", "a", "Scheduled", "1 of 1")  # (asked to repeat: does)
+    assert [e.message for e in store.events("App", "a")] == ["1 of 1", "0 of 1", "1 of 1", "1 of 1"]
+    for n in range(25):
+        assert store.record_event("App", "a", "Tick", f"{n}", unless_repeated=True)
+    assert [e.message for e in store.events("App", "a")] == [f"{n}" for n in range(5, 25)]
+
+
 def test_node_changes_are_a_nodes_placements_and_provider_by_index(store: Store) -> None:
     store.create({"kind": "Provider", "metadata": {"name": "a"}, "spec": {}})
     store.create({"kind": "Provider", "metadata": {"name": "b"}, "spec": {}})

@@ -336,11 +336,7 @@ class Controller:
         # separate lock here deadlocked against reconcilers that record events
         # while holding the store inside their own transaction)
         with self.store.transaction():
-            events = self.store.events(kind, name)
-            if events and events[-1].reason == reason and events[-1].message == message:
-                return False
-            self.store.record_event(kind, name, reason, message, type_)
-            return True
+            return self.store.record_event(kind, name, reason, message, type_, unless_repeated=True)
 
     # ------------------------------------------------------------------- run
 

@@ -697,9 +697,24 @@ class PostgresStore(ObjectStore):
     # -------------------------------------------------------------- events
 
     def record_event(
-        self, kind: str, name: str, reason: str, message: str, type_: str = "Normal"
-    ) -> None:
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        *,
+        unless_repeated: bool = False,
+    ) -> bool:
         """Append a human-readable event; keeps the newest 20 per object."""
+        if unless_repeated:
+            newest = self._read(
+                "SELECT reason, message FROM gu_events WHERE kind=%s AND name=%s "
+                "ORDER BY id DESC LIMIT 1",
+                (kind, name),
+            )
+            if newest and newest[0][0] == reason and newest[0][1] == message:
+                return False
         self._exec(
             "WITH added AS (INSERT INTO gu_events(time, kind, name, type, reason, message) "
             "VALUES (%s,%s,%s,%s,%s,%s) RETURNING id) "
@@ -708,6 +723,7 @@ class PostgresStore(ObjectStore):
             "AND id NOT IN (SELECT id FROM added)",
             (now(), kind, name, type_, reason, message, kind, name, kind, name),
         )
+        return True
 
     def events(self, kind: str, name: str) -> builtins.list[Event]:
         rows = self._read(

@@ -173,9 +173,18 @@ class Store(Protocol):
         ...
 
     def record_event(
-        self, kind: str, name: str, reason: str, message: str, type_: str = "Normal"
-    ) -> None:
-        """Append a human-readable event; keeps the newest 20 per object."""
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        *,
+        unless_repeated: bool = False,
+    ) -> bool:
+        """Append a human-readable event; keeps the newest 20 per object. With
+        ``unless_repeated``, nothing is appended if the object's newest event (written
+        in this transaction too) has the same reason and message. True if appended."""
         ...
 
     def events(self, kind: str, name: str) -> builtins.list[Event]:

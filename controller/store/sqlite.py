@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #: sessions of an app (a policy change), the placements bound to a node (``/peers/{id}``).
 #: Each has an expression index; ``list_where`` names the path as a literal, so SQLite
 #: uses it instead of scanning the kind.
+_EVENTS_KEPT: Final = 20  # events kept per object
 INDEXED_PATHS: Final = ("$.session", "$.workload.image.hash", "$.app", "$.node", "$.network")
 _PATH = re.compile(r"^\$(\.[A-Za-z][A-Za-z0-9]*)+$")
 
@@ -150,6 +151,8 @@ class SQLiteStore(ObjectStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # savepoints' sub-journals in memory, not spilled to a file at each pass past 64 KiB
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
         for path in INDEXED_PATHS:
             self._db.execute(
@@ -614,20 +617,38 @@ class SQLiteStore(ObjectStore):
     # -------------------------------------------------------------- events
 
     def record_event(
-        self, kind: str, name: str, reason: str, message: str, type_: str = "Normal"
-    ) -> None:
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        *,
+        unless_repeated: bool = False,
+    ) -> bool:
         """Append a human-readable event; keeps the newest 20 per object."""
         with self._lock:
+            if unless_repeated:  # (on the writer: it sees this transaction's events too)
+                newest = self._db.execute(
+                    "SELECT reason, message FROM events WHERE kind=? AND name=? "
+                    "ORDER BY id DESC LIMIT 1",
+                    (kind, name),
+                ).fetchone()
+                if newest is not None and newest[0] == reason and newest[1] == message:
+                    return False
             self._savepoints.touch()  # (no-op unless this thread holds an open savepoint)
             self._db.execute(
                 "INSERT INTO events(time, kind, name, type, reason, message) VALUES (?,?,?,?,?,?)",
                 (now(), kind, name, type_, reason, message),
             )
+            # one index probe: the 21st newest event's id, if there is one (usually not)
             self._db.execute(
-                "DELETE FROM events WHERE kind=? AND name=? AND id NOT IN "
-                "(SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT 20)",
+                "DELETE FROM events WHERE kind=? AND name=? AND id <= "
+                "(SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT 1 "
+                f"OFFSET {_EVENTS_KEPT})",
                 (kind, name, kind, name),
             )
+            return True
 
     def events(self, kind: str, name: str) -> builtins.list[Event]:
         """Events of one object, oldest first."""
