@@ -190,11 +190,26 @@ class Agents:
                 proc.wait(timeout=5)
 
 
+def reconciles(client: Client) -> float:
+    """The hub's reconcile passes so far (``gu_reconciles_total``, from its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "gu_reconciles_total"
+    )
+
+
 def schedule(client: Client, n: int, count: int, prefix: str, providers: int) -> None:
-    """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second."""
+    """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second
+    (and the reconcile passes the hub ran for them, counted until its queue is empty)."""
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
+    passes_before = reconciles(client)
     t = time.perf_counter()
     for i in range(0, len(work), 200):
         client.apply(work[i : i + 200])
@@ -211,6 +226,9 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
         seconds=round(total, 2),
         appliedAfterSeconds=round(applied, 2),  # (the Sessions are applied 200 a call)
     )
+    reconcile_settled(client, 120)
+    passes = reconciles(client) - passes_before
+    emit(f"reconcile_passes_count_{count}", passes / n, "passes/Session", passes=int(passes))
 
 
 async def probe_loop(

@@ -15,6 +15,10 @@ the real Provider reconciler), and an App. Then, in a fresh store each time:
 - ``grouped_passes_*``: Sessions of 1 passed on one thread, grouped into commits as the
   engine groups them, in µs per pass; ``_policy`` is the pass as the hub runs it (the
   ImagePolicy check, a signed admission per placement), against the same without.
+- ``waiting_*``: Sessions applied while no provider exists, so every one waits in the
+  Session wait queue; passes per second until the engine has passed them all. Two
+  sizes, a fifth of ``--placements`` and all of them: the same rate at both is cost
+  per Session that does not grow with the number waiting (it did, O(waiting) a pass).
 - ``scheduler_only``: ``schedule`` + ``RankedNodes.allocate`` alone, no store.
 - ``resync_noop``: a second pass over every converged Session, queued on the running
   controller as the periodic resync queues them (must write 0 rows).
@@ -246,6 +250,46 @@ def bench_controller(
     return total / elapsed
 
 
+def bench_waiting(tmp: Path, n_sessions: int) -> None:
+    """Passes per second of ``n_sessions`` Sessions that all wait (no provider at all)."""
+    store, controller = world(tmp, 0)
+    objs = sessions(n_sessions, 1)
+
+    async def body() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        await asyncio.sleep(0.2)  # the initial list is done
+        store.apply(objs, finalizers=lambda kind: ["gu/placements"])
+        start = time.perf_counter()
+        before = controller.stats()["reconciles"]
+        try:
+            while True:
+                stats = controller.stats()
+                if (
+                    stats["reconciles"] - before >= n_sessions
+                    and stats["queue_length"] == 0
+                    and stats["in_flight"] == 0
+                ):
+                    return time.perf_counter() - start
+                assert time.perf_counter() - start < 600, "the passes did not end in 10 min"
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    elapsed = asyncio.run(body())
+    waiting = sum(1 for p in store.list("Placement") if not p["spec"].get("node"))
+    emit(
+        f"waiting_{n_sessions}",
+        n_sessions / elapsed,
+        "passes/s",
+        sessions=n_sessions,
+        waiting=waiting,
+        seconds=round(elapsed, 3),
+    )
+    store.close()
+
+
 def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None:
     store, controller = world(tmp, providers)
     store.apply(sessions(n_sessions, count), finalizers=lambda kind: ["gu/placements"])
@@ -383,6 +427,8 @@ def main() -> None:
         bench_grouped_passes(fresh(), args.providers, min(n, 3000), policy=True)
         bench_controller(fresh(), args.providers, n // 10, 10)
         bench_controller(fresh(), args.providers, n, 1)
+        bench_waiting(fresh(), max(n // 5, 1))
+        bench_waiting(fresh(), n)
 
 
 if __name__ == "__main__":

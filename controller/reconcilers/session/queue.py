@@ -13,14 +13,18 @@ important, then the oldest, waiting Session — no starvation among equals.
 Cost: a Session ahead that cannot fit is remembered as such for the current
 ``capacity_epoch`` (the ``ClusterState`` counter that moves only when capacity
 is given back), so each waiting Session is tested at most once per freeing,
-not once per pass of every Session behind it. Usage-only heartbeats do not move
-the epoch: a Session that fits only because a provider's free memory grew is
-found by its own periodic retry.
+not once per pass of every Session behind it; and it leaves the epoch's list of
+*candidates* (the waiters not yet seen not to fit), so a pass walks only those
+ahead of it, not every waiting Session again (10,000 Sessions waiting for
+providers made each pass walk all that were ahead: O(waiting) a pass). Usage-only
+heartbeats do not move the epoch: a Session that fits only because a provider's
+free memory grew is found by its own periodic retry.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,18 +72,28 @@ class WaitQueue:
     def __init__(self) -> None:
         self._keys: list[Key] = []
         self._waiters: dict[str, Waiter] = {}
+        # the waiters not known to be unfit at ``_epoch``, in serving order
+        self._candidates: list[Key] = []
+        self._epoch: int | None = None
+        self.walked = 0
+        """Waiters ``ahead`` has looked at, in all (its cost; for tests and profiles)."""
 
     def put(self, name: str, waiter: Waiter) -> None:
         """Add ``name`` or replace its entry."""
         self.remove(name)
         self._waiters[name] = waiter
         bisect.insort(self._keys, waiter.key)
+        if waiter.unfit_epoch != self._epoch:
+            bisect.insort(self._candidates, waiter.key)
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (nothing if it does not wait)."""
         old = self._waiters.pop(name, None)
         if old is not None:
             del self._keys[bisect.bisect_left(self._keys, old.key)]
+            at = bisect.bisect_left(self._candidates, old.key)
+            if at < len(self._candidates) and self._candidates[at] == old.key:
+                del self._candidates[at]
 
     def __contains__(self, name: object) -> bool:
         return name in self._waiters
@@ -91,17 +105,27 @@ class WaitQueue:
         """Who waits before ``key``, and up to ``limit`` of them that fit ``nodes`` now."""
         end = bisect.bisect_left(self._keys, key)
         higher = bisect.bisect_left(self._keys, (key[0],), 0, end)
+        if epoch != self._epoch:  # capacity was given back: every waiter may fit again
+            self._epoch = epoch
+            self._candidates = [k for k in self._keys if self._waiters[k[2]].unfit_epoch != epoch]
+        candidates = self._candidates
+        stop = bisect.bisect_left(candidates, key)
         ready: list[str] = []
-        for k in self._keys[:end]:
+        kept: list[Key] = []  # the candidates walked that stay candidates
+        walked = 0
+        for k in itertools.islice(candidates, stop):  # (no copy: a pass walks few)
+            walked += 1
             waiter = self._waiters[k[2]]
-            if waiter.unfit_epoch == epoch:
-                continue
             if waiter.fits(nodes):
+                kept.append(k)
                 ready.append(k[2])
                 if len(ready) >= limit:
                     break
             else:
                 waiter.unfit_epoch = epoch
+        self.walked += walked
+        if len(kept) < walked:
+            candidates[:walked] = kept
         return Ahead(higher=higher, older=end - higher, ready=ready)
 
 
