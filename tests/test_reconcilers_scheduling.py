@@ -745,13 +745,16 @@ def test_a_policy_hook_refuses_providers_with_its_own_words(store: Store) -> Non
 
 
 @pytest.mark.usefixtures("app")
-def test_a_herd_of_new_providers_wakes_each_waiting_session_once_per_window(
-    store: Store,
+def test_a_change_of_capacity_wakes_only_the_waiting_sessions_that_fit_once_per_window(
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Thirty providers enrolling within one window wake the five waiting Sessions once
-    at once and once at the window's end, not thirty times each."""
+    """Thirty providers too small for any of the five waiting Sessions wake none of them
+    (a walk of the queue, once per window), not thirty passes each; one that has room
+    wakes those that fit, at most ``WAKE_MAX``, in serving order; one of them that takes
+    the room wakes the next that fits (none: the room is gone)."""
     from controller.reconcilers.session import reconciler as session_reconciler
 
+    monkeypatch.setattr(session_reconciler, "WAKE_MAX", 2)
     c = Controller(store, workers=2, resync_period=30)
     rec = session_reconciler.register(c)
     t = [100.0]
@@ -759,33 +762,48 @@ def test_a_herd_of_new_providers_wakes_each_waiting_session_once_per_window(
     deferred: list[tuple[str, float]] = []
     rec.defer = lambda name, delay: deferred.append((name, delay))
     big = {"runtime": "native", "image": {"hash": IMAGE}, "resources": {"memoryMiB": 8192}}
-    waiting = {f"s{i}" for i in range(5)}
-    for name in sorted(waiting):
+    waiting = [f"s{i}" for i in range(5)]
+    for name in waiting:
         add_session(store, name, workload=big)
         c.reconcile("Session", name)
     assert all(p["spec"]["node"] is None for p in store.list("Placement"))
+    assert deferred == []
+
+    def ready_provider(i: int, memory_gib: int) -> dict[str, Any]:
+        node = add_provider(store, i, memory_gib=memory_gib)
+        status = dict(store.get("Provider", node)["status"])
+        status["conditions"] = [{"type": "Ready", "status": "True", "reason": "HeartbeatOK"}]
+        return store.update_status("Provider", node, status)
 
     woken = []
     for i in range(1, 31):
-        node = add_provider(store, i, memory_gib=2)  # too small for any of them
-        woken.append(rec.sessions_for_provider(store.get("Provider", node), store))
+        small = ready_provider(i, memory_gib=2)  # too small for any of them
+        woken.append(rec.sessions_for_provider(small, store))
         t[0] += 0.01
-    assert set(woken[0]) == waiting  # the first change wakes them at once
-    assert all(w == [] for w in woken[1:])  # the other 29 wake nobody now ...
-    assert sorted(n for n, _ in deferred) == sorted(waiting)  # ... but once, at the end
-    assert all(0 < d <= session_reconciler.WAKE_WINDOW for _, d in deferred)
+    assert woken == [[]] * 30  # none fits: nobody is woken, now or later
+    # inside the window, one pass is queued for its end (the queue's head): it walks
+    # the queue again then, for the changes the window held back
+    assert [n for n, _ in deferred] == ["s0"]
+    assert 0 < deferred[0][1] <= session_reconciler.WAKE_WINDOW
+    t[0] += session_reconciler.WAKE_WINDOW
+    c.reconcile("Session", "s0")
+    assert [n for n, _ in deferred] == ["s0"]  # (nobody fits yet)
 
-    # a Session that starts waiting inside the window is queued for its end as well
-    add_session(store, "late", workload=big)
-    c.reconcile("Session", "late")
-    node = add_provider(store, 35, memory_gib=2)
-    assert rec.sessions_for_provider(store.get("Provider", node), store) == []
-    assert [n for n, _ in deferred[len(waiting) :]] == ["late"]
-    waiting.add("late")
+    t[0] += session_reconciler.WAKE_WINDOW  # a new window
+    one = ready_provider(40, memory_gib=12)  # room for one of them
+    node = one["metadata"]["name"]
+    assert rec.sessions_for_provider(one, store) == ["s0", "s1"]
+    c.reconcile("Session", "s0")  # takes the room; nobody else fits now: none woken
+    assert [p["spec"]["node"] for p in placements(store, "s0")] == [node]
+    assert [n for n, _ in deferred] == ["s0"]
+    c.reconcile("Session", "s1")  # woken, finds no room, waits again
+    assert [p["spec"]["node"] for p in placements(store, "s1")] == [None]
 
-    t[0] += session_reconciler.WAKE_WINDOW  # a new window: the next change wakes them again
-    node = add_provider(store, 40, memory_gib=2)
-    assert set(rec.sessions_for_provider(store.get("Provider", node), store)) == waiting
+    t[0] += session_reconciler.WAKE_WINDOW
+    two = ready_provider(41, memory_gib=20)  # room for two more
+    assert rec.sessions_for_provider(two, store) == ["s1", "s2"]
+    c.reconcile("Session", "s1")  # takes room; s2 (woken already) is not woken twice, s3 is
+    assert [n for n, _ in deferred] == ["s0", "s3"]
 
 
 @pytest.mark.usefixtures("app")

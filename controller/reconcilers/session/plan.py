@@ -113,6 +113,8 @@ class SessionPlan:
     unfit: bool = False
     #: where it stood in the wait queue, if the pass had to ask
     ahead: Ahead | None = None
+    #: slots this pass bound or resumed (it took capacity: the next waiter may fit too)
+    took: int = 0
 
     def edit(self, placement: Obj) -> Obj:
         """A copy of ``placement`` to change spec/annotations on (one per placement)."""
@@ -318,6 +320,7 @@ def plan_session(
                 edited = plan.edit(p)
                 edited["spec"].pop("preemption", None)
                 edited["spec"]["desiredState"] = target
+                plan.took += 1
                 resumed.append(
                     f"{p['metadata']['name']} on {node} after {_since(preemption, now)} "
                     f"(preempted by Session {preemption.get('session')})"
@@ -357,6 +360,7 @@ def plan_session(
         if standing.message and not blocked:
             unschedulable = f"{unschedulable}; {standing.message}" if unschedulable else ""
         plan.unfit = len(chosen) < wanted and not blocked
+        plan.took += len(chosen)
         waiting = wanted - len(chosen)  # slots no provider takes now
         if waiting > MAX_UNBOUND and unschedulable:
             unschedulable = f"{waiting} of {want} slots waiting: {unschedulable}"

@@ -77,9 +77,11 @@ class WaitQueue:
         self._epoch: int | None = None
         self.walked = 0
         """Waiters ``ahead`` has looked at, in all (its cost; for tests and profiles)."""
+        # woken by ``fitting`` and not passed since (a pass puts or removes its entry)
+        self._woken: set[str] = set()
 
     def put(self, name: str, waiter: Waiter) -> None:
-        """Add ``name`` or replace its entry."""
+        """Add ``name`` or replace its entry (its pass ran: it may be woken again)."""
         self.remove(name)
         self._waiters[name] = waiter
         bisect.insort(self._keys, waiter.key)
@@ -88,6 +90,7 @@ class WaitQueue:
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (nothing if it does not wait)."""
+        self._woken.discard(name)
         old = self._waiters.pop(name, None)
         if old is not None:
             del self._keys[bisect.bisect_left(self._keys, old.key)]
@@ -101,20 +104,41 @@ class WaitQueue:
     def __len__(self) -> int:
         return len(self._waiters)
 
+    def head(self) -> str | None:
+        """The Session served first, if any waits."""
+        return self._keys[0][2] if self._keys else None
+
+    def fitting(self, nodes: RankedNodes, epoch: int, limit: int) -> list[str]:
+        """Up to ``limit`` waiting Sessions, in serving order, that fit ``nodes`` now and
+        were not woken already since their last pass (they are now): whom a change of
+        capacity wakes. Each is tested on its own, as if it were the only one."""
+        return self._walk(None, nodes, epoch, limit, self._woken)
+
     def ahead(self, key: Key, nodes: RankedNodes, epoch: int, limit: int = 1) -> Ahead:
         """Who waits before ``key``, and up to ``limit`` of them that fit ``nodes`` now."""
         end = bisect.bisect_left(self._keys, key)
         higher = bisect.bisect_left(self._keys, (key[0],), 0, end)
+        ready = self._walk(key, nodes, epoch, limit, None)
+        return Ahead(higher=higher, older=end - higher, ready=ready)
+
+    def _walk(
+        self, key: Key | None, nodes: RankedNodes, epoch: int, limit: int, skip: set[str] | None
+    ) -> list[str]:
+        """The first ``limit`` candidates before ``key`` (None: all) that fit, not in
+        ``skip`` (and added to it); those seen unfit leave the epoch's candidates."""
         if epoch != self._epoch:  # capacity was given back: every waiter may fit again
             self._epoch = epoch
             self._candidates = [k for k in self._keys if self._waiters[k[2]].unfit_epoch != epoch]
         candidates = self._candidates
-        stop = bisect.bisect_left(candidates, key)
+        stop = len(candidates) if key is None else bisect.bisect_left(candidates, key)
         ready: list[str] = []
         kept: list[Key] = []  # the candidates walked that stay candidates
         walked = 0
         for k in itertools.islice(candidates, stop):  # (no copy: a pass walks few)
             walked += 1
+            if skip is not None and k[2] in skip:
+                kept.append(k)
+                continue
             waiter = self._waiters[k[2]]
             if waiter.fits(nodes):
                 kept.append(k)
@@ -126,7 +150,9 @@ class WaitQueue:
         self.walked += walked
         if len(kept) < walked:
             candidates[:walked] = kept
-        return Ahead(higher=higher, older=end - higher, ready=ready)
+        if skip is not None:
+            skip.update(ready)
+        return ready
 
 
 __all__ = ["Ahead", "Key", "WaitQueue", "Waiter", "queue_key"]

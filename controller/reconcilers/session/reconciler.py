@@ -11,6 +11,7 @@ store's change log, committed or pending in the same grouped commit).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -62,8 +63,17 @@ log = logging.getLogger("gu.reconcile.session")
 Obj = dict[str, Any]
 
 #: Waiting Sessions are woken by a change of capacity at most once per window (see
-#: ``SessionReconciler._wake_waiting``); a change inside it wakes them at its end.
+#: ``SessionReconciler._wake_fitting``); a change inside it wakes them at its end.
 WAKE_WINDOW: Final = 0.5
+
+#: A change of capacity wakes at most this many waiting Sessions (those that fit what is
+#: free now, in serving order); each of them that takes capacity wakes the next that fits.
+WAKE_MAX: Final = 64
+
+#: The periodic retries of waiting Sessions (they find room that only a provider's usage
+#: made, which moves no capacity epoch) cost at most about this many passes a second in
+#: all: with many Sessions waiting, each retries less often than ``retry_unschedulable``.
+RETRY_BUDGET: Final = 100.0
 
 
 def session_problems(spec: Obj, store: Store) -> list[str]:
@@ -139,7 +149,7 @@ class SessionReconciler:
         self.clock: Callable[[], float] = time.monotonic
         self._wake_lock = threading.Lock()
         self._next_wake = 0.0  # monotonic: waiting Sessions were woken until then
-        self._deferred: set[str] = set()  # queued for the current window's end
+        self._wake_due = False  # a change of capacity inside the window, not served yet
         #: Sessions waiting for capacity, in serving order (under ``state.lock``)
         self.queue = WaitQueue()
 
@@ -164,6 +174,7 @@ class SessionReconciler:
         # one commit), and no other pass writes between this one's plan and its write
         with ctx.store.transaction(), self.state.lock:
             self.state.refresh()
+            wake = self._due_wake()
             placements = self.state.placements_of(name)
             if session is None:
                 self.queue.remove(name)
@@ -185,7 +196,7 @@ class SessionReconciler:
                     self.state.nodes,
                     now=now,
                     node_grace=self.node_grace,
-                    retry_unschedulable=self.retry_unschedulable,
+                    retry_unschedulable=self._retry_period(),
                     problems=problems,
                     taken=self.state.taken,
                     allowed=check.allowed,
@@ -205,8 +216,11 @@ class SessionReconciler:
             apply_plan(plan, obj, ctx)
             if session is not None:
                 self._queue(name, session, key, epoch, plan, placements, check.allowed)
-        for other in ready:  # ahead of this one and able to go: let it
-            if self.defer is not None:
+                if plan.took and len(self.queue):  # it took capacity: is there more?
+                    self.state.refresh()  # (reads this pass's own writes)
+                    wake += self.queue.fitting(self.state.nodes, self.state.capacity_epoch, 1)
+        for other in [*ready, *wake]:  # able to go: let them
+            if self.defer is not None and other != name:
                 self.defer(other, 0.0)
         if plan.requeue_after is None:
             return None
@@ -312,10 +326,7 @@ class SessionReconciler:
         if session:
             out.add(session)
         if changed["spec"].get("node") and state_of(changed) in TERMINAL_STATES:
-            with self.state.lock:
-                self.state.refresh()
-                waiting = self.state.sessions_waiting()
-            out |= self._wake_waiting(waiting - out)
+            out |= self._wake_fitting()
         return sorted(out)
 
     def sessions_for_provider(self, changed: Obj, store: Store) -> list[str]:
@@ -332,33 +343,59 @@ class SessionReconciler:
         else:
             self.provider_facts.pop(node, None)
         flipped = before is None or not exists or before[0] != facts[0]
-        with self.state.lock:
-            self.state.refresh()
-            waiting = self.state.sessions_waiting()
-            out = self.state.sessions_on_node(node) if flipped else set()
-        return sorted(out | self._wake_waiting(waiting))
+        if flipped:
+            with self.state.lock:
+                self.state.refresh()
+                out = self.state.sessions_on_node(node)
+        else:
+            out = set()
+        return sorted(out | self._wake_fitting())
 
-    def _wake_waiting(self, waiting: set[str]) -> set[str]:
-        """The waiting Sessions to queue now for a change of capacity: all of them, at
-        most once per ``WAKE_WINDOW``; a change inside the window queues them once at its
-        end instead. A herd of providers arriving (a hub start, a pool joining) so costs
-        each waiting Session about one pass per window, not one per provider."""
-        if self.defer is None or not waiting:
-            return waiting
+    def _wake_fitting(self) -> set[str]:
+        """The waiting Sessions a change of capacity wakes now: those that fit what is
+        free, in serving order, at most ``WAKE_MAX`` (each that then takes capacity wakes
+        the next that fits: ``__call__``), and at most once per ``WAKE_WINDOW``.
+
+        A change inside the window wakes nobody now: the first pass after the window's
+        end does (``_due_wake``), and the queue's head is queued for then, so one runs.
+        So a herd of providers arriving (a hub start, a pool joining) costs a walk of
+        the queue per window, and a freed slot wakes the Sessions that can use it, not
+        every one that waits (10,000 waiting Sessions were 10,000 passes per window)."""
         now = self.clock()
         with self._wake_lock:
-            if now >= self._next_wake:
-                self._next_wake = now + WAKE_WINDOW
-                self._deferred = set()
-                return waiting
-            # inside the window: each waiting Session once, at the window's end (also one
-            # that started waiting after the window's first change)
-            later = waiting - self._deferred
-            self._deferred |= later
-            delay = self._next_wake - now
-        for name in later:
-            self.defer(name, delay)
+            inside = self.defer is not None and now < self._next_wake
+            if inside:
+                first_due, self._wake_due = not self._wake_due, True
+            else:
+                self._next_wake, self._wake_due = now + WAKE_WINDOW, False
+        with self.state.lock:
+            if inside:
+                head = self.queue.head() if first_due else None
+            else:
+                self.state.refresh()
+                return set(self._fitting())
+        if head is not None and self.defer is not None:
+            self.defer(head, self._next_wake - now)
         return set()
+
+    def _due_wake(self) -> list[str]:
+        """(A pass, under the view's lock, refreshed.) The Sessions a change of capacity
+        inside the last window wakes, once the window is over."""
+        now = self.clock()
+        with self._wake_lock:
+            if not self._wake_due or now < self._next_wake:
+                return []
+            self._next_wake, self._wake_due = now + WAKE_WINDOW, False
+        return self._fitting()
+
+    def _fitting(self) -> list[str]:
+        return self.queue.fitting(self.state.nodes, self.state.capacity_epoch, WAKE_MAX)
+
+    def _retry_period(self) -> float:
+        """How soon a waiting Session looks again by itself: ``retry_unschedulable``, or
+        longer with many waiting (``RETRY_BUDGET``), jittered so they do not move as one."""
+        period = max(self.retry_unschedulable, len(self.queue) / RETRY_BUDGET)
+        return period * random.uniform(1.0, 1.2)
 
 
 def register(
