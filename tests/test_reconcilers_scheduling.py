@@ -807,6 +807,29 @@ def test_a_change_of_capacity_wakes_only_the_waiting_sessions_that_fit_once_per_
 
 
 @pytest.mark.usefixtures("app")
+def test_with_many_sessions_waiting_each_looks_again_less_often_by_itself(
+    store: Store,
+) -> None:
+    """The periodic retries of waiting Sessions share a budget (``RETRY_BUDGET`` passes
+    a second): 10,000 waiting Sessions were 1,000 passes a second on an idle hub."""
+    from controller.reconcilers.session import reconciler as session_reconciler
+    from controller.reconcilers.session.queue import Waiter, queue_key
+
+    c = Controller(store, workers=2, resync_period=30)
+    rec = session_reconciler.register(c, heartbeat=5.0)
+    add_session(store, "alone")
+    alone = c.reconcile("Session", "alone")  # no provider at all: it waits
+    assert alone is not None and alone.requeue_after is not None
+    assert 10.0 <= alone.requeue_after <= 12.0  # two heartbeat periods (and jitter)
+    for i in range(3000):  # others waiting ahead of it
+        rec.queue.put(f"w{i}", Waiter(queue_key(0, "2020", f"w{i}"), lambda _: False))
+    crowded = c.reconcile("Session", "alone")
+    assert crowded is not None and crowded.requeue_after is not None
+    budget = 3001 / session_reconciler.RETRY_BUDGET
+    assert budget <= crowded.requeue_after <= budget * 1.2
+
+
+@pytest.mark.usefixtures("app")
 def test_a_count_no_pool_can_fill_waits_as_one_placement_and_one_reason(
     store: Store, controller: Controller
 ) -> None:

@@ -436,15 +436,6 @@ class ClusterState:
         """Sessions with a placement bound to ``node``."""
         return {str(self.placements[n]["spec"].get("session")) for n in self._by_node.get(node, ())}
 
-    def sessions_with_unbound(self) -> set[str]:
-        """Sessions with an active placement that has no node yet."""
-        return {s for s, names in self._unbound.items() if names}
-
-    def sessions_waiting(self) -> set[str]:
-        """Sessions that wait for capacity: an unbound placement, or a preempted one that
-        resumes when its node has room again."""
-        return self.sessions_with_unbound() | {s for s, names in self._preempted.items() if names}
-
     def interfaces_in(self, network: str) -> list[tuple[str, str]]:
         """The (ip, mac) pairs the active members of ``network`` hold."""
         return list(self._ifaces.get(network, {}).values())
