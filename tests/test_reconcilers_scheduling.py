@@ -807,6 +807,49 @@ def test_a_change_of_capacity_wakes_only_the_waiting_sessions_that_fit_once_per_
 
 
 @pytest.mark.usefixtures("app")
+def test_a_backlog_drains_when_providers_join_in_about_one_pass_per_session(
+    store: Store,
+) -> None:
+    """300 Sessions wait with no provider at all; then 60 providers join in one write.
+    Each Session is bound in about one pass of its own, not a pass per provider or per
+    window for every waiting Session (5,000 waiting and 1,000 joining took 407,667
+    passes and bound 251 Sessions in 300 s before)."""
+    c = Controller(store, workers=2, resync_period=3600)
+    register_all(c, heartbeat=3600.0)
+    for i in range(300):
+        add_session(store, f"s{i:03}")
+
+    def bound() -> int:
+        return sum(1 for p in store.list("Placement") if p["spec"].get("node"))
+
+    async def body() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(c.run(stop))
+        start = time.monotonic()
+        try:
+            while store.count("Placement") < 300 or c.stats()["queue_length"]:
+                assert time.monotonic() - start < 30, "the Sessions did not all wait"
+                await asyncio.sleep(0.02)
+            before = c.stats()["reconciles"]
+            with store.transaction():
+                for i in range(60):
+                    add_provider(store, i + 1, cores=32, memory_gib=64)
+            while bound() < 300:
+                assert time.monotonic() - start < 60, f"{bound()} of 300 bound"
+                await asyncio.sleep(0.02)
+            return int(c.stats()["reconciles"] - before)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)
+
+    passes = asyncio.run(asyncio.wait_for(body(), timeout=90))
+    assert bound() == 300
+    # a pass each, the providers', and some that yield to a woken Session ahead of them
+    # that another worker holds (2,456 before, here)
+    assert passes <= 2 * (300 + 60)
+
+
+@pytest.mark.usefixtures("app")
 def test_with_many_sessions_waiting_each_looks_again_less_often_by_itself(
     store: Store,
 ) -> None:
