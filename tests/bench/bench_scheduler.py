@@ -19,6 +19,10 @@ the real Provider reconciler), and an App. Then, in a fresh store each time:
   Session wait queue; passes per second until the engine has passed them all. Two
   sizes, a fifth of ``--placements`` and all of them: the same rate at both is cost
   per Session that does not grow with the number waiting (it did, O(waiting) a pass).
+- ``backlog_*``: a fifth of ``--placements`` Sessions wait with no provider; then
+  ``--providers`` providers join in one write (the hub's 2 workers, as on SQLite):
+  placements bound per second until all are, and the passes it took (a change of
+  capacity wakes the waiting Sessions that fit, and each that binds the next).
 - ``scheduler_only``: ``schedule`` + ``RankedNodes.allocate`` alone, no store.
 - ``resync_noop``: a second pass over every converged Session, queued on the running
   controller as the periodic resync queues them (must write 0 rows).
@@ -96,6 +100,27 @@ def inventory() -> dict[str, Any]:
     }
 
 
+def world_providers(providers: int, now: str | None = None) -> list[dict[str, Any]]:
+    """``providers`` Provider objects with inventories, heartbeating at ``now``."""
+    beat = now or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return [
+        {
+            "kind": "Provider",
+            "metadata": {"name": nid(i + 1)},
+            "spec": {
+                "nodeId": nid(i + 1),
+                "publicKey": "ed25519:" + base64.b64encode(i.to_bytes(32, "big")).decode(),
+            },
+            "status": {
+                "inventory": inventory(),
+                "usage": {"memoryAvailableBytes": 60 * GIB},
+                "lastHeartbeat": beat,
+            },
+        }
+        for i in range(providers)
+    ]
+
+
 def world(
     tmp: Path,
     providers: int,
@@ -118,21 +143,8 @@ def world(
                     "spec": {"apps": ["bench"], "allowImages": [IMAGE]},
                 }
             )
-        for i in range(providers):
-            node = nid(i + 1)
-            key = "ed25519:" + base64.b64encode(i.to_bytes(32, "big")).decode()
-            store.create(
-                {
-                    "kind": "Provider",
-                    "metadata": {"name": node},
-                    "spec": {"nodeId": node, "publicKey": key},
-                    "status": {
-                        "inventory": inventory(),
-                        "usage": {"memoryAvailableBytes": 60 * GIB},
-                        "lastHeartbeat": now,
-                    },
-                }
-            )
+        for provider in world_providers(providers, now):
+            store.create(provider)
     controller = Controller(store, workers=workers, resync_period=3600)
     hook = (
         session_policy(ImageStore(tmp / "images"), AdmissionSigner(generate_key()))
@@ -290,6 +302,51 @@ def bench_waiting(tmp: Path, n_sessions: int) -> None:
     store.close()
 
 
+def bench_backlog(tmp: Path, providers: int, n_sessions: int) -> None:
+    """Sessions of 1 waiting for providers that then join at once: binds per second."""
+    store, controller = world(tmp, 0, workers=2)
+    objs = sessions(n_sessions, 1)
+    ready = world_providers(providers)
+
+    def bound() -> int:
+        return sum(1 for p in store.list("Placement") if p["spec"]["node"])
+
+    async def body() -> tuple[float, int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        await asyncio.sleep(0.2)  # the initial list is done
+        store.apply(objs, finalizers=lambda kind: ["gu/placements"])
+        start = time.perf_counter()
+        try:
+            while store.count("Placement") < n_sessions or controller.stats()["queue_length"]:
+                assert time.perf_counter() - start < 600, "the Sessions did not all wait"
+                await asyncio.sleep(0.05)
+            before = controller.stats()["reconciles"]
+            joined = time.perf_counter()
+            with store.transaction():
+                for provider in ready:
+                    store.create(provider)
+            while bound() < n_sessions:
+                assert time.perf_counter() - joined < 600, "the backlog did not drain in 10 min"
+                await asyncio.sleep(0.1)
+            return time.perf_counter() - joined, controller.stats()["reconciles"] - before
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+
+    elapsed, passes = asyncio.run(body())
+    emit(
+        f"backlog_{n_sessions}_join_{providers}",
+        n_sessions / elapsed,
+        "placements/s",
+        sessions=n_sessions,
+        providers=providers,
+        seconds=round(elapsed, 3),
+        passes=passes,
+    )
+    store.close()
+
+
 def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None:
     store, controller = world(tmp, providers)
     store.apply(sessions(n_sessions, count), finalizers=lambda kind: ["gu/placements"])
@@ -429,6 +486,7 @@ def main() -> None:
         bench_controller(fresh(), args.providers, n, 1)
         bench_waiting(fresh(), max(n // 5, 1))
         bench_waiting(fresh(), n)
+        bench_backlog(fresh(), args.providers, max(n // 2, 1))
 
 
 if __name__ == "__main__":
