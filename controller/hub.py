@@ -66,13 +66,15 @@ bench_pool (300 agents beating, 6,000 placements): with the defaults the hub ran
 collection every 2–5 s, 130–270 ms each with every thread stopped — that was the
 heartbeats' p99; with these a request's and a beat's objects die before a collection
 looks at them, full collections are rare, and a young one takes tens of ms."""
-RECONCILE_WORKERS = 2
+RECONCILE_WORKERS = 1
 """Reconcile worker threads of a hub on SQLite. Its passes are all CPU and store work,
-and a worker holds the store's one write lock through its group commit, so more
-workers only queue for that lock, and the API's writes queue behind them. Measured
-(``tests/bench/bench_pool.py``, 10,000 Sessions of 1, December 2026): 2 workers
-against 4 in the same session, placements/s 1,110 / 1,051 against 1,059 / 1,071 (the
-same), but the apply of the Sessions done after 2.7-2.9 s instead of 4.5 s."""
+and a worker holds the store's one write lock through its whole group commit, so a
+second worker only queues for that lock (and the API's writes queue behind both), and
+takes keys out of turn: Sessions woken in serving order then yield to one another.
+Measured (``tests/bench/bench_pool.py``, 1,000 agents, December 2026, same session):
+1 worker against 2, Sessions of 10 2,853 / 2,786 against 2,710 / 2,675 placements/s,
+Sessions of 1 1,041 / 1,043 against 1,006 / 971, the apply of those done after 2.0 s
+against 3.0 s; 4 workers, as before, 1,059 / 1,071 and 4.5 s."""
 RECONCILE_WORKERS_SHARED = 4
 """On PostgreSQL a pass waits on the network, so more workers overlap the round trips."""
 SHARED_CHECKPOINT_SECONDS = 1.0

@@ -20,7 +20,7 @@ the real Provider reconciler), and an App. Then, in a fresh store each time:
   sizes, a fifth of ``--placements`` and all of them: the same rate at both is cost
   per Session that does not grow with the number waiting (it did, O(waiting) a pass).
 - ``backlog_*``: a fifth of ``--placements`` Sessions wait with no provider; then
-  ``--providers`` providers join in one write (the hub's 2 workers, as on SQLite):
+  ``--providers`` providers join in one write (the workers of a hub on SQLite):
   placements bound per second until all are, and the passes it took (a change of
   capacity wakes the waiting Sessions that fit, and each that binds the next).
 - ``scheduler_only``: ``schedule`` + ``RankedNodes.allocate`` alone, no store.
@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.admission import AdmissionSigner, session_policy  # noqa: E402
+from controller.hub import RECONCILE_WORKERS  # noqa: E402
 from controller.images import ImageStore  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
@@ -304,7 +305,7 @@ def bench_waiting(tmp: Path, n_sessions: int) -> None:
 
 def bench_backlog(tmp: Path, providers: int, n_sessions: int) -> None:
     """Sessions of 1 waiting for providers that then join at once: binds per second."""
-    store, controller = world(tmp, 0, workers=2)
+    store, controller = world(tmp, 0, workers=RECONCILE_WORKERS)
     objs = sessions(n_sessions, 1)
     ready = world_providers(providers)
 
