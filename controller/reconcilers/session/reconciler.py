@@ -150,6 +150,7 @@ class SessionReconciler:
         self._wake_lock = threading.Lock()
         self._next_wake = 0.0  # monotonic: waiting Sessions were woken until then
         self._wake_due = False  # a change of capacity inside the window, not served yet
+        self._carrier: str | None = None  # the Session queued for the window's end
         #: Sessions waiting for capacity, in serving order (under ``state.lock``)
         self.queue = WaitQueue()
 
@@ -174,7 +175,7 @@ class SessionReconciler:
         # one commit), and no other pass writes between this one's plan and its write
         with ctx.store.transaction(), self.state.lock:
             self.state.refresh()
-            wake = self._due_wake()
+            wake, rearm = self._due_wake(name)
             placements = self.state.placements_of(name)
             if session is None:
                 self.queue.remove(name)
@@ -219,9 +220,12 @@ class SessionReconciler:
                 if plan.took and len(self.queue):  # it took capacity: is there more?
                     self.state.refresh()  # (reads this pass's own writes)
                     wake += self.queue.fitting(self.state.nodes, self.state.capacity_epoch, 1)
-        for other in [*ready, *wake]:  # able to go: let them
-            if self.defer is not None and other != name:
-                self.defer(other, 0.0)
+        if self.defer is not None:
+            for other in [*ready, *wake]:  # able to go: let them
+                if other != name:
+                    self.defer(other, 0.0)
+            if rearm is not None:  # (the carrier ran early: again at the window's end)
+                self.defer(name, rearm)
         if plan.requeue_after is None:
             return None
         return Result(requeue_after=plan.requeue_after)
@@ -362,31 +366,36 @@ class SessionReconciler:
         the queue per window, and a freed slot wakes the Sessions that can use it, not
         every one that waits (10,000 waiting Sessions were 10,000 passes per window)."""
         now = self.clock()
-        with self._wake_lock:
-            inside = self.defer is not None and now < self._next_wake
-            if inside:
-                first_due, self._wake_due = not self._wake_due, True
-            else:
-                self._next_wake, self._wake_due = now + WAKE_WINDOW, False
-        with self.state.lock:
-            if inside:
-                head = self.queue.head() if first_due else None
-            else:
+        with self.state.lock:  # (the view's lock, then the window's: as in a pass)
+            with self._wake_lock:
+                inside = self.defer is not None and now < self._next_wake
+                if not inside:
+                    self._next_wake, self._wake_due, self._carrier = now + WAKE_WINDOW, False, None
+                elif not self._wake_due:
+                    self._wake_due, self._carrier = True, self.queue.head()
+                    carrier, delay = self._carrier, self._next_wake - now
+                else:
+                    carrier = None
+            if not inside:
                 self.state.refresh()
                 return set(self._fitting())
-        if head is not None and self.defer is not None:
-            self.defer(head, self._next_wake - now)
+        if carrier is not None and self.defer is not None:
+            self.defer(carrier, delay)
         return set()
 
-    def _due_wake(self) -> list[str]:
-        """(A pass, under the view's lock, refreshed.) The Sessions a change of capacity
-        inside the last window wakes, once the window is over."""
+    def _due_wake(self, name: str) -> tuple[list[str], float | None]:
+        """(A pass of ``name``, under the view's lock, refreshed.) The Sessions a change
+        of capacity inside the last window wakes, once the window is over; and, if this
+        is the window's carrier come early (an earlier deadline of its own won), when
+        to queue it again."""
         now = self.clock()
         with self._wake_lock:
-            if not self._wake_due or now < self._next_wake:
-                return []
-            self._next_wake, self._wake_due = now + WAKE_WINDOW, False
-        return self._fitting()
+            if not self._wake_due:
+                return [], None
+            if now < self._next_wake:
+                return [], self._next_wake - now if name == self._carrier else None
+            self._next_wake, self._wake_due, self._carrier = now + WAKE_WINDOW, False, None
+        return self._fitting(), None
 
     def _fitting(self) -> list[str]:
         return self.queue.fitting(self.state.nodes, self.state.capacity_epoch, WAKE_MAX)
