@@ -205,7 +205,8 @@ def reconciles(client: Client) -> float:
 
 def schedule(client: Client, n: int, count: int, prefix: str, providers: int) -> None:
     """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second
-    (and the reconcile passes the hub ran for them, counted until its queue is empty)."""
+    (and the reconcile passes the hub ran for them, counted until its queue is empty: of
+    every kind, so a Provider a placement is bound to counts too)."""
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
@@ -228,7 +229,12 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
     )
     reconcile_settled(client, 120)
     passes = reconciles(client) - passes_before
-    emit(f"reconcile_passes_count_{count}", passes / n, "passes/Session", passes=int(passes))
+    emit(
+        f"reconcile_passes_count_{count}",
+        passes / n,
+        "passes/Session (all kinds)",
+        passes=int(passes),
+    )
 
 
 async def probe_loop(
