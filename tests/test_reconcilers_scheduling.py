@@ -960,8 +960,10 @@ def test_vm_members_of_a_network_get_stable_addresses_and_macs_and_a_full_cidr_w
     assert {got["a"]["address"], got["b"]["address"]} == {"10.77.0.1/30", "10.77.0.2/30"}
     for s in ("a", "b"):
         (p,) = placements(store, s)
-        assert got[s]["mac"] == mac_for("lab", p["metadata"]["name"])  # deterministic
-        assert got[s]["mac"].startswith("02:") and got[s]["mtu"] == 1400
+        iface_s = got[s]
+        assert iface_s is not None
+        assert iface_s["mac"] == mac_for("lab", p["metadata"]["name"])  # deterministic
+        assert iface_s["mac"].startswith("02:") and iface_s["mtu"] == 1400
     assert got["a"]["mac"] != got["b"]["mac"]
     (waiting,) = placements(store, "c")
     assert waiting["spec"]["node"] is None
