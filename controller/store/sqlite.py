@@ -100,8 +100,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #: sessions of an app (a policy change), the placements bound to a node (``/peers/{id}``).
 #: Each has an expression index; ``list_where`` names the path as a literal, so SQLite
 #: uses it instead of scanning the kind.
-_EVENTS_KEPT: Final = 20  # events kept per object
 INDEXED_PATHS: Final = ("$.session", "$.workload.image.hash", "$.app", "$.node", "$.network")
+_EVENTS_KEPT: Final = 20  # events kept per object (the newest)
 _PATH = re.compile(r"^\$(\.[A-Za-z][A-Za-z0-9]*)+$")
 
 
