@@ -72,13 +72,15 @@ removed and the store lets the Session go. A Session that reaches the hub
 without the finalizer gets it before its first placement is created (in the
 same transaction), so no placement can outlive its Session.
 
-Watches: Placement → its Session (label ``gu/session``), plus the Sessions
-waiting for capacity when a placement finishes; Provider → when its
-readiness flips or it goes, the Sessions with placements on it, and when its
-schedulable facts change (readiness, labels, inventory) the Sessions with
-unbound placements. Heartbeats that change only usage wake nobody (the
-periodic retry covers free memory), so a thousand providers beating every
-five seconds do not keep the Session workers busy.
+Watches: Placement → its Session (label ``gu/session``), plus, when a placement
+finishes, the waiting Sessions that fit the capacity it gave back; Provider → when
+its readiness flips or it goes, the Sessions with placements on it, and when its
+schedulable facts change (readiness, labels, inventory) the waiting Sessions that
+fit now. Either wakes at most 64 waiting Sessions, in serving order, and each that
+takes capacity wakes the next that fits (``SessionReconciler._wake_fitting``).
+Heartbeats that change only usage wake nobody (the periodic retry covers free
+memory, its passes bounded in all by ``RETRY_BUDGET``), so a thousand providers
+beating every five seconds do not keep the Session workers busy.
 """
 
 from controller.reconcilers.session.apply import apply_plan

@@ -324,7 +324,8 @@ class SessionReconciler:
     # ------------------------------------------------------------ watches
 
     def sessions_for_placement(self, changed: Obj, store: Store) -> list[str]:
-        """Mapper: the placement's Session; if it finished, Sessions waiting for capacity."""
+        """Mapper: the placement's Session; if it finished, the waiting Sessions that fit
+        what it gave back (``_wake_fitting``)."""
         out = set()
         session = (changed["metadata"].get("labels") or {}).get(SESSION_LABEL)
         if session:
@@ -335,7 +336,8 @@ class SessionReconciler:
 
     def sessions_for_provider(self, changed: Obj, store: Store) -> list[str]:
         """Mapper: on a readiness flip (or the Provider going) the Sessions placed on it;
-        on any change of schedulable facts the Sessions with unbound placements."""
+        on any change of schedulable facts the waiting Sessions that fit now
+        (``_wake_fitting``)."""
         node = changed["metadata"]["name"]
         facts = provider_facts(changed)
         exists = store.try_get("Provider", node) is not None
