@@ -330,6 +330,8 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--all-cpus", action="store_true", help="hubs as gu hub --all-cpus")
     args = ap.parse_args()
+    if args.store and args.store != "auto" and not args.store.startswith("postgresql://"):
+        ap.error(f"--store {args.store}: give a postgresql:// URL or auto (SQLite is the default)")
     global ALL_CPUS
     ALL_CPUS = args.all_cpus
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
