@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from controller.client import Client  # noqa: E402
 from controller.reconcile.engine import Controller  # noqa: E402
 from controller.reconcilers import register_all  # noqa: E402
-from controller.store import SQLiteStore  # noqa: E402
+from controller.store import SQLiteStore, is_store_url  # noqa: E402
 from tests.helpers import reconcile_settled, start_hub_subprocess  # noqa: E402
 
 
@@ -330,7 +330,7 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--all-cpus", action="store_true", help="hubs as gu hub --all-cpus")
     args = ap.parse_args()
-    if args.store and args.store != "auto" and not args.store.startswith("postgresql://"):
+    if args.store and args.store != "auto" and not is_store_url(args.store):
         ap.error(f"--store {args.store}: give a postgresql:// URL or auto (SQLite is the default)")
     global ALL_CPUS
     ALL_CPUS = args.all_cpus
