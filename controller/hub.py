@@ -464,10 +464,10 @@ def pin_to_one_cpu() -> int | None:
     it up at each of its SQLite calls; spread over CPUs, the API's thread takes it at
     each of them (the likely cost; what is sure is the measured effect). Measured with
     ``tests/bench/bench_pool.py`` (1,000 agents, 2 CPUs, against ``--all-cpus`` in the
-    same session, December 2026): scheduling ~2,070 → ~2,600-2,730 placements/s for
-    Sessions of 10 and ~750 → ~930-985 for Sessions of 1, heartbeat and API latencies
-    unchanged; an apply of Sessions the engine takes up at once about a quarter slower;
-    in-process (no API thread) no difference. Threads started later inherit it, so
+    same session, December 2026, one reconcile worker): scheduling ~1,800 →
+    ~2,830-2,880 placements/s for Sessions of 10 and ~660 → ~1,045-1,070 for Sessions of
+    1, heartbeat and API latencies about the same, the apply of 1,000 Sessions the
+    same; in-process (no API thread) no difference. Threads started later inherit it, so
     call it first.
     ``gu hub --all-cpus`` leaves the process on every CPU it may use.
     """
