@@ -185,6 +185,14 @@ def converged(store: Store, n_sessions: int, n_placements: int) -> bool:
     return listed >= n_placements and store.count("Session") == n_sessions
 
 
+def passed(controller: Controller, before: int, n: int) -> bool:
+    """Whether ``n`` passes ran since the count was ``before`` and the engine is idle."""
+    stats = controller.stats()
+    return (
+        stats["reconciles"] - before >= n and not stats["queue_length"] and not stats["in_flight"]
+    )
+
+
 def bench_controller(
     tmp: Path,
     providers: int,
@@ -209,11 +217,7 @@ def bench_controller(
         start = time.perf_counter()
         for obj in objs:
             controller.enqueue("Session", obj["metadata"]["name"])
-        while True:
-            stats = controller.stats()
-            done = stats["reconciles"] - before >= n_sessions
-            if done and stats["queue_length"] == 0 and stats["in_flight"] == 0:
-                break
+        while not passed(controller, before, n_sessions):
             assert time.perf_counter() - start < 600, "the resync did not finish in 10 min"
             await asyncio.sleep(0.005)
         return time.perf_counter() - start, store.resource_version - rv
@@ -276,16 +280,10 @@ def bench_waiting(tmp: Path, n_sessions: int) -> None:
         start = time.perf_counter()
         before = controller.stats()["reconciles"]
         try:
-            while True:
-                stats = controller.stats()
-                if (
-                    stats["reconciles"] - before >= n_sessions
-                    and stats["queue_length"] == 0
-                    and stats["in_flight"] == 0
-                ):
-                    return time.perf_counter() - start
+            while not passed(controller, before, n_sessions):
                 assert time.perf_counter() - start < 600, "the passes did not end in 10 min"
                 await asyncio.sleep(0.01)
+            return time.perf_counter() - start
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=30)
