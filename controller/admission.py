@@ -68,14 +68,14 @@ class ImageFactsCache:
     def __init__(self, images: ImageStore, capacity: int = 4096) -> None:
         self.images = images
         self.capacity = capacity
-        self._generation = -1
+        self._generation: object = -1
         self._facts: dict[str, ImageFacts] = {}
         self._lock = threading.Lock()
 
     def __call__(self, image_hash: str) -> ImageFacts:
         if self.images.replica is not None:
             return image_facts(self.images, image_hash)
-        generation = self.images.generation  # (read before the facts: a write meanwhile
+        generation = self.images.current_generation()  # (read before the facts: a write meanwhile
         with self._lock:  # moves it, and the next ask drops what this one keeps)
             if generation != self._generation:
                 self._facts.clear()

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -34,6 +35,7 @@ from controller.api.metrics import METRICS_TOKEN_KEY
 from controller.auth import Authenticator, LoginLinks, MetricsToken, Principal
 from controller.blobs import sweep_every as sweep_outputs_every
 from controller.config import Context, config_path, load_config
+from controller.enginehost import STATS_SECONDS, read_stats
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
@@ -43,11 +45,12 @@ from controller.liveness import keep as keep_leases
 from controller.logs import OutputLogs, PlacementLogs
 from controller.metrics import HubMetrics
 from controller.poolview import PoolView
+from controller.process import GC_THRESHOLDS, setup_logging
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
 from controller.relay import Relay, SharedRelay
 from controller.shared import SharedBlobs, SharedLogs
-from controller.store import Store, is_store_url, open_store
+from controller.store import SQLiteStore, Store, is_store_url, open_store
 from controller.vnetkeys import NetworkKeys
 from specs.identity import generate_key, load_private_key, node_id, public_key_str, save_private_key
 from specs.logfmt import kv
@@ -60,12 +63,6 @@ REVOCATIONS_KEY = "auth:revoked"
 KEEP_ALIVE_SECONDS = 30.0
 """How long the API keeps an idle HTTP connection (at least three heartbeat periods)."""
 
-GC_THRESHOLDS = (50_000, 20, 10)
-"""The hub's garbage collector thresholds (CPython's are 700, 10, 10). Measured with
-bench_pool (300 agents beating, 6,000 placements): with the defaults the hub ran a full
-collection every 2–5 s, 130–270 ms each with every thread stopped — that was the
-heartbeats' p99; with these a request's and a beat's objects die before a collection
-looks at them, full collections are rare, and a young one takes tens of ms."""
 RECONCILE_WORKERS = 1
 """Reconcile worker threads of a hub on SQLite. Its passes are all CPU and store work,
 and a worker holds the store's one write lock through its whole group commit, so a
@@ -103,6 +100,10 @@ class HubSettings:
     store_max_bytes: int | None = None
     #: a ``postgresql://`` URL: the store several hubs share (None: SQLite in the state dir)
     store: str | None = None
+    #: the reconcile engine in a process of its own (SQLite only; ``controller.enginehost``)
+    engine_process: bool = False
+    #: the CPU that process is kept on (None: any)
+    engine_cpu: int | None = None
 
     @property
     def url(self) -> str:
@@ -155,7 +156,13 @@ class Hub:
         self.shared = url is not None
         """Several hubs may share this store (PostgreSQL): they elect a leader and share
         blobs, output, leases and the relay through it."""
-        self.store: Store = open_store(url or state / "hub.db", writer=self.instance)
+        self.engine_process = settings.engine_process and url is None
+        """The reconcile engine runs in a child process (``controller.enginehost``)."""
+        self.store: Store = (
+            SQLiteStore(state / "hub.db", shared=True)
+            if self.engine_process
+            else open_store(url or state / "hub.db", writer=self.instance)
+        )
         self.images = ImageStore(
             state / "images",
             max_image_bytes=settings.max_image_bytes,
@@ -189,7 +196,25 @@ class Hub:
         self.leadership = Leadership(self.store, self.instance)
         self.controller = self._new_controller(None)
         self._controller_used = False
-        self.metrics.watch_pool(self.pool, lambda: self.controller.stats())
+        self.metrics.watch_pool(self.pool, self._engine_stats)
+        self._engine_passes: dict[str, float] = {}
+
+    def _engine_stats(self) -> dict[str, Any]:
+        """The reconcile engine's figures: this process's, or its child's last report."""
+        if not self.engine_process:
+            return self.controller.stats()
+        return read_stats(self.settings.state_dir) or {}
+
+    def _count_engine_passes(self) -> None:
+        """The child's passes into this process's ``gu_reconciles`` counter (its report
+        holds totals: the counter moves by what they grew)."""
+        passes = (read_stats(self.settings.state_dir) or {}).get("passes") or {}
+        for key, (count, _seconds) in passes.items():
+            grown = float(count) - self._engine_passes.get(key, 0.0)
+            if grown > 0:
+                kind, _, outcome = key.partition("/")
+                self.metrics.reconciles.labels(kind, outcome).inc(grown)
+                self._engine_passes[key] = float(count)
 
     def _new_controller(self, fence: int | None) -> Controller:
         """A reconcile engine with every reconciler (one per leadership term: an engine
@@ -322,7 +347,11 @@ class Hub:
                 self.store,
                 self._lease_expired,
                 stop,
-                checkpoint_every=SHARED_CHECKPOINT_SECONDS if self.shared else CHECKPOINT_SECONDS,
+                checkpoint_every=(
+                    SHARED_CHECKPOINT_SECONDS
+                    if self.shared or self.engine_process
+                    else CHECKPOINT_SECONDS
+                ),
                 load_every=SHARED_CHECKPOINT_SECONDS if self.shared else None,
             ),
             name="liveness",
@@ -361,8 +390,9 @@ class Hub:
         if self._controller_used or epoch is not None:
             self.controller = self._new_controller(epoch)
         self._controller_used = True
+        engine = self._run_engine_process(ended) if self.engine_process else None
         tasks = [
-            asyncio.create_task(self.controller.run(ended), name="reconcile"),
+            asyncio.create_task(engine or self.controller.run(ended), name="reconcile"),
             asyncio.create_task(
                 self.logs.sweep_every(self._placement_exists, ended), name="log-sweep"
             ),
@@ -381,10 +411,50 @@ class Hub:
             ended.set()
             await asyncio.wait(tasks, timeout=10)
 
+    async def _run_engine_process(self, ended: asyncio.Event) -> None:
+        """The reconcile engine as a child process, until ``ended`` (then SIGTERM) or until
+        it exits by itself (the term ends with it: the hub stops)."""
+        s = self.settings
+        args = [
+            sys.executable, "-m", "controller.enginehost",
+            "--state-dir", str(s.state_dir),
+            "--node-grace", str(s.node_grace),
+            "--heartbeat", str(s.heartbeat),
+            "--resync", str(s.resync_period),
+            "--workers", str(RECONCILE_WORKERS),
+            "--parent", str(os.getpid()),
+        ]  # fmt: skip
+        if s.engine_cpu is not None:
+            args += ["--cpu", str(s.engine_cpu)]
+        child = await asyncio.create_subprocess_exec(*args)
+        log.info(kv("engine_process_started", pid=child.pid, cpu=s.engine_cpu))
+        waiting = asyncio.create_task(child.wait())
+        stopping = asyncio.create_task(ended.wait())
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting, stopping}, timeout=STATS_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                self._count_engine_passes()
+                if stopping.done() and not waiting.done():
+                    child.terminate()
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiting), 20)
+                    except TimeoutError:
+                        child.kill()
+                        await waiting
+        finally:
+            stopping.cancel()
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+        self._count_engine_passes()
+        if not ended.is_set():
+            raise RuntimeError(f"the engine process exited ({child.returncode})")
+
     def _lease_expired(self, node: str) -> None:
         """A provider's lease ran out: its reconcile says NotReady (on the leader; another
         hub's reconciles run elsewhere, and the leader sees the same lease run out)."""
-        if self.leadership.leading:
+        if self.leadership.leading and not self.engine_process:  # (that one judges itself)
             self.controller.enqueue("Provider", node)
 
     async def _follow_cluster(self, stop: asyncio.Event) -> None:
@@ -413,15 +483,6 @@ def _quiet_server_class() -> type:
             yield
 
     return QuietServer
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """Structured, one line per event, to stderr."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
 
 
 def announce_first_join_token(hub: Hub) -> None:
@@ -491,12 +552,23 @@ def run_hub(
     store: str | None = None,
     max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND,
     all_cpus: bool = False,
+    engine_process: bool | None = None,
 ) -> None:
-    """Start a hub and block until it is stopped (the ``gu hub`` command)."""
+    """Start a hub and block until it is stopped (the ``gu hub`` command).
+
+    ``engine_process``: the reconcile engine in a child process (``controller.enginehost``);
+    None: when the store is SQLite and the hub may use two CPUs or more."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if engine_process is None:
+        engine_process = store is None and len(allowed) >= 2
     pinned = None if all_cpus else pin_to_one_cpu()  # (before any thread starts)
+    # the engine's process on another CPU than the API's (if the hub keeps to one)
+    engine_cpu = next((c for c in allowed if c != pinned), None) if pinned is not None else None
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
     if pinned is not None:
         log.info(kv(event="hub_cpu", cpu=pinned, note="gu hub --all-cpus: every CPU"))
+    if store is not None and engine_process:
+        log.warning(kv("engine_process_ignored", why="the engine runs in the hub with --store"))
     settings = HubSettings(
         state_dir=state_dir.expanduser(),
         listen=listen,
@@ -504,6 +576,8 @@ def run_hub(
         store_max_bytes=int(store_max_gib * (1 << 30)) if store_max_gib else None,
         store=store,
         max_heartbeats_per_second=max_heartbeats_per_second,
+        engine_process=engine_process,
+        engine_cpu=engine_cpu,
     )
     parse_listen(listen)
     gc.set_threshold(*GC_THRESHOLDS)

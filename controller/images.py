@@ -198,8 +198,13 @@ class ImageStore:
         max_image_bytes: int | None = None,
         max_total_bytes: int | None = None,
         replica: BlobReplica | None = None,
+        reader: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.reader = reader
+        """Another process of this hub writes this directory, this one only reads it (the
+        engine's process, ``controller.enginehost``): it removes no temp file of an
+        upload in progress, and learns of the writer's changes from ``current_generation``."""
         self.replica = replica
         """Where hubs sharing a store keep every blob too (``controller.shared``): written
         before an upload is acknowledged, read into this store on a miss."""
@@ -210,13 +215,30 @@ class ImageStore:
         self._tmp = self.root / "tmp"
         for d in (self._images, self._sigs, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temps()
+        if not reader:
+            self._remove_stale_temps()
         self._lock = threading.Lock()
-        self._used = sum(i.size for i in self._list_local())
+        self._used = 0 if reader else sum(i.size for i in self._list_local())
         """Bytes stored (images, blobs, outputs), kept as they come and go."""
         self.generation = 0
         """Moves at every image or signature this store stores or deletes: what a reader
         learnt of an image (its size, its signatures) holds while it stays the same."""
+        self._generation_file = self.root / "generation"
+
+    def _moved(self) -> None:
+        """(Under ``_lock``.) The store changed: ``generation`` moves, here and on disk."""
+        self.generation += 1
+        self._generation_file.write_text(f"{os.getpid()} {self.generation}\n")
+
+    def current_generation(self) -> object:
+        """What moves whenever the store changes: ``generation``, or for a ``reader`` the
+        writer's generation file (a read of a few bytes)."""
+        if not self.reader:
+            return self.generation
+        try:
+            return self._generation_file.read_bytes()
+        except OSError:
+            return b""
 
     @property
     def used_bytes(self) -> int:
@@ -324,7 +346,7 @@ class ImageStore:
             fsync_dir(self._images)
             with self._lock:
                 self._used += upload.hasher.size
-                self.generation += 1
+                self._moved()
         if self.replica is not None:
             self.replica.put(actual, final)
         log.info("event=image_stored hash=%s size=%d new=%s", actual, upload.hasher.size, stored)
@@ -372,7 +394,7 @@ class ImageStore:
                 fsync_dir(self._images)
                 with self._lock:
                     self._used += size
-                    self.generation += 1
+                    self._moved()
             except FileExistsError:
                 pass  # fetched by another request meanwhile
             log.info("event=image_fetched hash=%s from=replica", hash)
@@ -449,7 +471,7 @@ class ImageStore:
             size = 0
         with self._lock:
             self._used -= size
-            self.generation += 1
+            self._moved()
         sig_dir = self._sigs / hex_part
         if sig_dir.is_dir():
             for sig in sig_dir.iterdir():
@@ -492,7 +514,7 @@ class ImageStore:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             with self._lock:
-                self.generation += 1
+                self._moved()
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(sig_dir)

@@ -98,11 +98,13 @@ def start_hub_subprocess(
     store: str | None = None,
     log: bool = False,
     all_cpus: bool = False,
+    engine_process: bool | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """A quiet hub process on a free loopback port with its state under ``tmp``, for the
     benchmark scripts: (process, URL, path of its admin client config). Waits until
     ``/healthz`` answers (at most about 10 s). ``store``: a ``postgresql://`` URL to share;
-    ``log``: INFO lines to ``tmp/hub.log``; ``all_cpus``: as ``gu hub --all-cpus``."""
+    ``log``: INFO lines to ``tmp/hub.log``; ``all_cpus``: as ``gu hub --all-cpus``;
+    ``engine_process``: as ``gu hub --engine-process`` / ``--one-process`` (None: the default)."""
     import httpx
 
     port = free_port()
@@ -113,7 +115,7 @@ def start_hub_subprocess(
     code = (
         "import sys; from pathlib import Path; from controller.hub import run_hub; "
         "run_hub(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), None, sys.argv[4] or None, "
-        f"all_cpus={all_cpus})"
+        f"all_cpus={all_cpus}, engine_process={engine_process})"
     )
     out = open(tmp / "hub.log", "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(

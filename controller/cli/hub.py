@@ -77,6 +77,14 @@ DEFAULT_NODE_GRACE = 30.0
     help="Let the hub's threads run on every CPU. By default they stay on one (they "
     "take turns on Python's GIL: measured faster; see README, Benchmarks).",
 )
+@click.option(
+    "--engine-process/--one-process",
+    default=None,
+    envvar="GU_ENGINE_PROCESS",
+    help="Run the reconcile engine in a process of its own, on another CPU than the API "
+    "(SQLite store only). Default: when the hub may use two CPUs or more (measured "
+    "faster; see README, Benchmarks).",
+)
 @click.pass_context
 def hub_group(
     ctx: click.Context,
@@ -87,6 +95,7 @@ def hub_group(
     max_heartbeats_per_second: float,
     store: str | None,
     all_cpus: bool,
+    engine_process: bool | None,
 ) -> None:
     """Run the hub: API, store and reconcile loop (until Ctrl-C or SIGTERM).
 
@@ -115,6 +124,7 @@ def hub_group(
             store,
             max_heartbeats_per_second,
             all_cpus,
+            engine_process,
         )
     except ValueError as exc:  # a bad --listen
         raise BadInputError(str(exc)) from None

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+from controller.store.notify import CommitPeers
 from controller.store.objects import ObjectStore
 from controller.store.types import (
     AlreadyExists,
@@ -129,10 +130,20 @@ class SQLiteStore(ObjectStore):
     _insert_refuses_duplicates = True
 
     def __init__(
-        self, path: Path | str, *, changelog_limit: int = 200_000, compact_chunk: int = 2_000
+        self,
+        path: Path | str,
+        *,
+        changelog_limit: int = 200_000,
+        compact_chunk: int = 2_000,
+        shared: bool = False,
     ) -> None:
         super().__init__()
         self.path = str(path)
+        self.shared = shared
+        """Other processes write this file too (the hub's API and its reconcile engine,
+        ``controller.enginehost``): a transaction then takes the rv from the file, not
+        from memory, a cross-process lock orders the writers, and commits are announced
+        to the other processes (``controller.store.notify``)."""
         self.changelog_limit = changelog_limit
         self.compact_chunk = compact_chunk
         self._compact_to: int | None = None  # compaction in progress: keep rvs from here
@@ -163,8 +174,29 @@ class SQLiteStore(ObjectStore):
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 0
         self._committed_rv = self._rv  # what readers on other connections can see
+        self._oldest = self._read_oldest()
+        self._seen_rv = self._rv  # the newest rv another process announced
+        self._peers: CommitPeers | None = None
+        if shared:
+            self._peers = CommitPeers(self.path, self._foreign_commit)
+
+    def _read_oldest(self) -> int:
         row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
-        self._oldest = int(row[0]) if row and row[0] is not None else self._rv + 1
+        return int(row[0]) if row and row[0] is not None else self._rv + 1
+
+    def _foreign_commit(self) -> None:
+        """(The notifier's thread.) Another process may have committed: its rv, from the
+        file, goes to the listeners as this process's own commits do."""
+        row = self._reader().execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+        rv = int(row[0]) if row else 0
+        if rv <= max(self._seen_rv, self._committed_rv):
+            return
+        self._seen_rv = rv
+        for listener in list(self._listeners):
+            try:
+                listener(rv)
+            except Exception:  # a broken listener must not break the notifier
+                log.exception("event=listener_failed")
 
     def _index_changes_by_node(self) -> None:
         """The change log's ``node`` column and its index (a database from before them gets
@@ -187,6 +219,8 @@ class SQLiteStore(ObjectStore):
     # ------------------------------------------------------------ plumbing
 
     def close(self) -> None:
+        if self._peers is not None:
+            self._peers.close()
         with self._lock:
             self._closed = True
             with self._readers_lock:
@@ -256,7 +290,17 @@ class SQLiteStore(ObjectStore):
             marked = False
             if self._depth == 0:
                 began = time.perf_counter()
-                self._db.execute("BEGIN IMMEDIATE")
+                if self._peers is not None:
+                    self._peers.lock()  # (writers of every process, in turn)
+                    try:
+                        self._db.execute("BEGIN IMMEDIATE")
+                    except BaseException:
+                        self._peers.unlock()
+                        raise
+                    row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+                    self._rv = start_rv = int(row[0]) if row else 0
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
                 self._owner = threading.get_ident()
             elif savepoint:  # (created at the block's first write, if it writes)
                 self._savepoints.open(f"gu{self._depth}")
@@ -268,7 +312,11 @@ class SQLiteStore(ObjectStore):
                 self._depth -= 1
                 if self._depth == 0:
                     self._savepoints.clear()
-                    self._db.execute("ROLLBACK")
+                    try:
+                        self._db.execute("ROLLBACK")
+                    finally:
+                        if self._peers is not None:
+                            self._peers.unlock()
                     self._rv = start_rv
                     self._owner = None
                 elif marked:
@@ -289,15 +337,22 @@ class SQLiteStore(ObjectStore):
                     (str(self._rv),),
                 )
                 if self._compact_to is None and self._rv - self._oldest > self.changelog_limit:
-                    self._compact_to = self._rv - self.changelog_limit // 2
+                    if self.shared:  # (another process may have compacted meanwhile)
+                        self._oldest = self._read_oldest()
+                    if self._rv - self._oldest > self.changelog_limit:
+                        self._compact_to = self._rv - self.changelog_limit // 2
                 if self._compact_to is not None:
                     self._compact_step()
             try:
                 self._db.execute("COMMIT")
             finally:
                 self._owner = None
+                if self._peers is not None:
+                    self._peers.unlock()
             rv = self._committed_rv = self._rv
         if wrote:
+            if self._peers is not None:
+                self._peers.announce()
             took = time.perf_counter() - began
             for timer in self._timers:
                 timer(took)
@@ -328,7 +383,7 @@ class SQLiteStore(ObjectStore):
         connection) sees a write only once it is committed, so a list read after
         this value holds everything up to it.
         """
-        return self._committed_rv
+        return max(self._committed_rv, self._seen_rv)
 
     def _row_to_obj(self, row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         (
@@ -579,7 +634,10 @@ class SQLiteStore(ObjectStore):
         read: a compaction advances ``_oldest`` before it commits, so a read that raced
         one is refused (relist) rather than silently missing rows."""
         oldest = self._oldest
-        if since + 1 < oldest and since < self._committed_rv:
+        if self.shared:  # (another process compacts too: the file knows)
+            row = self._reader().execute("SELECT MIN(rv) FROM changes").fetchone()
+            oldest = max(oldest, int(row[0]) if row and row[0] is not None else 0)
+        if since + 1 < oldest and since < self.resource_version:
             raise Gone(f"resourceVersion {since} is too old (oldest kept: {oldest}); list again")
 
     # ---------------------------------------------------------------- meta

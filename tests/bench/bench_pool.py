@@ -66,8 +66,12 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
-def start_hub(tmp: Path, all_cpus: bool = False) -> tuple[subprocess.Popen[bytes], str, Path]:
-    return start_hub_subprocess(tmp, node_grace=3600, all_cpus=all_cpus)
+def start_hub(
+    tmp: Path, all_cpus: bool = False, engine_process: bool | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    return start_hub_subprocess(
+        tmp, node_grace=3600, all_cpus=all_cpus, engine_process=engine_process
+    )
 
 
 def sessions(n: int, count: int, prefix: str) -> list[dict[str, Any]]:
@@ -192,14 +196,18 @@ class Agents:
 
 def reconciles(client: Client) -> float:
     """The hub's reconcile passes so far (``gu_reconciles_total``, from its /metrics)."""
+    return counters(client)[0]
+
+
+def counters(client: Client) -> tuple[float, float]:
+    """The hub's reconcile passes and store commits so far (from its /metrics)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "gu_reconciles_total"
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    return (
+        sum(s.value for s in samples if s.name == "gu_reconciles_total"),
+        sum(s.value for s in samples if s.name == "gu_store_commit_duration_seconds_count"),
     )
 
 
@@ -210,7 +218,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
-    passes_before = reconciles(client)
+    passes_before, commits_before = counters(client)
     t = time.perf_counter()
     for i in range(0, len(work), 200):
         client.apply(work[i : i + 200])
@@ -228,12 +236,19 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
         appliedAfterSeconds=round(applied, 2),  # (the Sessions are applied 200 a call)
     )
     reconcile_settled(client, 120)
-    passes = reconciles(client) - passes_before
+    passes_now, commits_now = counters(client)
+    passes, commits = passes_now - passes_before, commits_now - commits_before
     emit(
         f"reconcile_passes_count_{count}",
         passes / n,
         "passes/Session (all kinds)",
         passes=int(passes),
+    )
+    emit(
+        f"store_commits_count_{count}",
+        commits / n,
+        "commits/Session (every writer's)",
+        commits=int(commits),
     )
 
 
@@ -401,10 +416,15 @@ def main() -> None:
     ap.add_argument(
         "--all-cpus", action="store_true", help="the hub as gu hub --all-cpus (not on one CPU)"
     )
+    ap.add_argument(
+        "--one-process",
+        action="store_true",
+        help="the hub as gu hub --one-process (its reconcile engine in the API's process)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gu-bench-") as d:
         bench_heartbeat_writes(Path(d))
-        proc, url, cfg = start_hub(Path(d), args.all_cpus)
+        proc, url, cfg = start_hub(Path(d), args.all_cpus, False if args.one_process else None)
         try:
             client = Client.from_config(cfg)
             client.http.timeout = httpx.Timeout(300)
