@@ -45,6 +45,7 @@ from controller.admission import AdmissionSigner, session_policy
 from controller.images import ImageStore
 from controller.liveness import Liveness
 from controller.liveness import keep as keep_leases
+from controller.metrics import PassTally
 from controller.process import GC_THRESHOLDS, setup_logging
 from controller.reconcile.engine import Controller
 from controller.reconcilers import register_all
@@ -55,21 +56,10 @@ from specs.logfmt import kv
 log = logging.getLogger("gu.hub.engine")
 
 STATS_FILE = "engine-stats.json"
-STATS_SECONDS = 1.0
+STATS_SECONDS = 0.5
+"""How often the engine reports its figures (``/metrics`` serves the last report)."""
 LEASE_SECONDS = 1.0
 """How often the engine reads the leases the API process wrote (and the API writes them)."""
-
-
-class PassCounter:
-    """Reconcile passes by kind and outcome, with their total seconds (for /metrics)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, list[float]] = {}
-
-    def observe(self, kind: str, seconds: float, outcome: str) -> None:
-        entry = self.counts.setdefault(f"{kind}/{outcome}", [0, 0.0])
-        entry[0] += 1
-        entry[1] += seconds
 
 
 def read_stats(state_dir: Path) -> dict[str, Any] | None:
@@ -81,10 +71,15 @@ def read_stats(state_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_stats(state_dir: Path, controller: Controller, passes: PassCounter) -> None:
+def _write_stats(state_dir: Path, controller: Controller, passes: PassTally) -> None:
     path = state_dir / STATS_FILE
     tmp = path.with_suffix(".tmp")
-    body = {"pid": os.getpid(), "time": time.time(), **controller.stats(), "passes": passes.counts}
+    body = {
+        "pid": os.getpid(),
+        "time": time.time(),
+        **controller.stats(),
+        "passes": passes.report(),
+    }
     tmp.write_text(json.dumps(body))
     os.replace(tmp, path)
 
@@ -96,7 +91,7 @@ async def _run(args: argparse.Namespace) -> None:
     key = load_private_key(state / "hub.key")
     liveness = Liveness(default_period=args.heartbeat)
     liveness.load(store)
-    passes = PassCounter()
+    passes = PassTally()
     controller = Controller(
         store,
         workers=args.workers,

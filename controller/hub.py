@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from controller.api.metrics import METRICS_TOKEN_KEY
 from controller.auth import Authenticator, LoginLinks, MetricsToken, Principal
 from controller.blobs import sweep_every as sweep_outputs_every
 from controller.config import Context, config_path, load_config
-from controller.enginehost import STATS_SECONDS, read_stats
+from controller.enginehost import STATS_FILE, read_stats
 from controller.feed import ChangeFeed
 from controller.heartbeats import HeartbeatBatcher
 from controller.images import ImageStore
@@ -77,6 +78,9 @@ RECONCILE_WORKERS_SHARED = 4
 trips. Measured in process (``bench_scheduler``'s controller on a throwaway PostgreSQL,
 2,000 Sessions of 1 over 200 providers, December 2026): 4 workers 278 / 266
 placements/s against 1 worker 251 / 247."""
+ENGINE_RESTARTS = 5
+"""Exits of the engine's process in a minute that end the hub (``--engine-process``)."""
+
 SHARED_CHECKPOINT_SECONDS = 1.0
 """On a shared store: how often a hub writes the leases it heard and reads the others'."""
 
@@ -172,7 +176,9 @@ class Hub:
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
         self.feed = ChangeFeed(self.store)
-        self.metrics = HubMetrics()
+        self.metrics = HubMetrics(
+            (lambda: self._engine_stats().get("passes") or {}) if self.engine_process else None
+        )
         self.store.time_commits(self.metrics.observe_commit)
         self.heartbeats = HeartbeatBatcher(self.store)
         self.liveness = Liveness(default_period=settings.heartbeat)
@@ -197,24 +203,12 @@ class Hub:
         self.controller = self._new_controller(None)
         self._controller_used = False
         self.metrics.watch_pool(self.pool, self._engine_stats)
-        self._engine_passes: dict[str, float] = {}
 
     def _engine_stats(self) -> dict[str, Any]:
         """The reconcile engine's figures: this process's, or its child's last report."""
         if not self.engine_process:
             return self.controller.stats()
         return read_stats(self.settings.state_dir) or {}
-
-    def _count_engine_passes(self) -> None:
-        """The child's passes into this process's ``gu_reconciles`` counter (its report
-        holds totals: the counter moves by what they grew)."""
-        passes = (read_stats(self.settings.state_dir) or {}).get("passes") or {}
-        for key, (count, _seconds) in passes.items():
-            grown = float(count) - self._engine_passes.get(key, 0.0)
-            if grown > 0:
-                kind, _, outcome = key.partition("/")
-                self.metrics.reconciles.labels(kind, outcome).inc(grown)
-                self._engine_passes[key] = float(count)
 
     def _new_controller(self, fence: int | None) -> Controller:
         """A reconcile engine with every reconciler (one per leadership term: an engine
@@ -412,8 +406,27 @@ class Hub:
             await asyncio.wait(tasks, timeout=10)
 
     async def _run_engine_process(self, ended: asyncio.Event) -> None:
-        """The reconcile engine as a child process, until ``ended`` (then SIGTERM) or until
-        it exits by itself (the term ends with it: the hub stops)."""
+        """The reconcile engine as a child process until ``ended``, started again if it
+        exits by itself (after a second; more than ``ENGINE_RESTARTS`` exits in a minute
+        end the term instead, and with it the hub)."""
+        starts: deque[float] = deque(maxlen=ENGINE_RESTARTS)
+        while not ended.is_set():
+            starts.append(time.monotonic())
+            code = await self._engine_child(ended)
+            if ended.is_set():
+                return
+            if len(starts) == ENGINE_RESTARTS and starts[-1] - starts[0] < 60:
+                raise RuntimeError(
+                    f"the engine process exited {ENGINE_RESTARTS} times in a minute "
+                    f"(last exit code {code}): see its lines above"
+                )
+            log.error(kv("engine_process_exited", code=code, action="starting it again in 1s"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), 1.0)
+
+    async def _engine_child(self, ended: asyncio.Event) -> int | None:
+        """One engine process, until it exits or ``ended`` (then SIGTERM, and SIGKILL after
+        20 s); its exit code."""
         s = self.settings
         args = [
             sys.executable, "-m", "controller.enginehost",
@@ -426,30 +439,26 @@ class Hub:
         ]  # fmt: skip
         if s.engine_cpu is not None:
             args += ["--cpu", str(s.engine_cpu)]
+        with contextlib.suppress(FileNotFoundError):  # (a report of the last engine)
+            (s.state_dir / STATS_FILE).unlink()
         child = await asyncio.create_subprocess_exec(*args)
         log.info(kv("engine_process_started", pid=child.pid, cpu=s.engine_cpu))
         waiting = asyncio.create_task(child.wait())
         stopping = asyncio.create_task(ended.wait())
         try:
-            while not waiting.done():
-                await asyncio.wait({waiting, stopping}, timeout=STATS_SECONDS,
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                self._count_engine_passes()
-                if stopping.done() and not waiting.done():
-                    child.terminate()
-                    try:
-                        await asyncio.wait_for(asyncio.shield(waiting), 20)
-                    except TimeoutError:
-                        child.kill()
-                        await waiting
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                child.terminate()
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiting), 20)
+                except TimeoutError:
+                    child.kill()
         finally:
             stopping.cancel()
             if child.returncode is None:
                 child.kill()
-                await child.wait()
-        self._count_engine_passes()
-        if not ended.is_set():
-            raise RuntimeError(f"the engine process exited ({child.returncode})")
+            await child.wait()
+        return child.returncode
 
     def _lease_expired(self, node: str) -> None:
         """A provider's lease ran out: its reconcile says NotReady (on the leader; another

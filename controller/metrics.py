@@ -14,12 +14,18 @@ Each hub has its own registry (tests run several hubs in one process).
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from controller.poolview import PoolView
@@ -71,23 +77,79 @@ class PoolCollector(Collector):
         )
 
 
-class HubMetrics:
-    """The registry and the instruments of one hub."""
+_RECONCILE_SECONDS = ("gu_reconcile_duration_seconds", "Time one reconcile took, by kind")
+_RECONCILES = ("gu_reconciles", "Reconciles by kind and outcome (ok, error, conflict)")
+
+
+class PassTally:
+    """Reconcile passes by kind and outcome, and their durations in the histogram's
+    buckets, as plain numbers: what the engine's process (``controller.enginehost``)
+    reports to the API's, which serves them (``EngineCollector``)."""
 
     def __init__(self) -> None:
+        self.counts: dict[str, int] = {}  # "kind/outcome" → passes
+        self.buckets: dict[str, list[int]] = {}  # kind → passes per bucket (last: +Inf)
+        self.sums: dict[str, float] = {}  # kind → seconds
+
+    def observe(self, kind: str, seconds: float, outcome: str) -> None:
+        key = f"{kind}/{outcome}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        buckets = self.buckets.get(kind)
+        if buckets is None:
+            buckets = self.buckets[kind] = [0] * (len(_FAST) + 1)
+        buckets[bisect.bisect_left(_FAST, seconds)] += 1
+        self.sums[kind] = self.sums.get(kind, 0.0) + seconds
+
+    def report(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts),
+                "buckets": {k: list(v) for k, v in self.buckets.items()},
+                "sums": dict(self.sums)}  # fmt: skip
+
+
+class EngineCollector(Collector):
+    """``gu_reconciles`` and ``gu_reconcile_duration_seconds`` from the last ``PassTally``
+    report of the engine's process (``report()``: its ``passes``; empty before one)."""
+
+    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+        self.report = report
+
+    def collect(self) -> Iterator[Metric]:
+        tally = self.report()
+        counts = CounterMetricFamily(*_RECONCILES, labels=["kind", "outcome"])
+        for key, n in sorted((tally.get("counts") or {}).items()):
+            kind, _, outcome = str(key).partition("/")
+            counts.add_metric([kind, outcome], float(n))
+        yield counts
+        seconds = HistogramMetricFamily(*_RECONCILE_SECONDS, labels=["kind"])
+        sums = tally.get("sums") or {}
+        for kind, per_bucket in sorted((tally.get("buckets") or {}).items()):
+            if len(per_bucket) != len(_FAST) + 1:
+                continue
+            cumulative, total = [], 0
+            for bound, n in zip([*map(str, _FAST), "+Inf"], per_bucket, strict=True):
+                total += int(n)
+                cumulative.append((bound, float(total)))
+            seconds.add_metric([kind], cumulative, float(sums.get(kind, 0.0)))
+        yield seconds
+
+
+class HubMetrics:
+    """The registry and the instruments of one hub.
+
+    ``engine_report``: the reconcile engine runs in another process, and this gives its
+    last ``PassTally`` report (the passes are then served from it, not counted here)."""
+
+    def __init__(self, engine_report: Callable[[], dict[str, Any]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.reconcile_seconds = Histogram(
-            "gu_reconcile_duration_seconds",
-            "Time one reconcile took, by kind",
-            ["kind"],
-            buckets=_FAST,
-            registry=r,
-        )
-        self.reconciles = Counter(
-            "gu_reconciles", "Reconciles by kind and outcome (ok, error, conflict)",
-            ["kind", "outcome"], registry=r,
-        )  # fmt: skip
+        self.reconcile_seconds: Histogram | None = None
+        self.reconciles: Counter | None = None
+        if engine_report is None:
+            self.reconcile_seconds = Histogram(*_RECONCILE_SECONDS, ["kind"], buckets=_FAST,
+                                               registry=r)  # fmt: skip
+            self.reconciles = Counter(*_RECONCILES, ["kind", "outcome"], registry=r)
+        else:
+            r.register(EngineCollector(engine_report))
         self.api_seconds = Histogram(
             "gu_api_request_duration_seconds",
             "API request latency by route template, method and status code",
@@ -110,8 +172,9 @@ class HubMetrics:
         self.registry.register(PoolCollector(view, stats))
 
     def observe_reconcile(self, kind: str, seconds: float, outcome: str) -> None:
-        self.reconcile_seconds.labels(kind).observe(seconds)
-        self.reconciles.labels(kind, outcome).inc()
+        if self.reconcile_seconds is not None and self.reconciles is not None:
+            self.reconcile_seconds.labels(kind).observe(seconds)
+            self.reconciles.labels(kind, outcome).inc()
 
     def observe_commit(self, seconds: float) -> None:
         self.store_commit_seconds.observe(seconds)
@@ -153,4 +216,11 @@ class RequestTimer:
             )
 
 
-__all__ = ["CONTENT_TYPE", "HubMetrics", "PoolCollector", "RequestTimer"]
+__all__ = [
+    "CONTENT_TYPE",
+    "EngineCollector",
+    "HubMetrics",
+    "PassTally",
+    "PoolCollector",
+    "RequestTimer",
+]

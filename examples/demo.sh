@@ -39,6 +39,10 @@ $GU hub --state-dir "$DEMO/hub" --listen "127.0.0.1:$PORT" >"$DEMO/hub.log" 2>&1
 pids+=($!)
 wait_until 20 "the hub" $PY -c "import httpx,sys; sys.exit(httpx.get('$HUB/healthz').status_code != 200)"
 head -n 2 "$DEMO/hub.log"
+if [ "$(nproc)" -ge 2 ]; then  # (gu hub's default there: the engine in a process of its own)
+  wait_until 20 "the hub's engine process" grep -q event=engine_process_started "$DEMO/hub.log"
+  echo "reconcile engine: $(grep -o 'event=engine_process_started.*' "$DEMO/hub.log" | head -n 1)"
+fi
 
 docker_args=()
 DOCKER_ENGINE=""
@@ -251,6 +255,7 @@ print(f"screenshot of the providers page (headless chromium): {shot}")
 PYEOF
 fi
 $GU hub metrics-token -o "$DEMO/metrics.token"
-curl -fsS -H "Authorization: Bearer $(cat "$DEMO/metrics.token")" "$HUB/metrics" | grep -E '^gu_(providers|placements)\{'
+curl -fsS -H "Authorization: Bearer $(cat "$DEMO/metrics.token")" "$HUB/metrics" \
+  | grep -E '^gu_(providers|placements)\{|^gu_reconciles_total\{kind="Session",outcome="ok"\}'
 
 step "done: everything is stopped; the state stays in $DEMO/ to look at"

@@ -700,3 +700,30 @@ def test_pull_from_store_to_cache_end_to_end(tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "agent")
     with cache.use(h, fetch, verify=True) as path:
         assert hash_file(path) == h
+
+
+def test_a_reader_store_learns_of_the_writer_s_changes_and_removes_none_of_its_temps(
+    tmp_path: Path,
+) -> None:
+    """The hub's engine process reads the image directory the API's process writes
+    (``ImageStore(reader=True)``): what it keeps of an image's facts must go when the
+    writer stores or deletes anything, and it must leave the writer's uploads alone."""
+    from controller.admission import ImageFactsCache
+
+    writer = ImageStore(tmp_path / "store")
+    upload = tmp_path / "store" / "tmp" / "upload-in-progress"
+    upload.write_bytes(b"half an image")
+    reader = ImageStore(tmp_path / "store", reader=True)
+    assert upload.exists()  # (a writer starting would have removed it)
+    facts = ImageFactsCache(reader)
+    missing = hash_bytes(b"image")
+    assert facts(missing).size is None
+    info = writer.put_stream([b"image"])
+    assert info.hash == missing
+    assert facts(info.hash).size == len(b"image")  # not the kept "unknown"
+    assert facts(info.hash).signatures == []
+    writer.put_signature(info.hash, b"not json")  # (unparsable: counted as none)
+    before = reader.current_generation()
+    writer.delete(info.hash)
+    assert reader.current_generation() != before
+    assert facts(info.hash).size is None

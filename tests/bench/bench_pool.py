@@ -1,11 +1,14 @@
 """Benchmarks of the pool through the real hub API: many simulated agents, many placements.
 
 Run: ``python tests/bench/bench_pool.py [--agents 1000] [--sessions 1000] [--count 10]
-[--heartbeat-seconds 20] [--procs 2] [--no-watch]``. Prints one JSON line per figure.
+[--heartbeat-seconds 20] [--procs 2] [--no-watch] [--all-cpus] [--one-process]``. Prints
+one JSON line per figure.
 
 The simulated agents run in processes of their own (``pool_agents.py``, ``--procs``
 of them), so the hub's figures are not the load generator's; CPU is measured per
-process (the hub's, and the generators' together).
+process (the hub's API process and its engine process, as ``gu hub`` runs by default on
+two CPUs or more, and the generators' together). ``--one-process``: the hub as
+``gu hub --one-process`` (its engine in the API's process, the default before).
 
 0. Heartbeat writes, in process: the store's cost of 1,000 heartbeats batched
    the way the hub writes them (``controller.heartbeats``), against one
@@ -19,7 +22,9 @@ process (the hub's, and the generators' together).
    apply until the change feed has shown every placement bound to a node. Then
    the same number of placements again as Sessions of count 1. Baseline in the
    same run: the hub's plain apply rate for the same Sessions with no providers
-   to place them on (what writing alone costs).
+   to place them on (what writing alone costs). With each: the hub's CPU meanwhile
+   (``hubCpuPercent``, ``engineCpuPercent``: % of one core), the reconcile passes and
+   the store commits it took per Session.
 3. Heartbeat load: every agent heartbeats every 5 s for ``--heartbeat-seconds``
    (spread evenly, 200 requests/s for 1,000 agents; a larger pool beats as often as
    the hub asks, ``periodsAskedByHub``: 25 s for 5,000 agents) while a probe reads
@@ -194,6 +199,20 @@ class Agents:
                 proc.wait(timeout=5)
 
 
+def hub_processes(hub_pid: int) -> dict[str, psutil.Process]:
+    """The hub's process, and its engine's if it runs one (``--engine-process``)."""
+    hub = psutil.Process(hub_pid)
+    out = {"hub": hub}
+    for child in hub.children():
+        if "controller.enginehost" in " ".join(child.cmdline()):
+            out["engine"] = child
+    return out
+
+
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+
+
 def reconciles(client: Client) -> float:
     """The hub's reconcile passes so far (``gu_reconciles_total``, from its /metrics)."""
     return counters(client)[0]
@@ -211,20 +230,25 @@ def counters(client: Client) -> tuple[float, float]:
     )
 
 
-def schedule(client: Client, n: int, count: int, prefix: str, providers: int) -> None:
+def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hub_pid: int) -> None:
     """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second
-    (and the reconcile passes the hub ran for them, counted until its queue is empty: of
-    every kind, so a Provider a placement is bound to counts too)."""
+    with the hub's CPU meanwhile, per process (and the reconcile passes the hub ran for
+    them, counted until its queue is empty: of every kind, so a Provider a placement is
+    bound to counts too)."""
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
     passes_before, commits_before = counters(client)
+    procs = hub_processes(hub_pid)
+    cpu_before = cpu_seconds(procs)
     t = time.perf_counter()
     for i in range(0, len(work), 200):
         client.apply(work[i : i + 200])
     applied = time.perf_counter() - t
     bound = count_bound(client, since, prefix, want, 600)
     total = time.perf_counter() - t
+    cpu = {f"{name}CpuPercent": round(100 * (after - cpu_before[name]) / total, 1)
+           for name, after in cpu_seconds(procs).items()}  # fmt: skip
     emit(
         f"scheduling_throughput_count_{count}",
         bound / total,
@@ -234,6 +258,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
         providers=providers,
         seconds=round(total, 2),
         appliedAfterSeconds=round(applied, 2),  # (the Sessions are applied 200 a call)
+        **cpu,
     )
     reconcile_settled(client, 120)
     passes_now, commits_now = counters(client)
@@ -247,7 +272,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int) ->
     emit(
         f"store_commits_count_{count}",
         commits / n,
-        "commits/Session (every writer's)",
+        "commits/Session (the API process's, not an engine process's)",
         commits=int(commits),
     )
 
@@ -301,9 +326,9 @@ def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> Non
             time.sleep(0.5)
         emit("providers_ready", ready, "providers")
 
-        schedule(client, args.sessions, args.count, "s-", args.agents)
+        schedule(client, args.sessions, args.count, "s-", args.agents, hub_pid)
         if args.count != 1:
-            schedule(client, args.sessions * args.count, 1, "one-", args.agents)
+            schedule(client, args.sessions * args.count, 1, "one-", args.agents, hub_pid)
 
         # heartbeat load, with a probe of the Provider Information API
         asyncio.run(heartbeats(args, url, client, hub_pid, agents))
@@ -330,7 +355,7 @@ async def heartbeats(
             idle.append(time.perf_counter() - t)
         agents.pause(False)
         rv = client.call("GET", "/v1/providers")["resourceVersion"]
-        procs = {"hub": psutil.Process(hub_pid)} | {
+        procs = hub_processes(hub_pid) | {
             f"agents-{i}": psutil.Process(pid) for i, pid in enumerate(agents.pids())
         }
         for p in procs.values():
@@ -357,7 +382,9 @@ async def heartbeats(
     emit("change_rows_during_heartbeats", rows, "rows", beats=len(beats))
     emit("api_probe_latency_p99_under_load", pct(probes, 99) * 1000, "ms", probes=len(probes))
     emit("api_probe_latency_p99_idle_baseline", pct(idle, 99) * 1000, "ms")
-    emit("hub_cpu_percent_under_heartbeats", cpu.pop("hub"), "% of one core")
+    hub_cpu = {name: cpu.pop(name) for name in ("hub", "engine") if name in cpu}
+    emit("hub_cpu_percent_under_heartbeats", sum(hub_cpu.values()), "% of one core",
+         **{f"{name}Process": pct for name, pct in hub_cpu.items()})  # fmt: skip
     emit(
         "load_generator_cpu_percent",
         sum(cpu.values()),

@@ -1,0 +1,112 @@
+"""``gu hub --engine-process``: the reconcile engine in a child process of the hub.
+
+The rest of the suite runs hubs in the default mode, which on a machine of two CPUs or
+more is this one; here is what only this mode has: the child's life (started again
+if it dies, gone with the hub, even one killed with -9), the engine's figures in the
+API's ``/metrics``, and a hub started again on the same store."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from controller.client import Client
+from tests.conftest import HubProcess, make_hub
+from tests.helpers import condition_of, process_running, wait_for
+
+
+def engine_pid(hub: HubProcess) -> int | None:
+    """The hub's engine process, if it runs."""
+    assert hub.proc is not None
+    try:
+        children = psutil.Process(hub.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for child in children:
+        try:
+            if "controller.enginehost" in " ".join(child.cmdline()) and process_running(child.pid):
+                return int(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+IMAGE = "sha3-256:" + "ab" * 32
+
+
+def session(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gu/v1",
+        "kind": "Session",
+        "metadata": {"name": name},
+        "spec": {
+            "app": "demo",
+            "workload": {
+                "runtime": "native",
+                "image": {"hash": IMAGE},
+                "command": ["/bin/true"],
+                "resources": {"cpu": 0.1, "memoryMiB": 16},
+            },
+        },
+    }
+
+
+def reconciled(client: Client, name: str) -> bool:
+    """The Session has been through a pass (no provider exists: it says it is not Ready,
+    and why)."""
+    return condition_of(client.get("Session", name), "Ready") is not None
+
+
+def session_passes(client: Client) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "gu_reconciles_total" and s.labels.get("kind") == "Session"
+    )
+
+
+def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path: Path) -> None:
+    hub = make_hub(tmp_path, "--engine-process")
+    hub.start()
+    try:
+        first = wait_for(lambda: engine_pid(hub), timeout=20, what="the engine process")
+        assert "event=engine_process_started" in hub.logs()
+        admin = hub.client()
+        admin.apply([
+            {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "demo"}, "spec": {}},
+            {"apiVersion": "gu/v1", "kind": "ImagePolicy", "metadata": {"name": "demo"},
+             "spec": {"apps": ["demo"], "allowImages": [IMAGE]}},
+            session("one"),
+        ])  # fmt: skip
+        wait_for(lambda: reconciled(admin, "one"), timeout=20, what="the Session reconciled")
+        # the API serves the engine's figures (it reports them every half second)
+        wait_for(lambda: session_passes(admin) >= 1, timeout=10, what="its passes in /metrics")
+
+        psutil.Process(first).kill()  # the engine dies: the hub starts another
+        second = wait_for(
+            lambda: (pid := engine_pid(hub)) != first and pid, timeout=20, what="a new engine"
+        )
+        assert "event=engine_process_exited" in hub.logs()
+        admin.apply([session("two")])
+        wait_for(lambda: reconciled(admin, "two"), timeout=20, what="reconciled by the new one")
+
+        hub.stop(signal.SIGKILL)  # the hub dies with no chance to stop it: it goes too
+        wait_for(lambda: not process_running(second), timeout=10, what="the engine gone")
+
+        hub.start()  # the same state: nothing lost, a new engine at work
+        third = wait_for(lambda: engine_pid(hub), timeout=20, what="the engine again")
+        assert third not in (first, second)
+        admin = hub.client()
+        assert {s["metadata"]["name"] for s in admin.list("Session")} == {"one", "two"}
+        admin.apply([session("three")])
+        wait_for(lambda: reconciled(admin, "three"), timeout=20, what="reconciled after restart")
+    finally:
+        hub.stop()
+    assert not process_running(third), "a stopped hub leaves no engine behind"
