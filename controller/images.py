@@ -224,6 +224,7 @@ class ImageStore:
         """Moves at every image or signature this store stores or deletes: what a reader
         learnt of an image (its size, its signatures) holds while it stays the same."""
         self._generation_file = self.root / "generation"
+        self._generation_fd: int | None = None  # (a reader's, kept open: one pread a look)
 
     def _moved(self) -> None:
         """(Under ``_lock``.) The store changed: ``generation`` moves, here and on disk."""
@@ -232,11 +233,17 @@ class ImageStore:
 
     def current_generation(self) -> object:
         """What moves whenever the store changes: ``generation``, or for a ``reader`` the
-        writer's generation file (a read of a few bytes)."""
+        writer's generation file (a read of a few bytes: the writer rewrites it in place,
+        so the descriptor kept open here sees each new content)."""
         if not self.reader:
             return self.generation
+        if self._generation_fd is None:
+            try:
+                self._generation_fd = os.open(self._generation_file, os.O_RDONLY)
+            except OSError:  # (nothing stored yet)
+                return b""
         try:
-            return self._generation_file.read_bytes()
+            return os.pread(self._generation_fd, 64, 0)
         except OSError:
             return b""
 

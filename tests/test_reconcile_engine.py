@@ -484,6 +484,31 @@ def test_ready_passes_share_one_commit_and_a_failed_one_undoes_only_its_own_writ
     assert len(commits) == 2
 
 
+def test_a_group_ends_at_once_while_another_writer_waits(store: Store) -> None:
+    """With another process waiting for the writer lock (``Store.writer_waiting``; that
+    signal itself is tested across real processes in ``test_store_processes``), each
+    ready key is committed by itself, however long the window."""
+    controller = Controller(store, workers=1, commit_window=5.0)
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        ctx.update_status(obj, {"seen": True})
+
+    store.apply([widget(f"w{i:02d}", size=i) for i in range(20)])
+    commits: list[float] = []
+    store.time_commits(commits.append)
+    store.writer_waiting = lambda: True  # type: ignore[method-assign]
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(
+                lambda: all(w["status"] for w in store.list("Widget")), what="every status"
+            )
+
+    run(body)
+    assert len(commits) == 20
+
+
 def test_a_group_whose_commit_fails_is_retried_and_its_readers_told(store: Store) -> None:
     """The commit of a group fails once (a fault the test injects: a disk or a database
     that goes away at that moment). Nothing of it is stored, the ``on_lost_commit``

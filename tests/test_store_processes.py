@@ -140,3 +140,25 @@ def test_a_commit_is_heard_even_if_the_wake_up_datagram_is_lost(tmp_path: Path) 
     s.bind(str(stale))
     s.close()
     SQLiteStore(path, shared=True).close()
+
+
+def test_a_writer_waiting_in_another_process_is_known_to_the_one_holding_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The engine's process ends a group commit early when the API's process waits for
+    the writer lock (``Store.writer_waiting``): the waiter says so as it starts to wait."""
+    path = str(tmp_path / "hub.db")
+    here = SQLiteStore(path, shared=True)
+    child = SPAWN.Process(target=write_many, args=(path, "w", 1, 1))
+    with here.transaction():
+        here.create(prio("held"))
+        assert not here.writer_waiting()
+        child.start()
+        wait_for(here.writer_waiting, timeout=30, what="the other process waiting")
+        assert child.exitcode is None  # (it cannot write while this transaction is open)
+    assert not here.writer_waiting()  # this commit let it in
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    wait_for(lambda: here.resource_version == 2, timeout=10, what="its commit heard")
+    assert here.names("Priority") == ["held", "w0"]
+    here.close()

@@ -534,7 +534,8 @@ class Controller:
         and commits once. A pass costs its writes' statements; the commit (the fsync,
         the largest single cost of a small pass) is shared. The window bounds how long
         the store's write lock is held for others (the API's writes wait at most
-        about that long). Keys of a group are released only once it has committed.
+        about that long); a group also ends as soon as another process waits for the
+        lock (``Store.writer_waiting``). Keys of a group are released only once it has committed.
         If the commit itself fails, every pass of the group is retried and the
         ``on_lost_commit`` callbacks drop what they kept in memory of its writes.
         """
@@ -562,7 +563,11 @@ class Controller:
             with self.store.transaction():
                 end = time.perf_counter() + self.commit_window  # (from when it holds the lock)
                 self._process(first, notes)
-                while len(keys) < self.commit_max and time.perf_counter() < end:
+                while (
+                    len(keys) < self.commit_max
+                    and time.perf_counter() < end
+                    and not self.store.writer_waiting()
+                ):
                     try:
                         key = self._queue.get(timeout=0)
                     except QueueShutDown:  # (stopping: the group commits, no more keys)

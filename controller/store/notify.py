@@ -17,6 +17,11 @@ store. SQLite makes their transactions safe by itself; two things it does not do
   full socket buffer loses nothing: the wake-ups still queued bring the newest
   rv), and looks once a second anyway.
 
+A writer that finds the lock held says so too (a ``WAITING`` datagram): the holder,
+the engine grouping passes into one commit, then commits at its next pass
+(``Store.writer_waiting``) instead of at the end of its window, so it can group long
+while nobody else wants to write without making the API's writes wait for it.
+
 Only processes on one machine share a SQLite file, so this needs nothing but the
 file system; hubs on several machines share PostgreSQL instead.
 """
@@ -36,6 +41,9 @@ log = logging.getLogger("gu.store")
 
 POLL_SECONDS = 1.0
 """How often the receiver looks at the file's rv without being woken (a safety net)."""
+
+COMMITTED = b"c"  # a datagram: a commit happened
+WAITING = b"w"  # a datagram: the sender waits for the writer lock
 
 
 class CommitPeers:
@@ -61,14 +69,22 @@ class CommitPeers:
         self._peers: list[str] = []
         self._peers_mtime = -1
         self._closed = False
+        self.waiting = False
+        """Another process said it waits for the writer lock (cleared at this one's next
+        commit, which lets it in)."""
         self._thread = threading.Thread(target=self._receive, name="gu-store-peers", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------- writers
 
     def lock(self) -> None:
-        """Wait for, and take, the right to write (of every process of this file)."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        """Wait for, and take, the right to write (of every process of this file). If
+        another process holds it, it is told that this one waits (``waiting``)."""
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._send(WAITING)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
 
     def unlock(self) -> None:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -77,9 +93,12 @@ class CommitPeers:
 
     def announce(self) -> None:
         """Wake every other process of this file: a commit happened."""
+        self._send(COMMITTED)
+
+    def _send(self, what: bytes) -> None:
         for peer in self._current_peers():
             try:
-                self._out.sendto(b"c", peer)
+                self._out.sendto(what, peer)
             except BlockingIOError:  # its queue is full: it has wake-ups to read already
                 pass
             except (ConnectionRefusedError, FileNotFoundError):  # it is gone
@@ -105,12 +124,13 @@ class CommitPeers:
 
     def _receive(self) -> None:
         while not self._closed:
+            got = set()
             try:
-                self._sock.recv(64)
+                got.add(self._sock.recv(64))
                 self._sock.setblocking(False)
                 try:
                     while True:  # (drain: one look at the file serves them all)
-                        self._sock.recv(64)
+                        got.add(self._sock.recv(64))
                 except BlockingIOError:
                     pass
                 finally:
@@ -123,6 +143,10 @@ class CommitPeers:
                 raise
             if self._closed:
                 return
+            if WAITING in got:
+                self.waiting = True
+                if got == {WAITING}:
+                    continue
             try:
                 self._on_commit()
             except Exception:  # (the store closed under it, or a listener failed)

@@ -266,6 +266,9 @@ class PostgresStore(ObjectStore):
     def time_commits(self, callback: Callable[[float], None]) -> None:
         self._timers.append(callback)
 
+    def writer_waiting(self) -> bool:
+        return False  # (rows are locked one by one: a long transaction holds up few)
+
     def _tell(self, rv: int) -> None:
         with self._told_lock:  # each rv once, in order (own commits and their NOTIFY echo)
             if rv <= self._told:

@@ -60,6 +60,11 @@ class Store(Protocol):
         took from its start to its durable commit (the hub's store write latency)."""
         ...
 
+    def writer_waiting(self) -> bool:
+        """Whether another process is waiting to write (a writer grouping work into one
+        transaction then commits soon rather than late: ``Controller._group``)."""
+        ...
+
     # reads
     def get(self, kind: str, name: str) -> Obj:
         """One object; raises NotFound."""

@@ -277,6 +277,10 @@ class SQLiteStore(ObjectStore):
     def time_commits(self, callback: Callable[[float], None]) -> None:
         self._timers.append(callback)
 
+    def writer_waiting(self) -> bool:
+        """Another process of this file waits for the writer lock (``shared`` only)."""
+        return self._peers is not None and self._peers.waiting
+
     def unsubscribe(self, callback: Callable[[int], None]) -> None:
         if callback in self._listeners:
             self._listeners.remove(callback)
@@ -348,6 +352,7 @@ class SQLiteStore(ObjectStore):
             finally:
                 self._owner = None
                 if self._peers is not None:
+                    self._peers.waiting = False  # (whoever waited takes the lock now)
                     self._peers.unlock()
             rv = self._committed_rv = self._rv
         if wrote:
