@@ -162,11 +162,7 @@ class Hub:
         blobs, output, leases and the relay through it."""
         self.engine_process = settings.engine_process and url is None
         """The reconcile engine runs in a child process (``controller.enginehost``)."""
-        self.store: Store = (
-            SQLiteStore(state / "hub.db", shared=True)
-            if self.engine_process
-            else open_store(url or state / "hub.db", writer=self.instance)
-        )
+        self.store: Store = self._open_store(url)
         self.images = ImageStore(
             state / "images",
             max_image_bytes=settings.max_image_bytes,
@@ -203,6 +199,20 @@ class Hub:
         self.controller = self._new_controller(None)
         self._controller_used = False
         self.metrics.watch_pool(self.pool, self._engine_stats)
+
+    def _open_store(self, url: str | None) -> Store:
+        """The store; for an engine process, SQLite opened for two processes (if this
+        file system cannot hold the Unix sockets that takes, e.g. a state dir whose path
+        is too long for one, the engine runs in this process instead)."""
+        path = self.settings.state_dir / "hub.db"
+        if self.engine_process:
+            try:
+                return SQLiteStore(path, shared=True)
+            except OSError as exc:
+                log.warning(kv("engine_process_unavailable", error=exc,
+                               action="the engine runs in the hub's process"))  # fmt: skip
+                self.engine_process = False
+        return open_store(url or path, writer=self.instance)
 
     def _engine_stats(self) -> dict[str, Any]:
         """The reconcile engine's figures: this process's, or its child's last report."""

@@ -110,3 +110,26 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
     finally:
         hub.stop()
     assert not process_running(third), "a stopped hub leaves no engine behind"
+
+
+def test_a_state_dir_too_deep_for_a_unix_socket_keeps_the_engine_in_the_hub(
+    tmp_path: Path,
+) -> None:
+    """The two processes find each other through Unix sockets beside the database, and a
+    socket's path has at most 107 bytes: deeper, the hub says so and runs as one process."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    hub = make_hub(deep, "--engine-process")
+    hub.start()
+    try:
+        assert "event=engine_process_unavailable" in hub.logs()
+        assert engine_pid(hub) is None
+        admin = hub.client()
+        admin.apply([
+            {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "demo"}, "spec": {}},
+            {"apiVersion": "gu/v1", "kind": "ImagePolicy", "metadata": {"name": "demo"},
+             "spec": {"apps": ["demo"], "allowImages": [IMAGE]}},
+            session("one"),
+        ])  # fmt: skip
+        wait_for(lambda: reconciled(admin, "one"), timeout=20, what="reconciled in the hub")
+    finally:
+        hub.stop()

@@ -62,7 +62,12 @@ class CommitPeers:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # (a process of the same pid that died)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.path))
+        try:
+            self._sock.bind(str(self.path))
+        except OSError:
+            self._sock.close()
+            os.close(self._lock_fd)
+            raise
         self._sock.settimeout(POLL_SECONDS)
         self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._out.setblocking(False)

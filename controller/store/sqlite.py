@@ -178,7 +178,11 @@ class SQLiteStore(ObjectStore):
         self._seen_rv = self._rv  # the newest rv another process announced
         self._peers: CommitPeers | None = None
         if shared:
-            self._peers = CommitPeers(self.path, self._foreign_commit)
+            try:
+                self._peers = CommitPeers(self.path, self._foreign_commit)
+            except OSError:  # (e.g. a path too long for a Unix socket's)
+                self._db.close()
+                raise
 
     def _read_oldest(self) -> int:
         row = self._db.execute("SELECT MIN(rv) FROM changes").fetchone()
