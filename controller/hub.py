@@ -1,11 +1,13 @@
-"""The hub process: state dir, keys, store, reconcile loop and HTTP API in one.
+"""The hub process: state dir, keys, store, reconcile loop and HTTP API.
 
 ``gu hub`` first start creates the state dir (0700) with the hub's own Ed25519
 key, an admin key (0600), ``admins.pub`` (public keys only) and a client config
 ``admin-config.yaml`` naming the hub URL and the admin key path; it also writes
 ``~/.config/gu/config.yaml`` (or ``$GU_CONFIG``) when that does not exist yet.
 Later starts reuse them. Then one asyncio loop serves the API (uvicorn) and
-runs the reconcile controller; the SQLite store is shared by both.
+runs the reconcile controller, or (``--engine-process``, the default on two CPUs or
+more with SQLite) starts it in a child process (``controller.enginehost``) that shares
+the SQLite file; the API's process and the engine's each keep to a CPU of their own.
 """
 
 from __future__ import annotations
@@ -550,6 +552,12 @@ def pin_to_one_cpu() -> int | None:
     same; in-process (no API thread) no difference. Threads started later inherit it, so
     call it first.
     ``gu hub --all-cpus`` leaves the process on every CPU it may use.
+
+    The engine's process (``--engine-process``) is kept on another CPU the same way
+    (``--cpu``): its one busy thread takes the GIL in turn with its feed and liveness
+    threads. Measured (``bench_pool.py``, 1,000 agents, 10,000 Sessions of 1, same
+    session): 1,574 / 1,663 placements/s with it on one CPU, 1,252 / 1,226 with it on
+    both.
     """
     if not hasattr(os, "sched_setaffinity"):
         return None
