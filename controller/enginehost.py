@@ -94,7 +94,8 @@ def _write_stats(state_dir: Path, controller: Controller, passes: PassTally) -> 
     os.replace(tmp, path)
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace) -> bool:
+    """Run the engine until SIGTERM (True) or until a part of it ends by itself (False)."""
     state = Path(args.state_dir)
     store = SQLiteStore(state / "hub.db", shared=True)
     images = ImageStore(state / "images", reader=True)
@@ -151,9 +152,11 @@ async def _run(args: argparse.Namespace) -> None:
     log.info(kv("engine_started", pid=os.getpid(), workers=args.workers))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stopped = stop.is_set()
         for task in done:
-            if not stop.is_set() and task.exception() is not None:
-                log.error(kv("engine_task_failed", task=task.get_name(), error=task.exception()))
+            if not stopped:
+                log.error(kv("engine_task_ended", task=task.get_name(), error=task.exception()))
+        return stopped
     finally:
         stop.set()
         await asyncio.wait(tasks, timeout=10)
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(os.environ.get("GU_LOG_LEVEL", "INFO"))
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-    asyncio.run(_run(args))
+    sys.exit(0 if asyncio.run(_run(args)) else 1)
 
 
 if __name__ == "__main__":

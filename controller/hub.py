@@ -419,8 +419,8 @@ class Hub:
 
     async def _run_engine_process(self, ended: asyncio.Event) -> None:
         """The reconcile engine as a child process until ``ended``, started again if it
-        exits by itself (after a second; more than ``ENGINE_RESTARTS`` exits in a minute
-        end the term instead, and with it the hub)."""
+        exits by itself (after a second; its ``ENGINE_RESTARTS``-th exit within a minute
+        ends the term instead, and with it the hub)."""
         starts: deque[float] = deque(maxlen=ENGINE_RESTARTS)
         while not ended.is_set():
             starts.append(time.monotonic())

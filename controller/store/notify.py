@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class CommitPeers:
         self._out.setblocking(False)
         self._peers: list[str] = []
         self._peers_mtime = -1
+        self._listed_at = 0.0
         self._closed = False
         self.waiting = False
         """Another process said it waits for the writer lock (cleared at this one's next
@@ -114,15 +116,18 @@ class CommitPeers:
                 log.warning("event=commit_announce_failed peer=%s error=%s", peer, exc)
 
     def _current_peers(self) -> list[str]:
-        """The other processes' sockets (listed again when the directory changed)."""
+        """The other processes' sockets: listed again when the directory changed, and at
+        least once a second (its time stamp moves in ticks of a few ms: a socket bound in
+        the tick of the last listing would not change it)."""
         try:
             mtime = self.dir.stat().st_mtime_ns
         except OSError:
             return []
-        if mtime != self._peers_mtime:
+        now = time.monotonic()
+        if mtime != self._peers_mtime or now - self._listed_at > POLL_SECONDS:
             mine = str(self.path)
             self._peers = [str(p) for p in self.dir.glob("*.sock") if str(p) != mine]
-            self._peers_mtime = mtime
+            self._peers_mtime, self._listed_at = mtime, now
         return self._peers
 
     # -------------------------------------------------------------- receive
