@@ -218,8 +218,8 @@ def reconciles(client: Client) -> float:
     return counters(client)[0]
 
 
-def counters(client: Client) -> tuple[float, float]:
-    """The hub's reconcile passes and store commits so far (from its /metrics)."""
+def counters(client: Client) -> tuple[float, float, float]:
+    """The hub's reconcile passes, store commits and their seconds so far (/metrics)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
@@ -227,6 +227,7 @@ def counters(client: Client) -> tuple[float, float]:
     return (
         sum(s.value for s in samples if s.name == "gu_reconciles_total"),
         sum(s.value for s in samples if s.name == "gu_store_commit_duration_seconds_count"),
+        sum(s.value for s in samples if s.name == "gu_store_commit_duration_seconds_sum"),
     )
 
 
@@ -238,7 +239,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hu
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
-    passes_before, commits_before = counters(client)
+    passes_before, commits_before, commit_seconds_before = counters(client)
     procs = hub_processes(hub_pid)
     cpu_before = cpu_seconds(procs)
     t = time.perf_counter()
@@ -261,8 +262,9 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hu
         **cpu,
     )
     reconcile_settled(client, 120)
-    passes_now, commits_now = counters(client)
+    passes_now, commits_now, commit_seconds_now = counters(client)
     passes, commits = passes_now - passes_before, commits_now - commits_before
+    commit_seconds = commit_seconds_now - commit_seconds_before
     emit(
         f"reconcile_passes_count_{count}",
         passes / n,
@@ -274,6 +276,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hu
         commits / n,
         "commits/Session (the API process's, not an engine process's)",
         commits=int(commits),
+        meanCommitMs=round(1000 * commit_seconds / commits, 2) if commits else None,
     )
 
 
