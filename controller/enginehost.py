@@ -131,8 +131,10 @@ async def _run(args: argparse.Namespace) -> bool:
             if os.getppid() != parent:  # the hub is gone: so is its engine
                 log.warning(kv("engine_orphaned", action="stopping"))
                 stop.set()
-            with contextlib.suppress(OSError):
+            try:
                 await asyncio.to_thread(_write_stats, state, controller, passes)
+            except Exception as exc:  # (figures are not worth stopping the engine for)
+                log.warning(kv("engine_stats_unwritten", error=exc))
 
     tasks = [
         asyncio.create_task(controller.run(stop), name="reconcile"),

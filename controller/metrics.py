@@ -15,6 +15,7 @@ Each hub has its own registry (tests run several hubs in one process).
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -90,20 +91,23 @@ class PassTally:
         self.counts: dict[str, int] = {}  # "kind/outcome" → passes
         self.buckets: dict[str, list[int]] = {}  # kind → passes per bucket (last: +Inf)
         self.sums: dict[str, float] = {}  # kind → seconds
+        self._lock = threading.Lock()  # (workers observe, the reporting thread reads)
 
     def observe(self, kind: str, seconds: float, outcome: str) -> None:
         key = f"{kind}/{outcome}"
-        self.counts[key] = self.counts.get(key, 0) + 1
-        buckets = self.buckets.get(kind)
-        if buckets is None:
-            buckets = self.buckets[kind] = [0] * (len(_FAST) + 1)
-        buckets[bisect.bisect_left(_FAST, seconds)] += 1
-        self.sums[kind] = self.sums.get(kind, 0.0) + seconds
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            buckets = self.buckets.get(kind)
+            if buckets is None:
+                buckets = self.buckets[kind] = [0] * (len(_FAST) + 1)
+            buckets[bisect.bisect_left(_FAST, seconds)] += 1
+            self.sums[kind] = self.sums.get(kind, 0.0) + seconds
 
     def report(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts),
-                "buckets": {k: list(v) for k, v in self.buckets.items()},
-                "sums": dict(self.sums)}  # fmt: skip
+        with self._lock:
+            return {"counts": dict(self.counts),
+                    "buckets": {k: list(v) for k, v in self.buckets.items()},
+                    "sums": dict(self.sums)}  # fmt: skip
 
 
 class EngineCollector(Collector):
