@@ -74,8 +74,9 @@ DEFAULT_NODE_GRACE = 30.0
 @click.option(
     "--all-cpus",
     is_flag=True,
-    help="Let the hub's threads run on every CPU. By default they stay on one (they "
-    "take turns on Python's GIL: measured faster; see README, Benchmarks).",
+    help="Let the hub's threads run on every CPU. By default the API's stay on one, and "
+    "the engine's process on another (threads take turns on Python's GIL: measured "
+    "faster; see README, Benchmarks).",
 )
 @click.option(
     "--engine-process/--one-process",
