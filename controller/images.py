@@ -227,9 +227,16 @@ class ImageStore:
         self._generation_fd: int | None = None  # (a reader's, kept open: one pread a look)
 
     def _moved(self) -> None:
-        """(Under ``_lock``.) The store changed: ``generation`` moves, here and on disk."""
+        """(Under ``_lock``.) The store changed: ``generation`` moves, here and on disk.
+
+        On disk it is one write of 32 bytes at offset 0, never a truncation: a reader's
+        ``pread`` sees the old content or the new, never an empty or partial one."""
         self.generation += 1
-        self._generation_file.write_text(f"{os.getpid()} {self.generation}\n")
+        fd = os.open(self._generation_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, f"{os.getpid():>10} {self.generation:>20}\n".encode(), 0)
+        finally:
+            os.close(fd)
 
     def current_generation(self) -> object:
         """What moves whenever the store changes: ``generation``, or for a ``reader`` the
