@@ -16,14 +16,15 @@ What the two processes share, and how:
   as hubs sharing PostgreSQL do (so usage reaches the scheduler within about a
   second, and the engine judges expiries from what it read);
 - **images**: the directory; the engine learns of uploads from the image store's
-  generation file (``ImageStore.disk_generation``);
+  generation file (``ImageStore.current_generation``);
 - **the hub's key**: the file (the engine signs admissions with it);
-- **statistics**: the engine writes its ``Controller.stats()`` and pass counts to
-  ``engine-stats.json`` in the state dir every second; the API serves them.
+- **statistics**: the engine writes its ``Controller.stats()`` and a ``PassTally`` to
+  ``engine-stats.json`` in the state dir every ``STATS_SECONDS``; ``/metrics`` serves
+  them.
 
-The hub starts the child, stops it with SIGTERM when it stops, and stops itself
-if the child dies (its supervisor restarts the whole hub; the store loses nothing).
-The child ends by itself when its parent is gone.
+The hub starts the child, stops it with SIGTERM when it stops, and starts it again
+if it dies (``Hub._run_engine_process``; the store loses nothing: each group commit
+is atomic). The child is killed the moment its parent ends (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
