@@ -136,20 +136,38 @@ def start_hub_subprocess(
     return proc, url, state / "admin-config.yaml"
 
 
+def engine_pid(hub_pid: int) -> int | None:
+    """The engine process of the hub ``hub_pid`` (``gu hub --engine-process``), if one runs."""
+    try:
+        children = psutil.Process(hub_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for child in children:
+        try:
+            if "controller.enginehost" in " ".join(child.cmdline()) and process_running(child.pid):
+                return int(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def metric_samples(client: Any) -> list[Any]:
+    """Every sample of the hub's ``/metrics`` (read with ``client``'s token)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
 def reconcile_settled(client: Any, limit: float) -> float:
     """Wait (at most ``limit`` s) until the hub's reconcile engine has read every change,
     its queue is empty, nothing is in flight and no reconcile ran for half a second (read
     from its ``/metrics`` with ``client``'s token: right after a write the queue may still
     be empty, its keys not yet read from the change log); how long that took."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     start = time.perf_counter()
     last: float | None = None
     while time.perf_counter() - start < limit:
-        text = client.http.get(
-            "/metrics", headers={"Authorization": f"Bearer {client.token()}"}
-        ).text
-        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        samples = metric_samples(client)
         busy = any(
             s.value
             for s in samples

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_hub
-from tests.helpers import wait_for
-from tests.test_hub_engine_process import engine_pid
+from tests.helpers import engine_pid, wait_for
 
 
 def allowed_lists(pid: int) -> list[str]:
@@ -44,12 +43,13 @@ def test_the_hub_keeps_its_threads_on_one_cpu_unless_told_otherwise(tmp_path: Pa
         assert set(free) == {mine}, (free, mine)
         assert "event=hub_cpu" not in every.logs()
         # the engine's process (the default here, with two CPUs or more): another CPU
-        engine = wait_for(lambda: engine_pid(one), timeout=20, what="the engine process")
+        one_pid, every_pid = one.proc.pid, every.proc.pid
+        engine = wait_for(lambda: engine_pid(one_pid), timeout=20, what="the engine process")
         apart = allowed_lists(engine)
         assert len(set(apart)) == 1 and apart[0].isdigit(), apart
         assert apart[0] != pinned[0] and int(apart[0]) in os.sched_getaffinity(0)
         assert f"event=engine_process_started pid={engine} cpu={apart[0]}" in one.logs()
-        roaming = wait_for(lambda: engine_pid(every), timeout=20, what="its engine process")
+        roaming = wait_for(lambda: engine_pid(every_pid), timeout=20, what="its engine process")
         assert set(allowed_lists(roaming)) == {mine}
     finally:
         one.stop()

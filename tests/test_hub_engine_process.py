@@ -15,23 +15,13 @@ import psutil
 
 from controller.client import Client
 from tests.conftest import HubProcess, make_hub
-from tests.helpers import condition_of, process_running, wait_for
+from tests.helpers import condition_of, engine_pid, metric_samples, process_running, wait_for
 
 
-def engine_pid(hub: HubProcess) -> int | None:
+def engine_of(hub: HubProcess) -> int | None:
     """The hub's engine process, if it runs."""
     assert hub.proc is not None
-    try:
-        children = psutil.Process(hub.proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return None
-    for child in children:
-        try:
-            if "controller.enginehost" in " ".join(child.cmdline()) and process_running(child.pid):
-                return int(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return None
+    return engine_pid(hub.proc.pid)
 
 
 IMAGE = "sha3-256:" + "ab" * 32
@@ -61,13 +51,9 @@ def reconciled(client: Client, name: str) -> bool:
 
 
 def session_passes(client: Client) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
     return sum(
         s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
+        for s in metric_samples(client)
         if s.name == "gu_reconciles_total" and s.labels.get("kind") == "Session"
     )
 
@@ -76,7 +62,7 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
     hub = make_hub(tmp_path, "--engine-process")
     hub.start()
     try:
-        first = wait_for(lambda: engine_pid(hub), timeout=20, what="the engine process")
+        first = wait_for(lambda: engine_of(hub), timeout=20, what="the engine process")
         assert "event=engine_process_started" in hub.logs()
         admin = hub.client()
         admin.apply([
@@ -91,7 +77,7 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
 
         psutil.Process(first).kill()  # the engine dies: the hub starts another
         second = wait_for(
-            lambda: (pid := engine_pid(hub)) != first and pid, timeout=20, what="a new engine"
+            lambda: (pid := engine_of(hub)) != first and pid, timeout=20, what="a new engine"
         )
         assert "event=engine_process_exited" in hub.logs()
         admin.apply([session("two")])
@@ -101,7 +87,7 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
         wait_for(lambda: not process_running(second), timeout=10, what="the engine gone")
 
         hub.start()  # the same state: nothing lost, a new engine at work
-        third = wait_for(lambda: engine_pid(hub), timeout=20, what="the engine again")
+        third = wait_for(lambda: engine_of(hub), timeout=20, what="the engine again")
         assert third not in (first, second)
         admin = hub.client()
         assert {s["metadata"]["name"] for s in admin.list("Session")} == {"one", "two"}
@@ -122,7 +108,7 @@ def test_a_state_dir_too_deep_for_a_unix_socket_keeps_the_engine_in_the_hub(
     hub.start()
     try:
         assert "event=engine_process_unavailable" in hub.logs()
-        assert engine_pid(hub) is None
+        assert engine_of(hub) is None
         admin = hub.client()
         admin.apply([
             {"apiVersion": "gu/v1", "kind": "App", "metadata": {"name": "demo"}, "spec": {}},

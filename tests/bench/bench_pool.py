@@ -56,7 +56,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.client import Client, HubUnreachable  # noqa: E402
-from tests.helpers import reconcile_settled, start_hub_subprocess  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    engine_pid,
+    metric_samples,
+    reconcile_settled,
+    start_hub_subprocess,
+)
 
 IMAGE = "sha3-256:" + "b" * 64
 
@@ -201,11 +206,10 @@ class Agents:
 
 def hub_processes(hub_pid: int) -> dict[str, psutil.Process]:
     """The hub's process, and its engine's if it runs one (``--engine-process``)."""
-    hub = psutil.Process(hub_pid)
-    out = {"hub": hub}
-    for child in hub.children():
-        if "controller.enginehost" in " ".join(child.cmdline()):
-            out["engine"] = child
+    out = {"hub": psutil.Process(hub_pid)}
+    engine = engine_pid(hub_pid)
+    if engine is not None:
+        out["engine"] = psutil.Process(engine)
     return out
 
 
@@ -213,17 +217,9 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
 
 
-def reconciles(client: Client) -> float:
-    """The hub's reconcile passes so far (``gu_reconciles_total``, from its /metrics)."""
-    return counters(client)[0]
-
-
 def counters(client: Client) -> tuple[float, float, float]:
     """The hub's reconcile passes, store commits and their seconds so far (/metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = client.http.get("/metrics", headers={"Authorization": f"Bearer {client.token()}"}).text
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    samples = metric_samples(client)
     return (
         sum(s.value for s in samples if s.name == "gu_reconciles_total"),
         sum(s.value for s in samples if s.name == "gu_store_commit_duration_seconds_count"),
