@@ -76,6 +76,11 @@ class PoolCollector(Collector):
             "Grouped reconcile commits that failed (their passes were retried)",
             value=stats.get("lost_commits", 0),
         )
+        yield CounterMetricFamily(
+            "gu_reconcile_rolled_back_groups",
+            "Grouped reconcile passes rolled back because one of them failed (they ran again)",
+            value=stats.get("rolled_back_groups", 0),
+        )
 
 
 _RECONCILE_SECONDS = ("gu_reconcile_duration_seconds", "Time one reconcile took, by kind")

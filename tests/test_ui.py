@@ -399,6 +399,7 @@ def test_metrics_parse_and_the_placement_gauges_agree_with_the_store(pool: Pool)
     ):
         assert name in families, name
     assert [s.value for s in families["gu_reconcile_lost_commits"].samples] == [0.0]
+    assert len(families["gu_reconcile_rolled_back_groups"].samples) == 1  # (a failed pass: 1)
     assert [s.value >= 0 for s in families["gu_reconcile_feed_behind"].samples] == [True]
     routes = {s.labels.get("route") for s in families["gu_api_request_duration_seconds"].samples}
     assert "/v1/agents/heartbeat" in routes and "/v1/{kind}/{name}" in routes

@@ -75,6 +75,15 @@ COMMIT_WINDOW = 0.01
 COMMIT_MAX = 64
 """Passes grouped into one commit at most."""
 
+CAREFUL_SECONDS = 10.0
+"""After a pass failed in a group and rolled it back, passes run each in a savepoint of
+its own for this long (``Controller._group``): a wave of failing keys costs one rollback
+of a group, not one each."""
+
+
+class _RolledBack(Exception):
+    """A pass without a savepoint of its own failed: its group is rolled back."""
+
 
 class KeyValueLogAdapter(logging.LoggerAdapter[logging.Logger]):
     """A logger adapter that appends its fields (e.g. kind, name) as ``key=value``."""
@@ -232,6 +241,8 @@ class Controller:
         self._errors = 0
         self._conflicts = 0
         self._lost_commits = 0
+        self._rolled_back = 0
+        self._careful_until = 0.0  # monotonic: passes run in savepoints until then
         self._in_flight = 0
         self._relists = 0
         self._last_resync: datetime | None = None
@@ -294,6 +305,7 @@ class Controller:
             "errors": self._errors,
             "conflicts": self._conflicts,
             "lost_commits": self._lost_commits,
+            "rolled_back_groups": self._rolled_back,
             "in_flight": self._in_flight,
             "queue_length": len(self._queue),
             "queue_waiting": self._queue.waiting(),
@@ -529,15 +541,24 @@ class Controller:
         """One worker thread: take keys until the queue shuts down.
 
         Group commit: while more keys are ready, a worker runs them inside one store
-        transaction, each pass in its own savepoint (a pass that fails undoes only its
-        own writes), for at most ``commit_window`` seconds or ``commit_max`` passes,
-        and commits once. A pass costs its writes' statements; the commit (the fsync,
-        the largest single cost of a small pass) is shared. The window bounds how long
-        the store's write lock is held for others (the API's writes wait at most
-        about that long); a group also ends as soon as another process waits for the
-        lock (``Store.writer_waiting``). Keys of a group are released only once it has committed.
-        If the commit itself fails, every pass of the group is retried and the
-        ``on_lost_commit`` callbacks drop what they kept in memory of its writes.
+        transaction for at most ``commit_window`` seconds or ``commit_max`` passes, and
+        commits once. A pass costs its writes' statements; the commit (the fsync, the
+        largest single cost of a small pass) is shared. The window bounds how long the
+        store's write lock is held for others (the API's writes wait at most about that
+        long); a group also ends as soon as another process waits for the lock
+        (``Store.writer_waiting``). Keys of a group are released only once it has
+        committed. If the commit itself fails, every pass of the group is retried and
+        the ``on_lost_commit`` callbacks drop what they kept in memory of its writes.
+
+        A pass runs without a savepoint of its own: a savepoint costs every pass about
+        a tenth of its time (SQLite copies each page the pass first touches), and passes
+        seldom fail. When one does, it cannot undo only its own writes, so the whole
+        group is rolled back, as a failed commit is: its failing key is retried after
+        its backoff, the others at once, and the ``on_lost_commit`` callbacks run. A key
+        that has failed before (it is in backoff), and every key for
+        ``CAREFUL_SECONDS`` after a rollback, runs in a savepoint (a failing pass then
+        undoes only its own writes), so a key that keeps failing, or many failing at
+        once, rolls back one group and not one each.
         """
         FENCE.set(self.fence)  # (a thread starts with no context of its creator's)
         while True:
@@ -562,7 +583,7 @@ class Controller:
         try:
             with self.store.transaction():
                 end = time.perf_counter() + self.commit_window  # (from when it holds the lock)
-                self._process(first, notes)
+                self._grouped(first, notes)
                 while (
                     len(keys) < self.commit_max
                     and time.perf_counter() < end
@@ -575,32 +596,55 @@ class Controller:
                     if key is None:
                         break
                     keys.append(key)
-                    self._process(key, notes)
+                    self._grouped(key, notes)
+        except _RolledBack:  # (its key is in backoff already; the others run again now)
+            with self._counters_lock:
+                self._rolled_back += 1
+            self._careful_until = time.monotonic() + CAREFUL_SECONDS
+            self._lose(notes)
+            for key in keys[:-1]:
+                self._queue.add(key)
+            log.info(logfmt(event="group_rolled_back", passes=len(keys), failed=keys[-1]))
         except Exception as exc:  # BEGIN or COMMIT failed: every pass of it is lost
             with self._counters_lock:
                 self._lost_commits += 1
-            with self._own_lock:
-                for note in notes:
-                    self._own.pop(note, None)
+            self._lose(notes)
             for key in keys:
                 self._queue.add_rate_limited(key)
-            for callback in self._lost:
-                callback()
             log.error(logfmt(event="commit_failed", passes=len(keys), error=_describe(exc)))
         finally:
             for key in keys:
                 self._queue.done(key)
 
-    def _process(self, key: str, group: list[tuple[str, str, int]] | None = None) -> None:
+    def _grouped(self, key: str, notes: list[tuple[str, str, int]]) -> None:
+        """One pass inside a group: in a savepoint of its own if it failed before or the
+        engine is careful (see ``_work``); raises ``_RolledBack`` if it failed without."""
+        own = time.monotonic() < self._careful_until or self._queue.num_requeues(key) > 0
+        if not self._process(key, notes, savepoint=own) and not own:
+            raise _RolledBack(key)
+
+    def _lose(self, notes: list[tuple[str, str, int]]) -> None:
+        """A group's writes are gone: forget the notes of its writes, tell ``on_lost_commit``."""
+        with self._own_lock:
+            for note in notes:
+                self._own.pop(note, None)
+        for callback in self._lost:
+            callback()
+
+    def _process(
+        self, key: str, group: list[tuple[str, str, int]] | None = None, savepoint: bool = False
+    ) -> bool:
         """One pass of ``key``; inside a group (``group``: the notes of its writes so
-        far) the pass runs in a savepoint and adds its notes."""
+        far) it adds its notes, in a savepoint of its own with ``savepoint``. Whether
+        it succeeded."""
         try:
-            self._pass_of(key, group)
+            return self._pass_of(key, group, savepoint)
         except Exception as exc:  # an engine bug must not kill the worker
             log.error(logfmt(event="worker_failed", key=key, error=_describe(exc)))
             self._queue.add_rate_limited(key)
+            return False
 
-    def _pass_of(self, key: str, group: list[tuple[str, str, int]] | None) -> None:
+    def _pass_of(self, key: str, group: list[tuple[str, str, int]] | None, savepoint: bool) -> bool:
         kind, _, name = key.partition("/")
         with self._counters_lock:
             self._in_flight += 1
@@ -608,11 +652,11 @@ class Controller:
         outcome = "ok"
         self._pass.notes = []
         try:
-            if group is None:
-                result = self.reconcile(kind, name)
-            else:
+            if savepoint:
                 with self.store.transaction(savepoint=True):
                     result = self.reconcile(kind, name)
+            else:
+                result = self.reconcile(kind, name)
         except Conflict as exc:
             # normal under concurrency: somebody wrote first; read again soon
             outcome = "conflict"
@@ -660,6 +704,7 @@ class Controller:
                 self._in_flight -= 1
             if self._observe is not None:
                 self._observe(kind, time.perf_counter() - began, outcome)
+        return outcome == "ok"
 
 
 def _describe(exc: BaseException) -> str:

@@ -368,7 +368,7 @@ def bench_direct(tmp: Path, providers: int, n_sessions: int, count: int) -> None
 
 def bench_grouped_passes(tmp: Path, providers: int, n_sessions: int, policy: bool) -> None:
     """Session passes of count 1 on one thread, grouped as the engine groups them (64 to
-    a commit, each in its own savepoint): what a pass costs, without queue or feed. With
+    a commit, no savepoint of their own): what a pass costs, without queue or feed. With
     ``policy`` the pass is the hub's (its ImagePolicy check and one signed admission per
     placement); without, the baseline of the same run."""
     store, controller = world(tmp, providers, policy=policy)
@@ -378,8 +378,7 @@ def bench_grouped_passes(tmp: Path, providers: int, n_sessions: int, policy: boo
     for i in range(0, len(names), 64):
         with store.transaction():
             for name in names[i : i + 64]:
-                with store.transaction(savepoint=True):
-                    controller.reconcile("Session", name)
+                controller.reconcile("Session", name)
     elapsed = time.perf_counter() - start
     bound = sum(1 for p in store.list("Placement") if p["spec"]["node"])
     emit(
