@@ -599,7 +599,7 @@ class SQLiteStore(ObjectStore):
         """Changes with rv > ``since``, oldest first (only of ``kinds``, if given);
         ``Gone`` if the log was compacted."""
         if kinds is None:
-            return self._read_changes("rv > ?", (since, limit), since)
+            return self._read_changes("rv > ?", (since, limit), since, every=True)
         marks = ",".join("?" * len(kinds))
         return self._read_changes(
             f"rv > ? AND kind IN ({marks})", (since, *sorted(kinds), limit), since
@@ -616,7 +616,8 @@ class SQLiteStore(ObjectStore):
             )
             .fetchall()
         )
-        self._refuse_compacted(since)
+        if not rows or rows[0][0] != since + 1:  # (the change after ``since`` is there:
+            self._refuse_compacted(since)  # nothing after it was compacted away)
         return [ChangeText(*row) for row in rows]
 
     def node_changes(self, node: str, since: int, limit: int = 1000) -> builtins.list[Change]:
@@ -624,8 +625,10 @@ class SQLiteStore(ObjectStore):
         return self._read_changes("node = ? AND rv > ?", (node, since, limit), since)
 
     def _read_changes(
-        self, where: str, params: tuple[Any, ...], since: int
+        self, where: str, params: tuple[Any, ...], since: int, every: bool = False
     ) -> builtins.list[Change]:
+        """(``every``: ``where`` selects every change after ``since``, so the first row
+        being the one right after it shows that nothing was compacted away.)"""
         rows = (
             self._reader()
             .execute(
@@ -635,13 +638,17 @@ class SQLiteStore(ObjectStore):
             )
             .fetchall()
         )
-        self._refuse_compacted(since)
+        if not (every and rows and rows[0][0] == since + 1):
+            self._refuse_compacted(since)
         return [Change(r[0], r[1], r[2], r[3], loads(r[4])) for r in rows]
 
     def _refuse_compacted(self, since: int) -> None:
         """``Gone`` if changes after ``since`` were compacted away. Checked after the
         read: a compaction advances ``_oldest`` before it commits, so a read that raced
-        one is refused (relist) rather than silently missing rows."""
+        one is refused (relist) rather than silently missing rows. Nothing committed
+        after ``since`` (a pass reading its own group's writes): nothing to miss."""
+        if since >= self.resource_version:
+            return
         oldest = self._oldest
         if self.shared:  # (another process compacts too: the file knows)
             row = self._reader().execute("SELECT MIN(rv) FROM changes").fetchone()
@@ -695,26 +702,32 @@ class SQLiteStore(ObjectStore):
     ) -> bool:
         """Append a human-readable event; keeps the newest 20 per object."""
         with self._lock:
-            if unless_repeated:  # (on the writer: it sees this transaction's events too)
-                newest = self._db.execute(
-                    "SELECT reason, message FROM events WHERE kind=? AND name=? "
-                    "ORDER BY id DESC LIMIT 1",
-                    (kind, name),
-                ).fetchone()
-                if newest is not None and newest[0] == reason and newest[1] == message:
-                    return False
+            # the newest event, and the id of the oldest one the new one pushes out, if
+            # there is one (usually not): two index probes in one statement, on the writer
+            # (it sees this transaction's events too)
+            newest = self._db.execute(
+                "SELECT reason, message, (SELECT id FROM events WHERE kind=? AND name=? "
+                f"ORDER BY id DESC LIMIT 1 OFFSET {_EVENTS_KEPT - 1}) FROM events "
+                "WHERE kind=? AND name=? ORDER BY id DESC LIMIT 1",
+                (kind, name, kind, name),
+            ).fetchone()
+            if (
+                unless_repeated
+                and newest is not None
+                and newest[0] == reason
+                and newest[1] == message
+            ):
+                return False
             self._savepoints.touch()  # (no-op unless this thread holds an open savepoint)
             self._db.execute(
                 "INSERT INTO events(time, kind, name, type, reason, message) VALUES (?,?,?,?,?,?)",
                 (now(), kind, name, type_, reason, message),
             )
-            # one index probe: the 21st newest event's id, if there is one (usually not)
-            self._db.execute(
-                "DELETE FROM events WHERE kind=? AND name=? AND id <= "
-                "(SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT 1 "
-                f"OFFSET {_EVENTS_KEPT})",
-                (kind, name, kind, name),
-            )
+            if newest is not None and newest[2] is not None:
+                self._db.execute(
+                    "DELETE FROM events WHERE kind=? AND name=? AND id <= ?",
+                    (kind, name, newest[2]),
+                )
             return True
 
     def events(self, kind: str, name: str) -> builtins.list[Event]:
