@@ -494,6 +494,40 @@ def test_ready_passes_share_one_commit_and_a_failed_one_rolls_back_only_once(
     assert len(commits) <= 3  # (the retries of w07 may join a group or come alone)
 
 
+def test_what_a_failed_pass_wrote_and_undid_is_told_to_on_lost_commit(store: Store) -> None:
+    """A pass's writes may have been read back in memory (``ClusterState`` reads its
+    own transaction's writes). Attempt 1 fails before writing: its group is rolled back
+    anyway, so ``on_lost_commit`` hears of it. Attempt 2 (in a savepoint: its key is in
+    backoff) fails before writing: nothing was undone, nobody is told. Attempt 3 writes
+    and then fails: its savepoint undoes the write, whose rv the next write takes again,
+    so ``on_lost_commit`` hears of it. Attempt 4 succeeds."""
+    controller = Controller(store, workers=1, commit_window=5.0)
+    lost: list[int] = []
+    attempts: list[int] = []
+    controller.on_lost_commit(lambda: lost.append(len(attempts)))
+
+    @controller.reconciler("Widget")
+    def reconcile(obj: dict[str, Any], ctx: Context) -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 3:
+            ctx.update_status(obj, {"attempt": 3})
+        if len(attempts) < 4:
+            raise RuntimeError("not yet")
+        ctx.update_status(obj, {"attempt": 4})
+
+    store.apply([widget("w", size=1)])
+
+    async def body() -> None:
+        async with running(controller):
+            await eventually(lambda: store.get("Widget", "w")["status"], what="its status")
+
+    run(body)
+    assert attempts == [1, 2, 3, 4]
+    assert lost == [1, 3]
+    assert store.get("Widget", "w")["status"] == {"attempt": 4}
+    assert controller.stats()["rolled_back_groups"] == 1
+
+
 def test_a_group_ends_at_once_while_another_writer_waits(store: Store) -> None:
     """With another process waiting for the writer lock (``Store.writer_waiting``; that
     signal itself is tested across real processes in ``test_store_processes``), each

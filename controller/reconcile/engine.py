@@ -271,8 +271,10 @@ class Controller:
         return register
 
     def on_lost_commit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` (on a worker thread) when a grouped commit failed: what its
-        passes wrote and read back from the store in memory is gone (see ``_work``)."""
+        """Call ``callback()`` (on a worker thread) when writes that passes may have read
+        back from the store in memory are gone: a grouped commit failed, a group was
+        rolled back, or a pass in a savepoint of its own failed after writing (see
+        ``_work``)."""
         self._lost.append(callback)
 
     @property
@@ -651,6 +653,7 @@ class Controller:
         began = time.perf_counter()
         outcome = "ok"
         self._pass.notes = []
+        undone = self.store.undone_writes() if savepoint else 0
         try:
             if savepoint:
                 with self.store.transaction(savepoint=True):
@@ -696,6 +699,9 @@ class Controller:
                 with self._own_lock:
                     for note in self._pass.notes:
                         self._own.pop(note, None)
+                if savepoint and self.store.undone_writes() != undone:
+                    for callback in self._lost:  # (what it read back of them is gone too)
+                        callback()
             elif group is not None:
                 group.extend(self._pass.notes)
             self._pass.notes = None

@@ -269,6 +269,9 @@ class PostgresStore(ObjectStore):
     def writer_waiting(self) -> bool:
         return False  # (rows are locked one by one: a long transaction holds up few)
 
+    def undone_writes(self) -> int:
+        return self._savepoints.undone
+
     def _tell(self, rv: int) -> None:
         with self._told_lock:  # each rv once, in order (own commits and their NOTIFY echo)
             if rv <= self._told:

@@ -65,6 +65,13 @@ class Store(Protocol):
         transaction then commits soon rather than late: ``Controller._group``)."""
         ...
 
+    def undone_writes(self) -> int:
+        """How many ``transaction(savepoint=True)`` blocks have had their writes undone
+        (they raised after writing), ever. Their rvs are taken again by later writes:
+        whoever read those writes inside the transaction (``ClusterState``) must forget
+        them (``Controller._pass_of``)."""
+        ...
+
     # reads
     def get(self, kind: str, name: str) -> Obj:
         """One object; raises NotFound."""

@@ -285,6 +285,9 @@ class SQLiteStore(ObjectStore):
         """Another process of this file waits for the writer lock (``shared`` only)."""
         return self._peers is not None and self._peers.waiting
 
+    def undone_writes(self) -> int:
+        return self._savepoints.undone
+
     def unsubscribe(self, callback: Callable[[int], None]) -> None:
         if callback in self._listeners:
             self._listeners.remove(callback)

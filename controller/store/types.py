@@ -195,6 +195,7 @@ class Savepoints:
         self._execute = execute
         self._marks: list[str] = []
         self._created = 0  # the first ``_created`` marks exist in the database
+        self.undone = 0  # blocks whose writes were undone, ever (``Store.undone_writes``)
 
     def open(self, name: str) -> None:
         self._marks.append(name)
@@ -217,6 +218,7 @@ class Savepoints:
         name = self._marks.pop()
         if self._created > len(self._marks):
             self._created -= 1
+            self.undone += 1
             self._execute(f"ROLLBACK TO SAVEPOINT {name}")
             self._execute(f"RELEASE SAVEPOINT {name}")
 
