@@ -18,9 +18,9 @@ What the two processes share, and how:
 - **images**: the directory; the engine learns of uploads from the image store's
   generation file (``ImageStore.current_generation``);
 - **the hub's key**: the file (the engine signs admissions with it);
-- **statistics**: the engine writes its ``Controller.stats()`` and a ``PassTally`` to
-  ``engine-stats.json`` in the state dir every ``STATS_SECONDS``; ``/metrics`` serves
-  them.
+- **statistics**: the engine writes its ``Controller.stats()`` and a ``PassTally`` (its
+  passes and its store commits) to ``engine-stats.json`` in the state dir every
+  ``STATS_SECONDS``; ``/metrics`` serves them, the commits added to the API's.
 
 The hub starts the child, stops it with SIGTERM when it stops, and starts it again
 if it dies (``Hub._run_engine_process``; the store loses nothing: each group commit
@@ -104,6 +104,7 @@ async def _run(args: argparse.Namespace) -> bool:
     liveness = Liveness(default_period=args.heartbeat)
     liveness.load(store)
     passes = PassTally()
+    store.time_commits(passes.commits.observe)
     controller = Controller(
         store,
         workers=args.workers,

@@ -87,15 +87,51 @@ _RECONCILE_SECONDS = ("gu_reconcile_duration_seconds", "Time one reconcile took,
 _RECONCILES = ("gu_reconciles", "Reconciles by kind and outcome (ok, error, conflict)")
 
 
+_COMMIT_SECONDS = (
+    "gu_store_commit_duration_seconds",
+    "Store write transactions, start to durable commit (of every process of the hub)",
+)
+
+
+class CommitTally:
+    """Store commits' durations in the histogram's buckets, as plain numbers: the commits
+    of each process of a hub whose engine runs apart, summed when served."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_FAST) + 1)  # (last: +Inf)
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self.buckets[bisect.bisect_left(_FAST, seconds)] += 1
+            self.sum += seconds
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return {"buckets": list(self.buckets), "sum": self.sum}
+
+
+def _cumulative(per_bucket: list[int] | list[float]) -> list[tuple[str, float]]:
+    """A histogram's ``(le, count)`` pairs from counts per bucket (the last: +Inf)."""
+    out, total = [], 0
+    for bound, n in zip([*map(str, _FAST), "+Inf"], per_bucket, strict=True):
+        total += int(n)
+        out.append((bound, float(total)))
+    return out
+
+
 class PassTally:
     """Reconcile passes by kind and outcome, and their durations in the histogram's
-    buckets, as plain numbers: what the engine's process (``controller.enginehost``)
-    reports to the API's, which serves them (``EngineCollector``)."""
+    buckets, as plain numbers, and the store commits of the process: what the engine's
+    process (``controller.enginehost``) reports to the API's, which serves them
+    (``EngineCollector``)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}  # "kind/outcome" → passes
         self.buckets: dict[str, list[int]] = {}  # kind → passes per bucket (last: +Inf)
         self.sums: dict[str, float] = {}  # kind → seconds
+        self.commits = CommitTally()  # (``Store.time_commits``)
         self._lock = threading.Lock()  # (workers observe, the reporting thread reads)
 
     def observe(self, kind: str, seconds: float, outcome: str) -> None:
@@ -112,18 +148,30 @@ class PassTally:
         with self._lock:
             return {"counts": dict(self.counts),
                     "buckets": {k: list(v) for k, v in self.buckets.items()},
-                    "sums": dict(self.sums)}  # fmt: skip
+                    "sums": dict(self.sums),
+                    "commits": self.commits.report()}  # fmt: skip
 
 
 class EngineCollector(Collector):
     """``gu_reconciles`` and ``gu_reconcile_duration_seconds`` from the last ``PassTally``
-    report of the engine's process (``report()``: its ``passes``; empty before one)."""
+    report of the engine's process (``report()``: its ``passes``; empty before one), and
+    ``gu_store_commit_duration_seconds`` of both processes: ``commits`` (this one's) plus
+    the report's."""
 
-    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, report: Callable[[], dict[str, Any]], commits: CommitTally) -> None:
         self.report = report
+        self.commits = commits
 
     def collect(self) -> Iterator[Metric]:
         tally = self.report()
+        mine = self.commits.report()
+        theirs = tally.get("commits") or {}
+        per_bucket = list(mine["buckets"])
+        if len(theirs.get("buckets") or []) == len(per_bucket):
+            per_bucket = [a + int(b) for a, b in zip(per_bucket, theirs["buckets"], strict=True)]
+        commits = HistogramMetricFamily(*_COMMIT_SECONDS)
+        commits.add_metric([], _cumulative(per_bucket), mine["sum"] + float(theirs.get("sum", 0)))
+        yield commits
         counts = CounterMetricFamily(*_RECONCILES, labels=["kind", "outcome"])
         for key, n in sorted((tally.get("counts") or {}).items()):
             kind, _, outcome = str(key).partition("/")
@@ -134,11 +182,7 @@ class EngineCollector(Collector):
         for kind, per_bucket in sorted((tally.get("buckets") or {}).items()):
             if len(per_bucket) != len(_FAST) + 1:
                 continue
-            cumulative, total = [], 0
-            for bound, n in zip([*map(str, _FAST), "+Inf"], per_bucket, strict=True):
-                total += int(n)
-                cumulative.append((bound, float(total)))
-            seconds.add_metric([kind], cumulative, float(sums.get(kind, 0.0)))
+            seconds.add_metric([kind], _cumulative(per_bucket), float(sums.get(kind, 0.0)))
         yield seconds
 
 
@@ -146,29 +190,28 @@ class HubMetrics:
     """The registry and the instruments of one hub.
 
     ``engine_report``: the reconcile engine runs in another process, and this gives its
-    last ``PassTally`` report (the passes are then served from it, not counted here)."""
+    last ``PassTally`` report (the passes are then served from it, not counted here, and
+    its commits are added to this process's)."""
 
     def __init__(self, engine_report: Callable[[], dict[str, Any]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.reconcile_seconds: Histogram | None = None
         self.reconciles: Counter | None = None
+        self.store_commit_seconds: Histogram | None = None
+        self._commits: CommitTally | None = None
         if engine_report is None:
             self.reconcile_seconds = Histogram(*_RECONCILE_SECONDS, ["kind"], buckets=_FAST,
                                                registry=r)  # fmt: skip
             self.reconciles = Counter(*_RECONCILES, ["kind", "outcome"], registry=r)
+            self.store_commit_seconds = Histogram(*_COMMIT_SECONDS, buckets=_FAST, registry=r)
         else:
-            r.register(EngineCollector(engine_report))
+            self._commits = CommitTally()
+            r.register(EngineCollector(engine_report, self._commits))
         self.api_seconds = Histogram(
             "gu_api_request_duration_seconds",
             "API request latency by route template, method and status code",
             ["route", "method", "code"],
-            buckets=_FAST,
-            registry=r,
-        )
-        self.store_commit_seconds = Histogram(
-            "gu_store_commit_duration_seconds",
-            "Store write transactions, start to durable commit",
             buckets=_FAST,
             registry=r,
         )
@@ -186,7 +229,10 @@ class HubMetrics:
             self.reconciles.labels(kind, outcome).inc()
 
     def observe_commit(self, seconds: float) -> None:
-        self.store_commit_seconds.observe(seconds)
+        if self.store_commit_seconds is not None:
+            self.store_commit_seconds.observe(seconds)
+        elif self._commits is not None:
+            self._commits.observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
@@ -227,6 +273,7 @@ class RequestTimer:
 
 __all__ = [
     "CONTENT_TYPE",
+    "CommitTally",
     "EngineCollector",
     "HubMetrics",
     "PassTally",

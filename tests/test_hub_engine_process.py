@@ -7,6 +7,7 @@ API's ``/metrics``, and a hub started again on the same store."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import psutil
 
 from controller.client import Client
+from controller.enginehost import STATS_FILE
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import condition_of, engine_pid, metric_samples, process_running, wait_for
 
@@ -58,6 +60,24 @@ def session_passes(client: Client) -> float:
     )
 
 
+def engine_commits(hub: HubProcess) -> int:
+    """The store commits the engine process has reported (``engine-stats.json``)."""
+    try:
+        report = json.loads((hub.state_dir / STATS_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(int(n) for n in report["passes"]["commits"]["buckets"])
+
+
+def commits_served(client: Client) -> float:
+    """``gu_store_commit_duration_seconds_count`` as ``/metrics`` serves it."""
+    return sum(
+        s.value
+        for s in metric_samples(client)
+        if s.name == "gu_store_commit_duration_seconds_count"
+    )
+
+
 def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path: Path) -> None:
     hub = make_hub(tmp_path, "--engine-process")
     hub.start()
@@ -74,6 +94,12 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
         wait_for(lambda: reconciled(admin, "one"), timeout=20, what="the Session reconciled")
         # the API serves the engine's figures (it reports them every half second)
         wait_for(lambda: session_passes(admin) >= 1, timeout=10, what="its passes in /metrics")
+        # and counts the engine's store commits with its own (at least the apply's)
+        wait_for(
+            lambda: engine_commits(hub) >= 1 and commits_served(admin) >= engine_commits(hub) + 1,
+            timeout=10,
+            what="the engine's commits in gu_store_commit_duration_seconds",
+        )
 
         psutil.Process(first).kill()  # the engine dies: the hub starts another
         second = wait_for(

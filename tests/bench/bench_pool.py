@@ -270,7 +270,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hu
     emit(
         f"store_commits_count_{count}",
         commits / n,
-        "commits/Session (the API process's, not an engine process's)",
+        "commits/Session (of every process of the hub)",
         commits=int(commits),
         meanCommitMs=round(1000 * commit_seconds / commits, 2) if commits else None,
     )
