@@ -22,13 +22,13 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.images import ImageNotFound, ImageStore
-from controller.policy import PolicyCheck, check, check_image, provider_predicate
+from controller.policy import ImageVerdict, PolicyCheck, check, check_image, provider_predicate
 from controller.scheduler import NodeView
 from controller.store import Store
 from specs.identity import canonical_json, sign
@@ -186,6 +186,32 @@ def _copy(admission: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Judgement:
+    """What the ImagePolicies said of one app and image (``session_policy``), for as long
+    as the policies (``version``: names and resourceVersions) and the image's ``facts``
+    (the same object while the image store is unchanged) stay the same."""
+
+    version: tuple[tuple[str, int], ...]
+    facts: ImageFacts
+    policies: list[ImagePolicy]
+    violation: str | None
+    by_node: Callable[[str, Mapping[str, str]], str | None]
+    nodes: dict[tuple[str, tuple[tuple[str, str], ...]], ImageVerdict] = field(default_factory=dict)
+
+    def on(self, node: str, labels: Mapping[str, str], app: str, image: str) -> ImageVerdict:
+        """The one policy that allows the image on ``node`` (with ``labels``), if any."""
+        key = (node, tuple(sorted(labels.items())))
+        verdict = self.nodes.get(key)
+        if verdict is None:
+            if len(self.nodes) >= 65_536:  # (nodes × label sets seen)
+                self.nodes.clear()
+            facts = self.facts
+            verdict = check(app, image, facts.size, facts.signatures, self.policies, node, labels)
+            self.nodes[key] = verdict
+        return verdict
+
+
 def session_policy(
     images: ImageStore, signer: AdmissionSigner
 ) -> Callable[[Session, Store], PolicyCheck]:
@@ -196,10 +222,13 @@ def session_policy(
     everything), or which providers are allowed (``allowed``), and how to sign
     the admission an agent checks before start (``admit``, signed by
     ``signer``, the hub's key through an ``AdmissionSigner``: each distinct admission once).
+    The verdict on an app and image is kept until a policy or the image's facts change
+    (``_Judgement``): a pass then reads the policies' names and versions only.
     """
 
     validated: dict[tuple[str, int], ImagePolicy] = {}  # (name, resourceVersion) → model
     facts_of = ImageFactsCache(images)
+    judged: dict[tuple[str, str], _Judgement] = {}  # (app, image) → the last judgement
 
     def policy(obj: dict[str, Any]) -> ImagePolicy:
         """The stored policy as a model, validated once per version (not once a pass)."""
@@ -211,21 +240,43 @@ def session_policy(
             model = validated[key] = ImagePolicy.model_validate(obj)
         return model
 
+    def judge(app: str, image: str, store: Store) -> _Judgement:
+        """The policies' verdict on ``app`` running ``image``, made again only when a
+        policy or what the hub knows of the image changed (each verdict verifies the
+        image's signatures: three times a pass, before it was kept)."""
+        stored = store.list("ImagePolicy")
+        version = tuple((o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in stored)
+        facts = facts_of(image)
+        last = judged.get((app, image))
+        if last is not None and last.version == version and last.facts is facts:
+            return last
+        policies = [policy(o) for o in stored]
+        verdict = check_image(app, image, facts.size, facts.signatures, policies)
+        made = _Judgement(
+            version,
+            facts,
+            policies,
+            None if verdict.allowed else verdict.reason,
+            provider_predicate(app, image, facts.size, facts.signatures, policies),
+        )
+        if len(judged) >= 4096:  # (apps × images seen: forgotten all at once, rarely)
+            judged.clear()
+        judged[(app, image)] = made
+        return made
+
     def hook(session: Session, store: Store) -> PolicyCheck:
         app = session.spec.app
         image = session.spec.workload.image.hash
-        policies = [policy(o) for o in store.list("ImagePolicy")]
-        facts = facts_of(image)
-        verdict = check_image(app, image, facts.size, facts.signatures, policies)
-        if not verdict.allowed:
-            return PolicyCheck(violation=verdict.reason)
-        by_node = provider_predicate(app, image, facts.size, facts.signatures, policies)
+        judgement = judge(app, image, store)
+        if judgement.violation is not None:
+            return PolicyCheck(violation=judgement.violation)
+        by_node = judgement.by_node
 
         def allowed(view: NodeView) -> str | None:
             return by_node(view.node_id, view.labels)
 
         def admit(placement: str, node: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
-            v = check(app, image, facts.size, facts.signatures, policies, node, labels)
+            v = judgement.on(node, labels, app, image)
             if not v.allowed or v.policy is None or v.by is None:
                 return None
             admission: dict[str, Any] = {

@@ -213,6 +213,51 @@ def test_image_facts_are_read_once_until_the_image_store_changes(
     assert p["spec"]["node"] and p["spec"]["admission"]["allowedBy"] == "signature"
 
 
+def test_signatures_are_verified_again_only_when_a_policy_or_the_image_changes(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policies' verdict on an app and image is kept while they and the image store
+    stay as they were: passes do not verify the image's signatures again (it was three
+    times a pass), a changed policy or a new signature is judged at the next pass."""
+    import controller.policy
+
+    data = b"signed"
+    image = push(hub, data)
+    signer, other = generate_key(), generate_key()
+    provider(hub, 1)
+    provider(hub, 2)
+    from specs.identity import canonical_json
+
+    hub.images.put_signature(image, canonical_json(sign_image(signer, image, len(data))))
+    apply(hub, app(), policy(allowImagesSignedBy=[public_key_str(signer)]), session(image, 2))
+    verified: list[str] = []
+    real = controller.policy.verify_image
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        verified.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(controller.policy, "verify_image", counting)
+    hub.controller.reconcile("Session", "s")  # binds two placements, each admitted
+    assert all(p["spec"]["admission"]["allowedBy"] == "signature" for p in placements(hub))
+    first = len(verified)
+    assert first >= 1
+    for _ in range(3):
+        hub.controller.reconcile("Session", "s")
+    assert len(verified) == first  # kept
+
+    keys = [public_key_str(other), public_key_str(signer)]
+    apply(hub, policy(allowImagesSignedBy=keys))  # a changed policy: judged again
+    hub.controller.reconcile("Session", "s")
+    assert len(verified) > first
+    second = len(verified)
+
+    hub.images.put_signature(image, canonical_json(sign_image(other, image, len(data))))
+    hub.controller.reconcile("Session", "s")  # a new signature: judged again
+    assert len(verified) > second
+    assert all(p["spec"]["admission"]["allowedBy"] == "signature" for p in placements(hub))
+
+
 def test_removing_the_image_from_the_policy_stops_its_placements(hub: Hub) -> None:
     image = push(hub, b"program")
     provider(hub, 1)
