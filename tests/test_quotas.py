@@ -3,12 +3,16 @@ ask for (403 naming the limit and the use), and one apply or request body is bou
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from controller.api.common import ApiProblem
 from controller.client import ApiError
 from tests.conftest import HubProcess
 
@@ -124,3 +128,56 @@ def test_an_apps_images_are_bounded_by_its_image_bytes_quota(hub: HubProcess) ->
     assert stored == [first]  # the refused one was not kept
     again = app.request("POST", "/v1/images", content=b"a" * 600).json()["hash"]
     assert again == first  # its own image again: no new bytes
+
+
+def test_two_applies_checked_at_once_cannot_both_take_the_last_of_a_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two applies of one App, each within its quota alone but not together, reach the
+    quota check at the same moment (the test holds each there until the other arrives,
+    or a second passes). The check runs inside the apply's transaction, so the second
+    waits for the first to commit, sees its Session, and is refused."""
+    from controller.api import objects
+    from controller.auth import Principal
+    from controller.hub import Hub, HubSettings
+    from controller.quota import quota_errors
+
+    monkeypatch.setenv("GU_CONFIG", str(tmp_path / "config.yaml"))
+    hub = Hub(HubSettings(state_dir=tmp_path / "hub"))
+    admin = Principal("admin", "admin")
+    try:
+        d = hub.api_deps()
+        policy = {
+            "apiVersion": "gu/v1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": "q"},
+            "spec": {"apps": ["q"], "allowImages": [IMAGE]},
+        }
+        objects.apply(objects.ApplyRequest(objects=[app(sessions=2), policy, session("s1")]),
+                      admin, d)  # fmt: skip
+        both_there = threading.Barrier(2)
+
+        def checked_together(store: Any, batch: list[dict[str, Any]]) -> Any:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_there.wait(timeout=1.0)
+            return quota_errors(store, batch)
+
+        monkeypatch.setattr(objects, "quota_errors", checked_together)
+        outcomes: list[str] = []
+
+        def apply_one(name: str) -> None:
+            try:
+                objects.apply(objects.ApplyRequest(objects=[session(name)]), admin, d)
+                outcomes.append("applied")
+            except ApiProblem as exc:
+                outcomes.append(f"{exc.status}")
+
+        threads = [threading.Thread(target=apply_one, args=(n,)) for n in ("s2", "s3")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(outcomes) == ["403", "applied"]
+        assert len(hub.store.list("Session")) == 2
+    finally:
+        hub.store.close()

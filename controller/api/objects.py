@@ -222,9 +222,6 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     clash = default_priority_errors(d.store, objects)
     if clash:
         raise ApiProblem(422, "two default Priorities; nothing was applied", clash)
-    over = quota_errors(d.store, objects)
-    if over:
-        raise ApiProblem(403, f"{len(over)} App quota(s) exceeded; nothing was applied", over)
     missing = inputs_errors(d.store, d.images, objects)
     if missing:
         raise ApiProblem(
@@ -241,14 +238,20 @@ def apply(req: ApplyRequest, who: Caller, d: Deps) -> dict[str, Any]:
     # (it may delete one); their tokens of such a key stop working at once
     named = None if req.prune else {o["metadata"]["name"] for o in objects if o["kind"] == "App"}
     before = app_keys(d.store, named) if (named is None or named) and not req.dryRun else {}
-    results = d.store.apply(
-        objects,
-        apply_set=req.applySet,
-        prune=req.prune,
-        prune_kinds=USER_KINDS,
-        dry_run=req.dryRun,
-        finalizers=hub_finalizers,
-    )
+    # the quotas are checked on what the apply then writes on: no other apply commits in
+    # between (two at once could each fit and together go over)
+    with d.store.transaction():
+        over = quota_errors(d.store, objects)
+        if over:
+            raise ApiProblem(403, f"{len(over)} App quota(s) exceeded; nothing was applied", over)
+        results = d.store.apply(
+            objects,
+            apply_set=req.applySet,
+            prune=req.prune,
+            prune_kinds=USER_KINDS,
+            dry_run=req.dryRun,
+            finalizers=hub_finalizers,
+        )
     if before:  # a key taken off an App (or the App pruned): its tokens stop now
         after = app_keys(d.store, named)
         for app, keys in before.items():

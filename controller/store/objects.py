@@ -311,7 +311,8 @@ class ObjectStore(ABC):
         objs = list(objects)
         results: builtins.list[ApplyResult] = []
         try:
-            with self.transaction():
+            # (a dry run inside a caller's transaction undoes its writes in a savepoint)
+            with self.transaction(savepoint=dry_run):
                 seen: set[tuple[str, str]] = set()
                 stored = self._stored(objs)  # (one query a kind, not one an object)
                 for obj in objs:
