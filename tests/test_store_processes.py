@@ -36,6 +36,14 @@ def write_many(path: str, prefix: str, n: int, grouped: int) -> None:
     store.close()
 
 
+def record_one(path: str) -> None:
+    """(A child process.) One event, recorded outside any transaction of the caller's (as
+    the API records an agent's enrolment)."""
+    store = SQLiteStore(path, shared=True)
+    store.record_event("Priority", "held", "Seen", "by another process")
+    store.close()
+
+
 def test_writers_in_several_processes_take_every_rv_once_and_hear_each_other(
     tmp_path: Path,
 ) -> None:
@@ -162,4 +170,22 @@ def test_a_writer_waiting_in_another_process_is_known_to_the_one_holding_the_loc
     assert child.exitcode == 0
     wait_for(lambda: here.resource_version == 2, timeout=10, what="its commit heard")
     assert here.names("Priority") == ["held", "w0"]
+    here.close()
+
+
+def test_an_event_recorded_outside_a_transaction_takes_the_writer_lock_in_turn(
+    tmp_path: Path,
+) -> None:
+    """An event written with no transaction of the caller's still waits for the writer
+    lock of every process (and says so), rather than for SQLite's own busy polling."""
+    path = str(tmp_path / "hub.db")
+    here = SQLiteStore(path, shared=True)
+    child = SPAWN.Process(target=record_one, args=(path,))
+    with here.transaction():
+        here.create(prio("held"))
+        child.start()
+        wait_for(here.writer_waiting, timeout=30, what="the event's writer waiting")
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert [e.message for e in here.events("Priority", "held")] == ["by another process"]
     here.close()

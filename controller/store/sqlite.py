@@ -704,7 +704,9 @@ class SQLiteStore(ObjectStore):
         unless_repeated: bool = False,
     ) -> bool:
         """Append a human-readable event; keeps the newest 20 per object."""
-        with self._lock:
+        # (in a transaction of its own if the caller has none: with ``shared``, a write
+        # outside one would not take the processes' writer lock)
+        with self.transaction():
             # the newest event, and the id of the oldest one the new one pushes out, if
             # there is one (usually not): two index probes in one statement, on the writer
             # (it sees this transaction's events too)
