@@ -227,11 +227,14 @@ def counters(client: Client) -> tuple[float, float, float]:
     )
 
 
-def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hub_pid: int) -> None:
+def schedule(
+    client: Client, n: int, count: int, prefix: str, providers: int, hub_pid: int, baseline: float
+) -> None:
     """Apply ``n`` Sessions of ``count`` placements; emit placements bound per second
-    with the hub's CPU meanwhile, per process (and the reconcile passes the hub ran for
-    them, counted until its queue is empty: of every kind, so a Provider a placement is
-    bound to counts too)."""
+    with the hub's CPU meanwhile, per process, and as a ratio to ``baseline`` (the same
+    run's ``apply_sessions_baseline``: a slower host moves both), and the reconcile
+    passes the hub ran for them, counted until its queue is empty: of every kind, so a
+    Provider a placement is bound to counts too."""
     work = sessions(n, count, prefix)
     want = n * count
     since = client.call("GET", "/v1/sessions")["resourceVersion"]
@@ -255,6 +258,7 @@ def schedule(client: Client, n: int, count: int, prefix: str, providers: int, hu
         providers=providers,
         seconds=round(total, 2),
         appliedAfterSeconds=round(applied, 2),  # (the Sessions are applied 200 a call)
+        ratioToApplyBaseline=round(bound / total / baseline, 3),
         **cpu,
     )
     reconcile_settled(client, 120)
@@ -299,7 +303,8 @@ def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> Non
     for i in range(0, len(base), 200):
         client.apply(base[i : i + 200])
     dt = time.perf_counter() - t
-    emit("apply_sessions_baseline", len(base) / dt, "sessions/s", sessions=len(base))
+    baseline = len(base) / dt
+    emit("apply_sessions_baseline", baseline, "sessions/s", sessions=len(base))
     for obj in base:  # out of the way before providers appear
         client.delete("Session", obj["metadata"]["name"])
 
@@ -325,9 +330,9 @@ def run(args: argparse.Namespace, url: str, client: Client, hub_pid: int) -> Non
             time.sleep(0.5)
         emit("providers_ready", ready, "providers")
 
-        schedule(client, args.sessions, args.count, "s-", args.agents, hub_pid)
+        schedule(client, args.sessions, args.count, "s-", args.agents, hub_pid, baseline)
         if args.count != 1:
-            schedule(client, args.sessions * args.count, 1, "one-", args.agents, hub_pid)
+            schedule(client, args.sessions * args.count, 1, "one-", args.agents, hub_pid, baseline)
 
         # heartbeat load, with a probe of the Provider Information API
         asyncio.run(heartbeats(args, url, client, hub_pid, agents))
