@@ -46,7 +46,7 @@ from controller.leader import Leadership
 from controller.liveness import CHECKPOINT_SECONDS, MAX_HEARTBEATS_PER_SECOND, Liveness
 from controller.liveness import keep as keep_leases
 from controller.logs import OutputLogs, PlacementLogs
-from controller.metrics import HubMetrics
+from controller.metrics import HubMetrics, carry_counters
 from controller.poolview import PoolView
 from controller.process import GC_THRESHOLDS, setup_logging
 from controller.reconcile.engine import Controller
@@ -174,6 +174,8 @@ class Hub:
         self.auth = Authenticator(self.key, self.resolve_principal, token_ttl=settings.token_ttl)
         self.auth.load_revocations(self._load_revocations(), self._save_revocations)
         self.feed = ChangeFeed(self.store)
+        #: counters of the engine processes this hub ran before the current one (None: none yet)
+        self._engine_carried: dict[str, Any] | None = None
         self.metrics = HubMetrics(
             (lambda: self._engine_stats().get("passes") or {}) if self.engine_process else None
         )
@@ -217,10 +219,11 @@ class Hub:
         return open_store(url or path, writer=self.instance)
 
     def _engine_stats(self) -> dict[str, Any]:
-        """The reconcile engine's figures: this process's, or its child's last report."""
+        """The reconcile engine's figures: this process's, or its child's last report (its
+        counters going on from those of the engines before it: ``carry_counters``)."""
         if not self.engine_process:
             return self.controller.stats()
-        return read_stats(self.settings.state_dir) or {}
+        return carry_counters(self._engine_carried or {}, read_stats(self.settings.state_dir) or {})
 
     def _new_controller(self, fence: int | None) -> Controller:
         """A reconcile engine with every reconciler (one per leadership term: an engine
@@ -451,7 +454,11 @@ class Hub:
         ]  # fmt: skip
         if s.engine_cpu is not None:
             args += ["--cpu", str(s.engine_cpu)]
-        with contextlib.suppress(FileNotFoundError):  # (a report of the last engine)
+        # the last engine's last report: its counters go on in the next one's (one of an
+        # earlier run of the hub, whose counters started again anyway, is only removed)
+        last = read_stats(s.state_dir) if self._engine_carried is not None else None
+        self._engine_carried = carry_counters(self._engine_carried or {}, last or {})
+        with contextlib.suppress(FileNotFoundError):
             (s.state_dir / STATS_FILE).unlink()
         child = await asyncio.create_subprocess_exec(*args)
         log.info(kv("engine_process_started", pid=child.pid, cpu=s.engine_cpu))

@@ -152,6 +152,49 @@ class PassTally:
                     "commits": self.commits.report()}  # fmt: skip
 
 
+ENGINE_COUNTERS = ("reconciles", "errors", "conflicts", "lost_commits", "rolled_back_groups",
+                   "relists")  # fmt: skip
+"""The counters of an engine's stats report (the rest of it are gauges)."""
+
+
+def carry_counters(carried: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (an engine process's stats, with its ``PassTally`` as ``passes``) with the
+    counters of ``carried`` added: what engines that ran before it in this hub counted, so
+    a restarted engine's counters go on from where the last one's ended rather than from
+    zero (Prometheus would take a fall for a reset)."""
+    out = dict(report)
+    for key in ENGINE_COUNTERS:
+        if key in carried:
+            out[key] = int(out.get(key) or 0) + int(carried[key])
+    before, now = carried.get("passes") or {}, report.get("passes") or {}
+    passes: dict[str, Any] = dict(now)
+    counts = dict(now.get("counts") or {})
+    for key, n in (before.get("counts") or {}).items():
+        counts[key] = int(counts.get(key, 0)) + int(n)
+    sums = dict(now.get("sums") or {})
+    for kind, x in (before.get("sums") or {}).items():
+        sums[kind] = float(sums.get(kind, 0.0)) + float(x)
+    buckets = {k: list(v) for k, v in (now.get("buckets") or {}).items()}
+    for kind, old in (before.get("buckets") or {}).items():
+        buckets[kind] = _add_buckets(buckets.get(kind), old)
+    mine, theirs = now.get("commits") or {}, before.get("commits") or {}
+    passes.update(counts=counts, sums=sums, buckets=buckets)
+    if mine or theirs:
+        passes["commits"] = {
+            "buckets": _add_buckets(mine.get("buckets"), theirs.get("buckets")),
+            "sum": float(mine.get("sum", 0.0)) + float(theirs.get("sum", 0.0)),
+        }
+    out["passes"] = passes
+    return out
+
+
+def _add_buckets(a: list[int] | None, b: list[int] | None) -> list[int]:
+    size = len(_FAST) + 1
+    a = a if a is not None and len(a) == size else [0] * size
+    b = b if b is not None and len(b) == size else [0] * size
+    return [int(x) + int(y) for x, y in zip(a, b, strict=True)]
+
+
 class EngineCollector(Collector):
     """``gu_reconciles`` and ``gu_reconcile_duration_seconds`` from the last ``PassTally``
     report of the engine's process (``report()``: its ``passes``; empty before one), and
@@ -273,10 +316,12 @@ class RequestTimer:
 
 __all__ = [
     "CONTENT_TYPE",
+    "ENGINE_COUNTERS",
     "CommitTally",
     "EngineCollector",
     "HubMetrics",
     "PassTally",
     "PoolCollector",
     "RequestTimer",
+    "carry_counters",
 ]

@@ -101,6 +101,10 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
             what="the engine's commits in gu_store_commit_duration_seconds",
         )
 
+        admin.apply([session(f"more{i}") for i in range(20)])
+        wait_for(lambda: session_passes(admin) >= 21, timeout=20, what="21 passes reported")
+        before = session_passes(admin)
+
         psutil.Process(first).kill()  # the engine dies: the hub starts another
         second = wait_for(
             lambda: (pid := engine_of(hub)) != first and pid, timeout=20, what="a new engine"
@@ -108,6 +112,13 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
         assert "event=engine_process_exited" in hub.logs()
         admin.apply([session("two")])
         wait_for(lambda: reconciled(admin, "two"), timeout=20, what="reconciled by the new one")
+        # its counters go on from the dead one's (its first resync passes all 22 Sessions)
+        assert session_passes(admin) >= before
+        wait_for(
+            lambda: session_passes(admin) >= before + 22,
+            timeout=20,
+            what="the new engine's passes added to the old one's",
+        )
 
         hub.stop(signal.SIGKILL)  # the hub dies with no chance to stop it: it goes too
         wait_for(lambda: not process_running(second), timeout=10, what="the engine gone")
@@ -116,7 +127,8 @@ def test_the_engine_process_comes_back_if_it_dies_and_goes_with_its_hub(tmp_path
         third = wait_for(lambda: engine_of(hub), timeout=20, what="the engine again")
         assert third not in (first, second)
         admin = hub.client()
-        assert {s["metadata"]["name"] for s in admin.list("Session")} == {"one", "two"}
+        names = {s["metadata"]["name"] for s in admin.list("Session")}
+        assert names == {"one", "two"} | {f"more{i}" for i in range(20)}
         admin.apply([session("three")])
         wait_for(lambda: reconciled(admin, "three"), timeout=20, what="reconciled after restart")
     finally:
