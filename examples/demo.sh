@@ -22,6 +22,7 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$pid" 2>/dev/null || true
   done
+  if [ -n "${DOCKERD_EXEC_ROOT:-}" ]; then rm -rf "$DOCKERD_EXEC_ROOT" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -53,8 +54,9 @@ elif [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
   step "start a private dockerd (vfs, socket in $DEMO/dockerd) for the docker runtime"
   mkdir -p "$DEMO/dockerd"
   DOCKER_ENGINE="unix://$PWD/$DEMO/dockerd/docker.sock"
+  DOCKERD_EXEC_ROOT="/tmp/gu-demo-dockerd-$$"  # (removed again by cleanup)
   dockerd --host "$DOCKER_ENGINE" --data-root "$PWD/$DEMO/dockerd/data" \
-    --exec-root "/tmp/gu-demo-dockerd-$$" --pidfile "$PWD/$DEMO/dockerd/docker.pid" \
+    --exec-root "$DOCKERD_EXEC_ROOT" --pidfile "$PWD/$DEMO/dockerd/docker.pid" \
     --storage-driver vfs --bridge none --iptables=false --ip-masq=false \
     >"$DEMO/dockerd.log" 2>&1 &
   pids+=($!)
