@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -176,6 +177,8 @@ class Hub:
         self.feed = ChangeFeed(self.store)
         #: counters of the engine processes this hub ran before the current one (None: none yet)
         self._engine_carried: dict[str, Any] | None = None
+        self._engine_report_lock = threading.Lock()  # (a scrape sees the carry and the
+        # report file change together: never the last report twice, or neither)
         self.metrics = HubMetrics(
             (lambda: self._engine_stats().get("passes") or {}) if self.engine_process else None
         )
@@ -223,7 +226,9 @@ class Hub:
         counters going on from those of the engines before it: ``carry_counters``)."""
         if not self.engine_process:
             return self.controller.stats()
-        return carry_counters(self._engine_carried or {}, read_stats(self.settings.state_dir) or {})
+        with self._engine_report_lock:
+            report = read_stats(self.settings.state_dir) or {}
+            return carry_counters(self._engine_carried or {}, report)
 
     def _new_controller(self, fence: int | None) -> Controller:
         """A reconcile engine with every reconciler (one per leadership term: an engine
@@ -456,10 +461,11 @@ class Hub:
             args += ["--cpu", str(s.engine_cpu)]
         # the last engine's last report: its counters go on in the next one's (one of an
         # earlier run of the hub, whose counters started again anyway, is only removed)
-        last = read_stats(s.state_dir) if self._engine_carried is not None else None
-        self._engine_carried = carry_counters(self._engine_carried or {}, last or {})
-        with contextlib.suppress(FileNotFoundError):
-            (s.state_dir / STATS_FILE).unlink()
+        with self._engine_report_lock:
+            last = read_stats(s.state_dir) if self._engine_carried is not None else None
+            self._engine_carried = carry_counters(self._engine_carried or {}, last or {})
+            with contextlib.suppress(FileNotFoundError):
+                (s.state_dir / STATS_FILE).unlink()
         child = await asyncio.create_subprocess_exec(*args)
         log.info(kv("engine_process_started", pid=child.pid, cpu=s.engine_cpu))
         waiting = asyncio.create_task(child.wait())
