@@ -192,6 +192,8 @@ class _Judgement:
     as the policies (``version``: names and resourceVersions) and the image's ``facts``
     (the same object while the image store is unchanged) stay the same."""
 
+    app: str
+    image: str
     version: tuple[tuple[str, int], ...]
     facts: ImageFacts
     policies: list[ImagePolicy]
@@ -199,7 +201,7 @@ class _Judgement:
     by_node: Callable[[str, Mapping[str, str]], str | None]
     nodes: dict[tuple[str, tuple[tuple[str, str], ...]], ImageVerdict] = field(default_factory=dict)
 
-    def on(self, node: str, labels: Mapping[str, str], app: str, image: str) -> ImageVerdict:
+    def on(self, node: str, labels: Mapping[str, str]) -> ImageVerdict:
         """The one policy that allows the image on ``node`` (with ``labels``), if any."""
         key = (node, tuple(sorted(labels.items())))
         verdict = self.nodes.get(key)
@@ -207,7 +209,9 @@ class _Judgement:
             if len(self.nodes) >= 65_536:  # (nodes × label sets seen)
                 self.nodes.clear()
             facts = self.facts
-            verdict = check(app, image, facts.size, facts.signatures, self.policies, node, labels)
+            verdict = check(
+                self.app, self.image, facts.size, facts.signatures, self.policies, node, labels
+            )
             self.nodes[key] = verdict
         return verdict
 
@@ -253,6 +257,8 @@ def session_policy(
         policies = [policy(o) for o in stored]
         verdict = check_image(app, image, facts.size, facts.signatures, policies)
         made = _Judgement(
+            app,
+            image,
             version,
             facts,
             policies,
@@ -276,7 +282,7 @@ def session_policy(
             return by_node(view.node_id, view.labels)
 
         def admit(placement: str, node: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
-            v = judgement.on(node, labels, app, image)
+            v = judgement.on(node, labels)
             if not v.allowed or v.policy is None or v.by is None:
                 return None
             admission: dict[str, Any] = {

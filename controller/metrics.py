@@ -209,9 +209,7 @@ class EngineCollector(Collector):
         tally = self.report()
         mine = self.commits.report()
         theirs = tally.get("commits") or {}
-        per_bucket = list(mine["buckets"])
-        if len(theirs.get("buckets") or []) == len(per_bucket):
-            per_bucket = [a + int(b) for a, b in zip(per_bucket, theirs["buckets"], strict=True)]
+        per_bucket = _add_buckets(mine["buckets"], theirs.get("buckets"))
         commits = HistogramMetricFamily(*_COMMIT_SECONDS)
         commits.add_metric([], _cumulative(per_bucket), mine["sum"] + float(theirs.get("sum", 0)))
         yield commits

@@ -7,7 +7,6 @@ API's ``/metrics``, and a hub started again on the same store."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import psutil
 
 from controller.client import Client
-from controller.enginehost import STATS_FILE
+from controller.enginehost import read_stats
 from tests.conftest import HubProcess, make_hub
 from tests.helpers import condition_of, engine_pid, metric_samples, process_running, wait_for
 
@@ -62,9 +61,8 @@ def session_passes(client: Client) -> float:
 
 def engine_commits(hub: HubProcess) -> int:
     """The store commits the engine process has reported (``engine-stats.json``)."""
-    try:
-        report = json.loads((hub.state_dir / STATS_FILE).read_text())
-    except (OSError, ValueError):
+    report = read_stats(hub.state_dir)
+    if report is None:
         return 0
     return sum(int(n) for n in report["passes"]["commits"]["buckets"])
 
